@@ -1,0 +1,224 @@
+//! Putting the pieces together: opening the database (migrations applied, offerings synced),
+//! the token key, the templates, the transport; and running the web server with its workers.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::clock::Clock;
+use crate::config::{Config, redact_url_password};
+use crate::delivery::Worker;
+use crate::domain::TokenKey;
+use crate::links::Links;
+use crate::mail::{Composer, Templates, Transport};
+use crate::store::Store;
+use crate::web::{AppState, router};
+
+/// The parts every command that touches the database needs.
+#[derive(Clone)]
+pub struct Runtime {
+    pub config: Config,
+    pub store: Store,
+    pub clock: Clock,
+}
+
+impl Runtime {
+    /// Connects, applies pending migrations and mirrors the configured offerings, so a fresh
+    /// data folder works with any command.
+    pub async fn open(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
+        let store = Store::connect(&config.database.url, config.database.max_connections)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open database {}",
+                    redact_url_password(&config.database.url)
+                )
+            })?;
+        store.migrate().await.context("cannot apply migrations")?;
+        store
+            .sync_offerings(&config.offerings, clock.now_ms())
+            .await
+            .context("cannot record the configured offerings")?;
+        Ok(Self {
+            config,
+            store,
+            clock,
+        })
+    }
+
+    /// The configured token key, or the one in `data_dir/token.key`, created on first use.
+    pub fn token_key(&self) -> anyhow::Result<TokenKey> {
+        if !self.config.tokens.key.is_empty() {
+            return TokenKey::from_base64(self.config.tokens.key.expose())
+                .map_err(|e| anyhow::anyhow!("configuration key `tokens.key`: {e}"));
+        }
+        load_or_create_key(&self.config.data_dir.join("token.key"))
+    }
+
+    pub fn links(&self) -> anyhow::Result<Links> {
+        Ok(Links::new(
+            self.config.base_url(),
+            self.token_key()?,
+            self.config.tokens.confirm_ttl_hours,
+        ))
+    }
+
+    pub fn templates(&self) -> anyhow::Result<Arc<Templates>> {
+        Ok(Arc::new(Templates::load(
+            self.config.templates_dir().as_deref(),
+        )?))
+    }
+
+    /// A delivery worker over the configured transport.
+    pub fn worker(&self, templates: Arc<Templates>, links: Links) -> anyhow::Result<Worker> {
+        let from = self
+            .config
+            .mail
+            .from
+            .parse()
+            .context("configuration key `mail.from`")?;
+        let composer = Composer::new(templates, links, from, &self.config.site.name);
+        let transport = Transport::from_config(&self.config)?;
+        Ok(Worker::new(
+            self.store.clone(),
+            composer,
+            transport,
+            self.clock.clone(),
+            self.config.worker.clone(),
+        ))
+    }
+}
+
+/// Reads the key file, or writes a new random key with owner-only permissions. Two processes
+/// starting at once agree: only one can create the file.
+fn load_or_create_key(path: &Path) -> anyhow::Result<TokenKey> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return TokenKey::from_base64(&text)
+            .map_err(|e| anyhow::anyhow!("token key file {}: {e}", path.display()));
+    }
+    let key = TokenKey::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(key.to_base64().as_bytes())
+                .and_then(|_| file.sync_all())
+                .with_context(|| format!("cannot write token key {}", path.display()))?;
+            tracing::info!(path = %path.display(), "generated a new token key");
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_key(path),
+        Err(e) => Err(e).with_context(|| format!("cannot create token key {}", path.display())),
+    }
+}
+
+/// The web server with its workers, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    worker: Option<Worker>,
+    wake: Arc<Notify>,
+}
+
+impl Application {
+    /// Opens everything and binds the listener (port 0 picks a free port, for tests).
+    pub async fn build(config: Config, clock: Clock, with_worker: bool) -> anyhow::Result<Self> {
+        let bind = config.bind_addr()?;
+        let runtime = Runtime::open(config, clock).await?;
+        let templates = runtime.templates()?;
+        let links = runtime.links()?;
+        let worker = if with_worker {
+            Some(runtime.worker(templates.clone(), links.clone())?)
+        } else {
+            None
+        };
+        let wake = Arc::new(Notify::new());
+        let state = AppState::new(
+            runtime.config,
+            runtime.store,
+            templates,
+            links,
+            runtime.clock,
+            wake.clone(),
+        );
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen on {bind}"))?;
+        Ok(Self {
+            listener,
+            state,
+            worker,
+            wake,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests and the current
+    /// delivery batch finish.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let worker = self
+            .worker
+            .map(|w| tokio::spawn(w.run(stop_rx.clone(), self.wake.clone())));
+        let app = router(self.state.clone());
+        let mut server_stop = stop_rx.clone();
+        let server = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|stop| *stop).await;
+        });
+        let signal = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let result = server.await;
+        signal.abort();
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
+        self.state.store().close().await;
+        result.context("web server failed")
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,710 @@
+//! Configuration: built-in defaults, then `config.toml` (or `--config PATH`), then
+//! `SANGHA__SECTION__KEY` environment variables; the last one wins. Unknown keys are an error,
+//! values are checked once here, and secrets never appear in `Debug` or in `config check`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{OfferingKind, Slug};
+
+/// The whole configuration tree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Folder for the SQLite file, the generated token key and the file outbox.
+    pub data_dir: PathBuf,
+    pub site: SiteConfig,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub mail: MailConfig,
+    pub smtp: SmtpConfig,
+    pub tokens: TokenConfig,
+    pub signup: SignupConfig,
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub offerings: Vec<OfferingConfig>,
+    /// Folder the config was read from; templates are looked up next to it.
+    #[serde(skip)]
+    pub config_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// The name people know the practice by; shown on pages and in emails.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub bind: String,
+    /// Public address of the site, used to build every link in emails.
+    pub base_url: String,
+    /// Peers whose `X-Forwarded-For` header is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Origins allowed to call the JSON API from a browser (CORS). Empty: none.
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://user:pass@host/db`.
+    #[serde(serialize_with = "serialize_redacted_url")]
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` becomes `postgres://user:[redacted]@host/db`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url_password(url))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    File,
+    Smtp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailConfig {
+    pub transport: TransportKind,
+    /// The From header, `Name <address>`.
+    pub from: String,
+    /// Right-hand side of every Message-ID.
+    pub message_id_domain: String,
+    /// Where the file transport writes `.eml` files; empty means `data_dir/outbox`.
+    pub outbox_dir: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub username: String,
+    pub password: Secret,
+    pub pool_size: u32,
+    /// Messages per second across all connections; 0 means unlimited.
+    pub rate_per_second: u32,
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Base64 key of at least 32 bytes. Empty: generated into `data_dir/token.key` on first run.
+    pub key: Secret,
+    /// How long a confirmation link works.
+    pub confirm_ttl_hours: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignupConfig {
+    /// Shown above the signup button; its SHA-256 is kept in every consent record.
+    pub consent_text: String,
+    /// At most one confirmation email per address in this many minutes.
+    pub confirmation_cooldown_minutes: u32,
+    /// Signup requests allowed per client IP per minute (0 = no limit).
+    pub rate_limit_per_minute: u32,
+    /// Requests a client IP may make in a burst before the per-minute rate applies.
+    pub rate_limit_burst: u32,
+    /// Name of the hidden field that only bots fill in.
+    pub honeypot_field: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// How often an idle worker looks for due deliveries.
+    pub poll_interval_ms: u64,
+    /// Deliveries claimed per round trip.
+    pub batch_size: u32,
+    /// How long a claim holds before another worker may take the row.
+    pub lease_seconds: u64,
+    /// Messages in flight at once per worker process.
+    pub concurrency: u32,
+    /// Attempts before a transiently failing delivery is given up.
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferingConfig {
+    pub slug: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub kind: OfferingKind,
+    /// Public offerings are listed on the signup page; others only by direct link or import.
+    #[serde(default = "yes")]
+    pub public: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A string that never shows itself in `Debug`, logs or `config check`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is handed to what needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"[redacted]\""
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
+    }
+}
+
+/// Where the configuration went wrong, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration error: {0}")]
+    Parse(String),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            site: SiteConfig {
+                name: "Sangha".into(),
+            },
+            server: ServerConfig {
+                bind: "127.0.0.1:3000".into(),
+                base_url: "http://localhost:3000".into(),
+                trusted_proxies: Vec::new(),
+                cors_origins: Vec::new(),
+            },
+            database: DatabaseConfig {
+                url: "sqlite://data/sangha.db".into(),
+                max_connections: 8,
+            },
+            mail: MailConfig {
+                transport: TransportKind::File,
+                from: "Sangha <hello@example.com>".into(),
+                message_id_domain: "example.com".into(),
+                outbox_dir: String::new(),
+            },
+            smtp: SmtpConfig {
+                host: "localhost".into(),
+                port: 587,
+                tls: TlsMode::Starttls,
+                username: String::new(),
+                password: Secret::default(),
+                pool_size: 8,
+                rate_per_second: 0,
+                timeout_seconds: 30,
+            },
+            tokens: TokenConfig {
+                key: Secret::default(),
+                confirm_ttl_hours: 7 * 24,
+            },
+            signup: SignupConfig {
+                consent_text: "I would like to receive the offerings I chose by email. \
+                               I can leave at any time with one click."
+                    .into(),
+                confirmation_cooldown_minutes: 60,
+                rate_limit_per_minute: 10,
+                rate_limit_burst: 5,
+                honeypot_field: "website".into(),
+            },
+            worker: WorkerConfig {
+                poll_interval_ms: 1000,
+                batch_size: 50,
+                lease_seconds: 60,
+                concurrency: 8,
+                max_attempts: 8,
+            },
+            offerings: Vec::new(),
+            config_dir: None,
+        }
+    }
+}
+
+/// The default config file name, looked for in the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
+
+impl Config {
+    /// Loads defaults, then the file (if `path` is given it must exist; otherwise `config.toml`
+    /// is used when present), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                if !p.is_file() {
+                    return Err(ConfigError::Read {
+                        path: p.to_owned(),
+                        source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
+                    });
+                }
+                Some(p.to_owned())
+            }
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = &file {
+            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SANGHA__"))
+            .collect();
+        figment = figment.merge(env_provider(env));
+        let mut config: Config = figment.extract().map_err(describe_figment_error)?;
+        config.config_dir = file.map(|f| {
+            f.parent()
+                .map(Path::to_path_buf)
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or_else(|| PathBuf::from("."))
+        });
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that serde cannot: addresses, URLs, offerings, limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.site.name.trim().is_empty() {
+            return Err(invalid("site.name", "must not be empty"));
+        }
+        self.bind_addr()?;
+        let base = self.server.base_url.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
+            return Err(invalid(
+                "server.base_url",
+                "must be an absolute http:// or https:// URL",
+            ));
+        }
+        for origin in &self.server.cors_origins {
+            if origin.parse::<axum::http::HeaderValue>().is_err() || !origin.contains("://") {
+                return Err(invalid(
+                    "server.cors_origins",
+                    format!("`{origin}` is not an origin like https://example.org"),
+                ));
+            }
+        }
+        let url = self.database.url.as_str();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.mail.from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(invalid(
+                "mail.from",
+                "must be an address like `Name <hello@example.com>`",
+            ));
+        }
+        let domain = &self.mail.message_id_domain;
+        if domain.is_empty()
+            || !domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        {
+            return Err(invalid(
+                "mail.message_id_domain",
+                "must be a domain name like example.com",
+            ));
+        }
+        if self.mail.transport == TransportKind::Smtp {
+            if self.smtp.host.trim().is_empty() {
+                return Err(invalid("smtp.host", "must be set for the smtp transport"));
+            }
+            if !self.smtp.username.is_empty() && self.smtp.password.is_empty() {
+                return Err(invalid(
+                    "smtp.password",
+                    "is missing: smtp.username is set, so set the password \
+                     (better in the environment as SANGHA__SMTP__PASSWORD)",
+                ));
+            }
+        }
+        if self.smtp.pool_size == 0 {
+            return Err(invalid("smtp.pool_size", "must be at least 1"));
+        }
+        if self.tokens.confirm_ttl_hours == 0 {
+            return Err(invalid("tokens.confirm_ttl_hours", "must be at least 1"));
+        }
+        if !self.tokens.key.is_empty() {
+            crate::domain::TokenKey::from_base64(self.tokens.key.expose())
+                .map_err(|e| invalid("tokens.key", e))?;
+        }
+        if self.signup.honeypot_field.is_empty()
+            || ["email", "name", "offerings", "timezone"]
+                .contains(&self.signup.honeypot_field.as_str())
+        {
+            return Err(invalid(
+                "signup.honeypot_field",
+                "must be a field name not used by the form",
+            ));
+        }
+        if self.worker.batch_size == 0 || self.worker.concurrency == 0 {
+            return Err(invalid(
+                "worker.batch_size",
+                "batch_size and concurrency must be at least 1",
+            ));
+        }
+        if self.worker.lease_seconds < 5 {
+            return Err(invalid("worker.lease_seconds", "must be at least 5"));
+        }
+        if self.worker.max_attempts == 0 {
+            return Err(invalid("worker.max_attempts", "must be at least 1"));
+        }
+        let mut seen = HashSet::new();
+        for (i, o) in self.offerings.iter().enumerate() {
+            let key = format!("offerings[{i}].slug");
+            Slug::parse(&o.slug).map_err(|e| invalid(&key, e))?;
+            if !seen.insert(o.slug.as_str()) {
+                return Err(invalid(&key, format!("`{}` is declared twice", o.slug)));
+            }
+            if o.name.trim().is_empty() {
+                return Err(invalid(
+                    &format!("offerings[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server
+            .bind
+            .parse()
+            .map_err(|_| invalid("server.bind", "must be an address like 127.0.0.1:3000"))
+    }
+
+    /// The base URL without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        self.server.base_url.trim_end_matches('/')
+    }
+
+    pub fn outbox_dir(&self) -> PathBuf {
+        if self.mail.outbox_dir.is_empty() {
+            self.data_dir.join("outbox")
+        } else {
+            PathBuf::from(&self.mail.outbox_dir)
+        }
+    }
+
+    /// The folder whose `templates/` overrides the embedded templates, if any.
+    pub fn templates_dir(&self) -> Option<PathBuf> {
+        self.config_dir
+            .as_ref()
+            .map(|d| d.join("templates"))
+            .filter(|d| d.is_dir())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+/// Maps `SANGHA__SMTP__HOST` to `smtp.host` and `SANGHA__DATA_DIR` to `data_dir`.
+fn env_provider(vars: Vec<(String, String)>) -> Serialized<figment::value::Dict> {
+    use figment::value::{Dict, Value};
+    let mut root = Dict::new();
+    for (key, raw) in vars {
+        let path: Vec<String> = key["SANGHA__".len()..]
+            .split("__")
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
+        let value = parse_env_value(&raw);
+        let mut dict = &mut root;
+        for (i, part) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                dict.insert(part.clone(), value.clone());
+            } else {
+                let entry = dict
+                    .entry(part.clone())
+                    .or_insert_with(|| Value::from(Dict::new()));
+                if !matches!(entry, Value::Dict(..)) {
+                    *entry = Value::from(Dict::new());
+                }
+                let Value::Dict(_, inner) = entry else {
+                    unreachable!("just made a dict")
+                };
+                dict = inner;
+            }
+        }
+    }
+    Serialized::defaults(root)
+}
+
+/// Environment values are TOML values when they parse as one (`8`, `true`, `["a"]`),
+/// otherwise plain strings.
+fn parse_env_value(raw: &str) -> figment::value::Value {
+    use figment::value::Value;
+    let looks_structured = raw.starts_with('[') || raw.starts_with('{');
+    let parsed: Option<Value> =
+        if looks_structured || raw.parse::<f64>().is_ok() || raw == "true" || raw == "false" {
+            toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|t| t.get("v").cloned())
+                .and_then(|v| Value::serialize(v).ok())
+        } else {
+            None
+        };
+    parsed.unwrap_or_else(|| Value::from(raw.to_owned()))
+}
+
+fn describe_figment_error(err: figment::Error) -> ConfigError {
+    let mut messages = Vec::new();
+    for e in err {
+        let key = e.path.join(".");
+        let what = match &e.kind {
+            figment::error::Kind::UnknownField(field, _) => {
+                let full = if key.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{key}.{field}")
+                };
+                format!("unknown key `{full}`")
+            }
+            other => {
+                if key.is_empty() {
+                    other.to_string()
+                } else {
+                    format!("key `{key}`: {other}")
+                }
+            }
+        };
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| format!(" (from {})", m.name))
+            .unwrap_or_default();
+        messages.push(format!("{what}{source}"));
+    }
+    ConfigError::Parse(messages.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile_dir();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load_with_env(Some(&path), env)
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sangha-config-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_committed_config_toml_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let config = Config::load_with_env(Some(&path), Vec::new()).expect("config.toml loads");
+        assert_eq!(config.mail.transport, TransportKind::File);
+        assert!(config.database.url.starts_with("sqlite:"));
+        let slugs: Vec<&str> = config.offerings.iter().map(|o| o.slug.as_str()).collect();
+        for slug in [
+            "guided-meditations",
+            "conscious-awakening",
+            "morning-meditation",
+            "orgasmic-queen",
+        ] {
+            assert!(slugs.contains(&slug), "{slug} missing from {slugs:?}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_the_file_which_overrides_defaults() {
+        let config = load(
+            "[smtp]\nhost = \"file-host\"\nport = 2525\n",
+            &[
+                ("SANGHA__SMTP__HOST", "env-host"),
+                ("SANGHA__DATA_DIR", "/tmp/x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.smtp.host, "env-host");
+        assert_eq!(config.smtp.port, 2525);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.smtp.pool_size, 8, "default kept");
+    }
+
+    #[test]
+    fn environment_numbers_and_lists_are_typed() {
+        let config = load(
+            "",
+            &[
+                ("SANGHA__SMTP__PORT", "2526"),
+                ("SANGHA__SERVER__CORS_ORIGINS", "[\"https://a.example\"]"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.smtp.port, 2526);
+        assert_eq!(config.server.cors_origins, vec!["https://a.example"]);
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_named() {
+        let err = load("[smtp]\nhots = \"x\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("smtp.hots"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_environment_is_named() {
+        let err = load("", &[("SANGHA__SMTP__HOTS", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("smtp.hots"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_is_named() {
+        let err = load("[smtp]\ntls = \"maybe\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("smtp.tls"), "{err}");
+        let err = load("[server]\nbind = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.bind"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_smtp_password_stops_start() {
+        let err = load(
+            "[mail]\ntransport = \"smtp\"\n[smtp]\nusername = \"me\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("smtp.password"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_and_in_the_printed_config() {
+        let config = load(
+            "",
+            &[
+                ("SANGHA__SMTP__PASSWORD", "hunter2-secret"),
+                ("SANGHA__DATABASE__URL", "postgres://u:dbpass@localhost/x"),
+            ],
+        )
+        .unwrap();
+        let printed = config.to_redacted_toml();
+        let debug = format!("{config:?}");
+        for text in [&printed, &debug] {
+            assert!(!text.contains("hunter2-secret"), "{text}");
+            assert!(!text.contains("dbpass"), "{text}");
+        }
+        assert!(printed.contains("[redacted]"));
+    }
+
+    #[test]
+    fn duplicate_offering_slugs_are_refused() {
+        let err = load(
+            "[[offerings]]\nslug = \"a\"\nname = \"A\"\nkind = \"newsletter\"\n\
+             [[offerings]]\nslug = \"a\"\nname = \"B\"\nkind = \"course\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("offerings[1].slug"), "{err}");
+    }
+}

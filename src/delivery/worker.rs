@@ -1,0 +1,262 @@
+//! A delivery worker: a loop around [`Worker::step`], which claims a batch of due deliveries,
+//! renders and sends them with bounded concurrency, and records each result. All state lives in
+//! the database, so any number of workers (in `serve` or in `sangha worker` processes) can run,
+//! and a crash only leaves leases that run out.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{Notify, watch};
+
+use crate::clock::{Clock, Millis};
+use crate::config::WorkerConfig;
+use crate::domain::{DeliveryKind, DeliveryStatus};
+use crate::mail::{Composer, SendErrorKind, Transport};
+use crate::store::{ClaimedDelivery, Store};
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepOutcome {
+    pub claimed: usize,
+    pub sent: usize,
+    pub retried: usize,
+    pub failed: usize,
+}
+
+impl StepOutcome {
+    pub fn is_idle(&self) -> bool {
+        self.claimed == 0
+    }
+}
+
+enum Result1 {
+    Sent,
+    Retried,
+    Failed,
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    composer: Composer,
+    transport: Transport,
+    clock: Clock,
+    settings: WorkerConfig,
+    id: String,
+    claims: AtomicU64,
+}
+
+/// Delay before the next attempt after `attempts` failed ones: 30 s doubling up to an hour,
+/// with up to a fifth of random jitter so retries of many rows do not arrive together.
+pub fn backoff_ms(attempts: i64) -> Millis {
+    let exp = attempts.clamp(1, 20) - 1;
+    let base: Millis = (30_000i64 << exp).min(3_600_000);
+    let jitter = rand::random_range(0..=base / 5);
+    base + jitter
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        composer: Composer,
+        transport: Transport,
+        clock: Clock,
+        settings: WorkerConfig,
+    ) -> Self {
+        let id = format!(
+            "{}-{}-{:08x}",
+            hostname(),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                composer,
+                transport,
+                clock,
+                settings,
+                id,
+                claims: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Claims one batch and delivers it. Returns how the batch went; an empty claim is idle.
+    pub async fn step(&self) -> anyhow::Result<StepOutcome> {
+        let inner = &self.inner;
+        let now = inner.clock.now_ms();
+        let lease_id = format!(
+            "{}-{}",
+            inner.id,
+            inner.claims.fetch_add(1, Ordering::Relaxed)
+        );
+        let lease_until = now + (inner.settings.lease_seconds as i64) * 1000;
+        let batch = inner
+            .store
+            .claim_deliveries(&lease_id, now, lease_until, inner.settings.batch_size)
+            .await?;
+        let mut outcome = StepOutcome {
+            claimed: batch.len(),
+            ..StepOutcome::default()
+        };
+        let results: Vec<Result1> = futures::stream::iter(batch)
+            .map(|d| self.deliver(d, &lease_id))
+            .buffer_unordered(inner.settings.concurrency as usize)
+            .collect()
+            .await;
+        for r in results {
+            match r {
+                Result1::Sent => outcome.sent += 1,
+                Result1::Retried => outcome.retried += 1,
+                Result1::Failed => outcome.failed += 1,
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn deliver(&self, delivery: ClaimedDelivery, lease_id: &str) -> Result1 {
+        let inner = &self.inner;
+        let message = match self.compose(&delivery).await {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                self.finish(
+                    &delivery,
+                    lease_id,
+                    DeliveryStatus::Skipped,
+                    "nothing to send",
+                )
+                .await;
+                return Result1::Failed;
+            }
+            Err(e) => {
+                tracing::error!(delivery = delivery.id, error = %e, "cannot render delivery");
+                self.finish(&delivery, lease_id, DeliveryStatus::Failed, &e.to_string())
+                    .await;
+                return Result1::Failed;
+            }
+        };
+        match inner.transport.send(message).await {
+            Ok(reply) => {
+                let now = inner.clock.now_ms();
+                if let Err(e) = inner
+                    .store
+                    .mark_delivery_sent(delivery.id, lease_id, now, &reply)
+                    .await
+                {
+                    // The message went out but the row still says pending: once the lease
+                    // runs out it will be sent again. Say so loudly.
+                    tracing::error!(delivery = delivery.id, error = %e,
+                        "sent, but could not record it; the message may be sent twice");
+                }
+                tracing::debug!(delivery = delivery.id, "sent");
+                Result1::Sent
+            }
+            Err(e) => {
+                let give_up = delivery.attempts >= i64::from(inner.settings.max_attempts);
+                match e.kind {
+                    SendErrorKind::Transient if !give_up => {
+                        let next = inner.clock.now_ms() + backoff_ms(delivery.attempts);
+                        tracing::warn!(delivery = delivery.id, attempts = delivery.attempts,
+                            error = %e.message, "transient failure, will retry");
+                        if let Err(db) = inner
+                            .store
+                            .mark_delivery_retry(delivery.id, lease_id, next, &e.message)
+                            .await
+                        {
+                            tracing::error!(delivery = delivery.id, error = %db, "cannot record retry");
+                        }
+                        Result1::Retried
+                    }
+                    SendErrorKind::BadRecipient => {
+                        tracing::warn!(delivery = delivery.id, error = %e.message, "recipient rejected");
+                        self.finish(&delivery, lease_id, DeliveryStatus::Suppressed, &e.message)
+                            .await;
+                        Result1::Failed
+                    }
+                    _ => {
+                        tracing::warn!(delivery = delivery.id, error = %e.message, "delivery failed");
+                        self.finish(&delivery, lease_id, DeliveryStatus::Failed, &e.message)
+                            .await;
+                        Result1::Failed
+                    }
+                }
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        delivery: &ClaimedDelivery,
+        lease_id: &str,
+        status: DeliveryStatus,
+        why: &str,
+    ) {
+        let now = self.inner.clock.now_ms();
+        if let Err(e) = self
+            .inner
+            .store
+            .mark_delivery_final(delivery.id, lease_id, status, now, why)
+            .await
+        {
+            tracing::error!(delivery = delivery.id, error = %e, "cannot record delivery result");
+        }
+    }
+
+    async fn compose(&self, delivery: &ClaimedDelivery) -> anyhow::Result<Option<lettre::Message>> {
+        match delivery.kind {
+            DeliveryKind::Confirmation => {
+                let Some(consent_id) = delivery.consent_id else {
+                    return Ok(None);
+                };
+                let Some(signup) = self.inner.store.confirmation_email(consent_id).await? else {
+                    return Ok(None);
+                };
+                Ok(Some(self.inner.composer.confirmation(delivery, &signup)?))
+            }
+            DeliveryKind::Send => Ok(None),
+        }
+    }
+
+    /// Runs steps until `shutdown` turns true. Sleeps `poll_interval_ms` when idle, or until
+    /// `wake` is notified (a signup in the same process just queued a delivery).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, wake: Arc<Notify>) {
+        let idle = Duration::from_millis(self.inner.settings.poll_interval_ms);
+        tracing::info!(worker = %self.inner.id, "delivery worker started");
+        while !*shutdown.borrow() {
+            let pause = match self.step().await {
+                Ok(outcome) if !outcome.is_idle() => continue,
+                Ok(_) => idle,
+                Err(e) => {
+                    tracing::error!(error = %e, "delivery step failed; retrying");
+                    idle.max(Duration::from_secs(1))
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = wake.notified() => {}
+                changed = shutdown.changed() => {
+                    // The sender is gone: nobody can ask us to stop any more, so stop now.
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!(worker = %self.inner.id, "delivery worker stopped");
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sangha".to_owned())
+}

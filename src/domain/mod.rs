@@ -1,0 +1,16 @@
+//! Domain newtypes and state enums. Input is parsed into these once, at the boundary; the rest
+//! of the code never handles a raw email string or a status word.
+
+mod email;
+mod name;
+mod slug;
+mod status;
+mod timezone;
+mod token;
+
+pub use email::EmailAddress;
+pub use name::SubscriberName;
+pub use slug::Slug;
+pub use status::{DeliveryKind, DeliveryStatus, OfferingKind, SubscriptionStatus};
+pub use timezone::Timezone;
+pub use token::{Token, TokenError, TokenKey, TokenPurpose};

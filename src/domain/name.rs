@@ -1,0 +1,63 @@
+use std::fmt;
+
+/// A person's name as they typed it: trimmed, at most [`SubscriberName::MAX_CHARS`] characters,
+/// no control characters (so it can never break a header line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberName(String);
+
+impl SubscriberName {
+    pub const MAX_CHARS: usize = 100;
+
+    /// An empty or blank input is no name at all.
+    pub fn parse(input: &str) -> Result<Option<Self>, String> {
+        let trimmed = input.trim();
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err("A name cannot contain line breaks or control characters.".into());
+        }
+        if trimmed.chars().count() > Self::MAX_CHARS {
+            return Err(format!(
+                "Please keep your name under {} characters.",
+                Self::MAX_CHARS
+            ));
+        }
+        Ok(Some(Self(trimmed.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SubscriberName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SubscriberName;
+
+    #[test]
+    fn trims_and_treats_blank_as_none() {
+        assert_eq!(SubscriberName::parse("   ").unwrap(), None);
+        assert_eq!(
+            SubscriberName::parse("  Śakti Devi ")
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "Śakti Devi"
+        );
+    }
+
+    #[test]
+    fn refuses_control_characters_and_long_names() {
+        assert!(SubscriberName::parse("a\r\nBcc: x@y.z").is_err());
+        assert!(SubscriberName::parse("a\0b").is_err());
+        assert!(SubscriberName::parse(&"x".repeat(101)).is_err());
+        assert!(SubscriberName::parse(&"ä".repeat(100)).unwrap().is_some());
+    }
+}

@@ -1,0 +1,34 @@
+use std::fmt;
+
+/// An offering's identifier in URLs, forms and the CLI: lowercase ASCII letters, digits and
+/// hyphens, starting with a letter or digit, at most 64 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slug(String);
+
+impl Slug {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let ok = !input.is_empty()
+            && input.len() <= 64
+            && input.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && input
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(Self(input.to_owned()))
+        } else {
+            Err(format!(
+                "`{input}` is not a valid offering slug (lowercase letters, digits and hyphens)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Slug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

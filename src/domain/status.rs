@@ -1,0 +1,68 @@
+use serde::{Deserialize, Serialize};
+
+/// Defines a closed set of states stored as lowercase words in the database.
+macro_rules! word_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $word),+ }
+            }
+
+            pub fn parse(word: &str) -> Result<Self, String> {
+                match word {
+                    $($word => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "`{other}` is not one of: {}",
+                        [$($word),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+word_enum!(
+    /// What an offering is: a newsletter (sends scheduled by the owner) or a course (steps
+    /// N days after each person's confirmation).
+    OfferingKind { Newsletter => "newsletter", Course => "course" }
+);
+
+word_enum!(
+    /// A subscriber's relation to one offering: `pending` → `confirmed` → `unsubscribed`.
+    SubscriptionStatus {
+        Pending => "pending",
+        Confirmed => "confirmed",
+        Unsubscribed => "unsubscribed",
+    }
+);
+
+word_enum!(
+    /// What a delivery row carries.
+    DeliveryKind { Confirmation => "confirmation", Send => "send" }
+);
+
+word_enum!(
+    /// Where one delivery is in its life. `pending` rows are claimed by workers; the others are
+    /// final.
+    DeliveryStatus {
+        Pending => "pending",
+        Sent => "sent",
+        Failed => "failed",
+        Suppressed => "suppressed",
+        Skipped => "skipped",
+        Cancelled => "cancelled",
+    }
+);

@@ -1,0 +1,24 @@
+//! Sangha: a self-hosted newsletter service. Visitors sign up for offerings and confirm by
+//! email; the owner schedules sends from the command line; workers deliver from a durable
+//! outbox.
+
+/// Opening the database, token key, templates and transport; running the server and workers.
+pub mod app;
+/// The owner's command line (clap).
+pub mod cli;
+/// The time the application believes it is; manual in tests.
+pub mod clock;
+/// File → validated `Config`, with environment overrides.
+pub mod config;
+/// The delivery workers that drain the outbox.
+pub mod delivery;
+/// Newtypes and state enums parsed at the boundary.
+pub mod domain;
+/// Links with signed tokens that go into emails.
+pub mod links;
+/// Templates, message building, transports.
+pub mod mail;
+/// The database: SQLite or PostgreSQL, migrations, queries.
+pub mod store;
+/// The website: signup, confirmation, pages.
+pub mod web;

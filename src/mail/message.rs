@@ -1,0 +1,58 @@
+//! Building RFC 5322 messages with lettre: multipart/alternative with a text and an HTML part,
+//! headers encoded by lettre (RFC 2047 for non-ASCII subjects and names).
+
+use lettre::Message;
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use rand::RngCore;
+
+/// A rendered email.
+#[derive(Debug, Clone)]
+pub struct EmailContent {
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+}
+
+/// A fresh Message-ID, `<32 hex digits@domain>`, fixed when the delivery row is written so a
+/// retry carries the same one.
+pub fn new_message_id(domain: &str) -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("<{hex}@{domain}>")
+}
+
+/// Builds the message. The Date header is stamped now, at hand-off to the transport.
+pub fn build_message(
+    from: &Mailbox,
+    to: Mailbox,
+    message_id: &str,
+    content: EmailContent,
+) -> Result<Message, lettre::error::Error> {
+    // A subject is one line: anything a template or a person slipped in to break it goes.
+    let subject: String = content
+        .subject
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(subject.trim())
+        .message_id(Some(message_id.to_owned()))
+        .date_now()
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(content.text),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(content.html),
+                ),
+        )
+}

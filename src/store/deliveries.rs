@@ -1,0 +1,222 @@
+//! The outbox. A worker claims due rows by writing a lease (its claim id and an expiry) in one
+//! statement; only the holder of the lease may record the result. A lease that runs out —
+//! the worker crashed — makes the row claimable again.
+//!
+//! ```text
+//!  pending ──claim (lease)──► sending ──ok──────────► sent
+//!     ▲                          │ └─permanent──────► failed
+//!     └──── transient: next_attempt_at = now + backoff
+//! ```
+//! ("sending" is not a stored state: it is a pending row with a live lease.)
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Backend, Store};
+use crate::clock::Millis;
+use crate::domain::{DeliveryKind, DeliveryStatus};
+
+/// A row a worker holds the lease on, with its recipient.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    pub kind: DeliveryKind,
+    pub subscriber_id: i64,
+    pub consent_id: Option<i64>,
+    pub message_id: String,
+    /// Claims so far, this one included.
+    pub attempts: i64,
+    pub email: String,
+    pub name: Option<String>,
+}
+
+/// What a confirmation email needs beyond the recipient.
+#[derive(Debug, Clone)]
+pub struct ConfirmationEmail {
+    pub consent_id: i64,
+    /// When the signup happened; the link expires a fixed time after it.
+    pub signed_up_at: Millis,
+    pub offerings: Vec<crate::store::Offering>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryCounts {
+    pub pending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub suppressed: i64,
+    pub skipped: i64,
+    pub cancelled: i64,
+}
+
+impl Store {
+    /// Claims up to `limit` due deliveries for `lease_id` until `lease_until`, and returns them.
+    /// PostgreSQL skips rows other workers are claiming at the same moment; SQLite has a single
+    /// writer, so the same statement is already exclusive there.
+    pub async fn claim_deliveries(
+        &self,
+        lease_id: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE deliveries SET lease_until = $1, leased_by = $2, attempts = attempts + 1
+             WHERE id IN (
+                 SELECT id FROM deliveries
+                 WHERE status = 'pending' AND next_attempt_at <= $3
+                   AND (lease_until IS NULL OR lease_until < $3)
+                 ORDER BY next_attempt_at, id
+                 LIMIT $4 {lock})"
+        );
+        let claimed = sqlx::query(&sql)
+            .bind(lease_until)
+            .bind(lease_id)
+            .bind(now)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if claimed == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT d.id, d.kind, d.subscriber_id, d.consent_id, d.message_id, d.attempts,
+                    s.email, s.name
+             FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+             WHERE d.leased_by = $1 AND d.status = 'pending'
+             ORDER BY d.id",
+        )
+        .bind(lease_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(ClaimedDelivery {
+                    id: row.try_get("id")?,
+                    kind: DeliveryKind::parse(&kind).map_err(|e| sqlx::Error::Decode(e.into()))?,
+                    subscriber_id: row.try_get("subscriber_id")?,
+                    consent_id: row.try_get("consent_id")?,
+                    message_id: row.try_get("message_id")?,
+                    attempts: row.try_get("attempts")?,
+                    email: row.try_get("email")?,
+                    name: row.try_get("name")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The signup behind a confirmation delivery.
+    pub async fn confirmation_email(
+        &self,
+        consent_id: i64,
+    ) -> Result<Option<ConfirmationEmail>, sqlx::Error> {
+        Ok(self
+            .pending_confirmation(consent_id)
+            .await?
+            .map(|p| ConfirmationEmail {
+                consent_id,
+                signed_up_at: p.at,
+                offerings: p.offerings,
+            }))
+    }
+
+    /// Records a hand-off to the transport. Ignored if the lease was lost meanwhile.
+    pub async fn mark_delivery_sent(
+        &self,
+        id: i64,
+        lease_id: &str,
+        now: Millis,
+        reply: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET status = 'sent', sent_at = $3, smtp_reply = $4,
+                 lease_until = NULL, last_error = NULL
+             WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(lease_id)
+        .bind(now)
+        .bind(reply)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts the row back for another attempt at `next_attempt_at`.
+    pub async fn mark_delivery_retry(
+        &self,
+        id: i64,
+        lease_id: &str,
+        next_attempt_at: Millis,
+        error: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = $3, last_error = $4, lease_until = NULL
+             WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(lease_id)
+        .bind(next_attempt_at)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends the row in a final state other than `sent` (failed, suppressed, skipped).
+    pub async fn mark_delivery_final(
+        &self,
+        id: i64,
+        lease_id: &str,
+        status: DeliveryStatus,
+        now: Millis,
+        error: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET status = $3, last_error = $4, sent_at = $5, lease_until = NULL
+             WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(lease_id)
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deliveries by state, optionally of one kind.
+    pub async fn delivery_counts(
+        &self,
+        kind: Option<DeliveryKind>,
+    ) -> Result<DeliveryCounts, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM deliveries WHERE ($1 IS NULL OR kind = $1)
+             GROUP BY status",
+        )
+        .bind(kind.map(|k| k.as_str().to_owned()))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = DeliveryCounts::default();
+        for row in &rows {
+            let n: i64 = row.try_get("n")?;
+            let status: String = row.try_get("status")?;
+            match DeliveryStatus::parse(&status).map_err(|e| sqlx::Error::Decode(e.into()))? {
+                DeliveryStatus::Pending => counts.pending = n,
+                DeliveryStatus::Sent => counts.sent = n,
+                DeliveryStatus::Failed => counts.failed = n,
+                DeliveryStatus::Suppressed => counts.suppressed = n,
+                DeliveryStatus::Skipped => counts.skipped = n,
+                DeliveryStatus::Cancelled => counts.cancelled = n,
+            }
+        }
+        Ok(counts)
+    }
+}

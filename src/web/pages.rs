@@ -1,0 +1,72 @@
+//! Rendering pages into the site layout, and the pages every route may fall back to.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{AppError, AppState};
+
+/// Renders `pages/{name}.html` with `site` and `title` added to `context`.
+pub fn render(
+    state: &AppState,
+    status: StatusCode,
+    name: &str,
+    title: &str,
+    mut context: Value,
+) -> Response {
+    context["site"] = json!({
+        "name": state.config().site.name,
+        "base_url": state.links().base_url(),
+    });
+    context["title"] = json!(title);
+    match state
+        .templates()
+        .render_html(&format!("pages/{name}.html"), &context)
+    {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => AppError::from(e).into_response(),
+    }
+}
+
+/// A short message in the site layout, for errors.
+pub fn message(state: &AppState, status: StatusCode, title: &str, message: &str) -> Response {
+    render(
+        state,
+        status,
+        "message",
+        title,
+        json!({ "message": message }),
+    )
+}
+
+/// An error as a page; `Retry-After` kept.
+pub fn error_page(state: &AppState, error: AppError) -> Response {
+    let title = match error.status() {
+        StatusCode::TOO_MANY_REQUESTS => "Please slow down",
+        s if s.is_server_error() => "Something went wrong",
+        _ => "That did not work",
+    };
+    let page = message(state, error.status(), title, &error.public_message());
+    error.decorate(page)
+}
+
+/// The page for an unknown, expired or tampered link.
+pub fn invalid_link(state: &AppState) -> Response {
+    render(
+        state,
+        StatusCode::NOT_FOUND,
+        "token_invalid",
+        "Link not valid",
+        json!({}),
+    )
+}
+
+pub async fn not_found(State(state): State<AppState>) -> Response {
+    message(
+        &state,
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is nothing at this address.",
+    )
+}
