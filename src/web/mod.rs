@@ -65,7 +65,7 @@ impl AppState {
             config.signup.rate_limit_per_minute,
             config.signup.rate_limit_burst,
         );
-        let consent_hash = hex(&Sha256::digest(config.signup.consent_text.as_bytes()));
+        let consent_hash = hex_digest(&Sha256::digest(config.signup.consent_text.as_bytes()));
         Self {
             inner: Arc::new(StateInner {
                 config,
@@ -107,7 +107,8 @@ impl AppState {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of a digest.
+pub fn hex_digest(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

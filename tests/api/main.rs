@@ -1,0 +1,11 @@
+//! The one integration test binary: black-box tests through HTTP, SMTP and the `sangha`
+//! command line. Each test runs on SQLite and, when `TEST_DATABASE_URL` is set, PostgreSQL.
+
+mod support;
+
+mod cli;
+mod confirm;
+mod first_run;
+mod outbox;
+mod signup;
+mod smtp_delivery;

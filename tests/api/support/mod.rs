@@ -1,0 +1,361 @@
+//! Test support: each test spawns the application on 127.0.0.1:0 with a database of its own
+//! (a SQLite file in a temporary folder, or a fresh PostgreSQL database when
+//! `TEST_DATABASE_URL` is set), and talks to it over HTTP and through the `sangha` binary.
+
+#![allow(dead_code)]
+
+pub mod smtp;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use sangha::app::Application;
+use sangha::clock::Clock;
+use sangha::config::{Config, TransportKind};
+use sangha::store::Store;
+use sangha::web::AppState;
+use tokio::sync::oneshot;
+
+/// How long a test waits for something that should happen soon.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A fixed base key so tests can forge tokens when they need to.
+pub const TEST_TOKEN_KEY: &str = "dGVzdC10b2tlbi1rZXktdGhhdC1pcy1sb25nLWVub3VnaC0zMi1ieXRlcw==";
+
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    /// The PostgreSQL server to test against, from `TEST_DATABASE_URL`. When it is not set the
+    /// PostgreSQL variant of each test is skipped, unless `SANGHA_TEST_REQUIRE_POSTGRES=1`
+    /// (as in `.ci/run`), which makes the absence a failure.
+    pub fn postgres() -> Option<Backend> {
+        match std::env::var("TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Some(Backend::Postgres(url)),
+            _ => {
+                if std::env::var("SANGHA_TEST_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                    panic!("SANGHA_TEST_REQUIRE_POSTGRES=1 but TEST_DATABASE_URL is not set");
+                }
+                eprintln!("TEST_DATABASE_URL is not set: skipping the PostgreSQL variant");
+                None
+            }
+        }
+    }
+
+    /// A database URL no other test uses.
+    pub async fn fresh_database(&self, dir: &Path) -> String {
+        match self {
+            Backend::Sqlite => format!("sqlite://{}/sangha.db", dir.display()),
+            Backend::Postgres(admin_url) => {
+                let name = format!("sangha_test_{:016x}", rand::random::<u64>());
+                sqlx::any::install_default_drivers();
+                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(admin_url)
+                    .await
+                    .expect("connect to TEST_DATABASE_URL");
+                sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("create test database");
+                let (base, _) = admin_url
+                    .rsplit_once('/')
+                    .expect("URL with a database name");
+                format!("{base}/{name}")
+            }
+        }
+    }
+}
+
+/// Runs an async test body once per backend: `backend_tests!(a_test, another_test);` makes
+/// `a_test::sqlite` and `a_test::postgres` from `async fn a_test(backend: Backend)`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::support::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(backend) = $crate::support::Backend::postgres() {
+                        super::$name(backend).await;
+                    }
+                }
+            }
+        )+
+    };
+}
+
+/// The committed `config.toml`, pointed at a fresh data folder and database.
+pub async fn test_config(backend: &Backend, dir: &Path) -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let mut config = Config::load_with_env(Some(&path), Vec::new()).expect("config.toml loads");
+    config.data_dir = dir.to_owned();
+    config.database.url = backend.fresh_database(dir).await;
+    config.server.bind = "127.0.0.1:0".into();
+    config.tokens.key = sangha::config::Secret::new(TEST_TOKEN_KEY);
+    config.worker.poll_interval_ms = 50;
+    config.mail.transport = TransportKind::File;
+    config
+}
+
+/// A running application.
+pub struct TestApp {
+    pub address: String,
+    pub config: Config,
+    pub state: AppState,
+    pub clock: Clock,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What to change before the application starts.
+pub struct Options {
+    pub worker: bool,
+    pub clock: Clock,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            clock: Clock::System,
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, Options::default(), |_| {}).await
+    }
+
+    pub async fn spawn_with(
+        backend: Backend,
+        options: Options,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(&backend, dir.path()).await;
+        configure(&mut config);
+        config.validate().expect("test config is valid");
+        let app = Application::build(config.clone(), options.clock.clone(), options.worker)
+            .await
+            .expect("application starts");
+        let address = format!("http://{}", app.local_addr());
+        let state = app.state().clone();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("application runs");
+        });
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("http client");
+        Self {
+            address,
+            config,
+            state,
+            clock: options.clock,
+            dir,
+            http,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.state.store()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn post_form(&self, path: &str, body: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("user-agent", "sangha-tests/1.0")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("POST form")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("user-agent", "sangha-tests/1.0")
+            .json(body)
+            .send()
+            .await
+            .expect("POST json")
+    }
+
+    /// Signs `email` up for `offerings` through the form.
+    pub async fn signup(&self, email: &str, offerings: &[&str]) -> reqwest::Response {
+        let mut body = format!("email={}", urlencode(email));
+        for o in offerings {
+            body.push_str(&format!("&offerings={o}"));
+        }
+        self.post_form("/subscribe", &body).await
+    }
+
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.config.outbox_dir()
+    }
+
+    /// The `.eml` files written so far, oldest first.
+    pub fn outbox(&self) -> Vec<Vec<u8>> {
+        let Ok(entries) = std::fs::read_dir(self.outbox_dir()) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .map(|p| (p.metadata().and_then(|m| m.modified()).expect("mtime"), p))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|(_, p)| std::fs::read(p).expect("read eml"))
+            .collect()
+    }
+
+    /// Waits until the outbox holds at least `n` messages.
+    pub async fn wait_for_outbox(&self, n: usize) -> Vec<Vec<u8>> {
+        let outbox = eventually(DEADLINE, || {
+            let files = self.outbox();
+            (files.len() >= n).then_some(files)
+        })
+        .await;
+        outbox.unwrap_or_else(|| {
+            panic!(
+                "expected {n} message(s) in the outbox, got {}",
+                self.outbox().len()
+            )
+        })
+    }
+
+    /// The confirmation link in the `index`th message of the outbox.
+    pub async fn confirm_path(&self, index: usize) -> String {
+        let messages = self.wait_for_outbox(index + 1).await;
+        confirm_path_in(&messages[index])
+    }
+
+    /// Runs the `sangha` binary against this application's database and data folder.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run_cli(&self.config, args)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(DEADLINE, task).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Runs the binary with the committed config.toml and this config's database, data folder
+/// and token key given through the environment, as an owner would.
+pub fn run_cli(config: &Config, args: &[&str]) -> Output {
+    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    std::process::Command::new(env!("CARGO_BIN_EXE_sangha"))
+        .arg("--config")
+        .arg(&config_path)
+        .args(args)
+        .env("SANGHA__DATA_DIR", &config.data_dir)
+        .env("SANGHA__DATABASE__URL", &config.database.url)
+        .env("SANGHA__TOKENS__KEY", TEST_TOKEN_KEY)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run sangha")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+pub async fn eventually<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls an async `check` until it returns `Some` or the deadline passes.
+pub async fn eventually_async<T, Fut>(
+    deadline: Duration,
+    mut check: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `/confirm/…` path of the link in a raw message (the text part, decoded).
+pub fn confirm_path_in(raw: &[u8]) -> String {
+    let message = mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("a parsable message");
+    let text = message.body_text(0).expect("a text part").into_owned();
+    let start = text
+        .find("/confirm/")
+        .expect("a confirm link in the text part");
+    text[start..]
+        .split_whitespace()
+        .next()
+        .expect("link")
+        .to_owned()
+}
+
+pub fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
