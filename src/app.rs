@@ -13,7 +13,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::clock::Clock;
 use crate::config::{Config, redact_url_password};
-use crate::delivery::Worker;
+use crate::delivery::{Scheduler, Worker};
 use crate::domain::TokenKey;
 use crate::links::Links;
 use crate::mail::{Composer, Templates, Transport};
@@ -77,15 +77,37 @@ impl Runtime {
         )?))
     }
 
-    /// A delivery worker over the configured transport.
-    pub fn worker(&self, templates: Arc<Templates>, links: Links) -> anyhow::Result<Worker> {
+    pub fn scheduler(&self) -> Scheduler {
+        Scheduler::new(
+            self.store.clone(),
+            self.clock.clone(),
+            &self.config.mail.message_id_domain,
+            self.config.worker.fanout_batch_size,
+        )
+    }
+
+    /// Renders emails with the configured sender, site and list headers.
+    pub fn composer(&self, templates: Arc<Templates>, links: Links) -> anyhow::Result<Composer> {
         let from = self
             .config
             .mail
             .from
             .parse()
             .context("configuration key `mail.from`")?;
-        let composer = Composer::new(templates, links, from, &self.config.site.name);
+        let mailto = Some(self.config.mail.unsubscribe_mailto.clone()).filter(|m| !m.is_empty());
+        Ok(Composer::new(
+            templates,
+            links,
+            from,
+            &self.config.site.name,
+            &self.config.mail.message_id_domain,
+            mailto,
+        ))
+    }
+
+    /// A delivery worker over the configured transport.
+    pub fn worker(&self, templates: Arc<Templates>, links: Links) -> anyhow::Result<Worker> {
+        let composer = self.composer(templates, links)?;
         let transport = Transport::from_config(&self.config)?;
         Ok(Worker::new(
             self.store.clone(),
@@ -127,6 +149,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     worker: Option<Worker>,
+    scheduler: Scheduler,
     wake: Arc<Notify>,
 }
 
@@ -142,6 +165,7 @@ impl Application {
         } else {
             None
         };
+        let scheduler = runtime.scheduler();
         let wake = Arc::new(Notify::new());
         let state = AppState::new(
             runtime.config,
@@ -158,6 +182,7 @@ impl Application {
             listener,
             state,
             worker,
+            scheduler,
             wake,
         })
     }
@@ -180,6 +205,13 @@ impl Application {
         let worker = self
             .worker
             .map(|w| tokio::spawn(w.run(stop_rx.clone(), self.wake.clone())));
+        let interval =
+            std::time::Duration::from_millis(self.state.config().worker.poll_interval_ms);
+        let scheduler = tokio::spawn(self.scheduler.run(
+            interval,
+            stop_rx.clone(),
+            self.wake.clone(),
+        ));
         let app = router(self.state.clone());
         let mut server_stop = stop_rx.clone();
         let server = axum::serve(
@@ -198,6 +230,7 @@ impl Application {
         if let Some(worker) = worker {
             let _ = worker.await;
         }
+        let _ = scheduler.await;
         self.state.store().close().await;
         result.context("web server failed")
     }

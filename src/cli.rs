@@ -10,6 +10,7 @@ use crate::app::{Application, Runtime, shutdown_signal};
 use crate::clock::{Clock, format_ms};
 use crate::config::Config;
 use crate::domain::{EmailAddress, Slug, SubscriptionStatus};
+use crate::sending;
 use crate::store::{SubscriberDetail, SubscriberRow};
 
 #[derive(Debug, Parser)]
@@ -43,6 +44,72 @@ pub enum Command {
     /// Look at subscribers.
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
+    /// Schedule a send of an offering from a Markdown (or handlebars) file.
+    Schedule {
+        #[arg(long, value_name = "SLUG")]
+        offering: String,
+        #[arg(long, value_name = "PATH")]
+        content: PathBuf,
+        /// When to send: "YYYY-MM-DD HH:MM" in --timezone.
+        #[arg(
+            long,
+            value_name = "TIME",
+            conflicts_with = "now",
+            required_unless_present = "now"
+        )]
+        at: Option<String>,
+        /// The zone of --at (default: site.timezone).
+        #[arg(long, value_name = "ZONE", requires = "at")]
+        timezone: Option<String>,
+        /// Send as soon as possible.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Look after sends: list, show, pause, resume, cancel, watch.
+    #[command(subcommand)]
+    Sends(SendsCommand),
+    /// Render content as a subscriber would receive it.
+    Preview {
+        #[arg(long, value_name = "PATH")]
+        content: PathBuf,
+        /// The offering (default: `offering:` in the front matter).
+        #[arg(long, value_name = "SLUG")]
+        offering: Option<String>,
+        /// Render for this subscriber (default: a sample person).
+        #[arg(long, value_name = "EMAIL")]
+        subscriber: Option<String>,
+        /// Print the text part instead of the HTML part.
+        #[arg(long, conflicts_with = "eml")]
+        text: bool,
+        /// Write the whole message (.eml) to this file instead.
+        #[arg(long, value_name = "FILE")]
+        eml: Option<PathBuf>,
+    },
+    /// Send content once to one address through the configured transport.
+    TestSend {
+        #[arg(long, value_name = "PATH")]
+        content: PathBuf,
+        #[arg(long, value_name = "EMAIL")]
+        to: String,
+        #[arg(long, value_name = "SLUG")]
+        offering: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SendsCommand {
+    /// Every send, newest first.
+    List(JsonFlag),
+    /// One send: progress counts and why recipients did not get it.
+    Show { id: i64 },
+    /// Stop handing out the send's deliveries (those in flight finish).
+    Pause { id: i64 },
+    /// Continue a paused send.
+    Resume { id: i64 },
+    /// Cancel the rest of a send.
+    Cancel { id: i64 },
+    /// A live progress bar with rate and time left, until the send ends.
+    Watch { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +148,33 @@ pub enum SubscribersCommand {
         email: String,
         #[command(flatten)]
         json: JsonFlag,
+    },
+    /// Import people from a CSV file with the header `email,name,timezone,offerings` (several
+    /// offerings in one cell separated by `;`). Without --confirmed they are imported as
+    /// pending: they receive no email until they sign up themselves. A bad row is reported
+    /// with its line number and skipped.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+        /// They gave their consent elsewhere: confirm them at once (needs --source).
+        #[arg(long, requires = "source")]
+        confirmed: bool,
+        /// Where they gave their consent, kept in each consent record
+        /// (for example "signup sheet, retreat May 2024").
+        #[arg(long, value_name = "TEXT")]
+        source: Option<String>,
+        /// Check the whole file first and import nothing if any row is bad.
+        #[arg(long)]
+        strict: bool,
+        /// People written per transaction.
+        #[arg(long, value_name = "N", default_value_t = 1000, hide = true)]
+        batch_size: usize,
+    },
+    /// Export every subscriber as CSV: the import columns, then statuses and consent times.
+    Export {
+        /// Write to this file (readable only by you) instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
 }
 
@@ -171,6 +265,172 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
                 print_subscriber_table(&rows, out)?;
+            }
+            Ok(())
+        }
+        Command::Schedule {
+            offering,
+            content,
+            at,
+            timezone,
+            now,
+        } => {
+            let when = match (now, at) {
+                (true, _) => sending::When::Now,
+                (false, Some(at)) => {
+                    let zone = timezone.unwrap_or_else(|| config.site.timezone.clone());
+                    sending::When::parse_at(&at, &zone)?
+                }
+                (false, None) => anyhow::bail!("say when: --at \"YYYY-MM-DD HH:MM\" or --now"),
+            };
+            let runtime = Runtime::open(config, Clock::System).await?;
+            let id = sending::schedule(&runtime, &offering, &content, &when).await?;
+            writeln!(out, "{id}")?;
+            Ok(())
+        }
+        Command::Sends(command) => {
+            let runtime = Runtime::open(config, Clock::System).await?;
+            let store = &runtime.store;
+            let changed = |ok: bool, id: i64, what: &str| -> anyhow::Result<()> {
+                anyhow::ensure!(
+                    ok,
+                    "send {id} cannot be {what} in its current state (see `sangha sends show {id}`)"
+                );
+                Ok(())
+            };
+            match command {
+                SendsCommand::List(flag) => {
+                    let sends = store.send_summaries(None).await?;
+                    if flag.json {
+                        writeln!(out, "{}", serde_json::to_string_pretty(&sends)?)?;
+                    } else {
+                        sending::print_send_list(&sends, out)?;
+                    }
+                }
+                SendsCommand::Show { id } => sending::print_send(&runtime, id, out).await?,
+                SendsCommand::Pause { id } => {
+                    changed(
+                        store.pause_send(id, "paused by the owner").await?,
+                        id,
+                        "paused",
+                    )?;
+                    writeln!(out, "send {id} paused")?;
+                }
+                SendsCommand::Resume { id } => {
+                    changed(store.resume_send(id).await?, id, "resumed")?;
+                    writeln!(out, "send {id} resumed")?;
+                }
+                SendsCommand::Cancel { id } => {
+                    changed(
+                        store.cancel_send(id, runtime.clock.now_ms()).await?,
+                        id,
+                        "cancelled",
+                    )?;
+                    writeln!(out, "send {id} cancelled")?;
+                }
+                SendsCommand::Watch { id } => sending::watch(&runtime, id, out).await?,
+            }
+            Ok(())
+        }
+        Command::Preview {
+            content,
+            offering,
+            subscriber,
+            text,
+            eml,
+        } => {
+            let subscriber = subscriber
+                .map(|s| EmailAddress::parse(&s).map_err(anyhow::Error::msg))
+                .transpose()
+                .context("--subscriber")?;
+            let runtime = Runtime::open(config, Clock::System).await?;
+            match eml {
+                Some(path) => {
+                    let mut file = std::fs::File::create(&path)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    sending::preview(
+                        &runtime,
+                        &content,
+                        offering.as_deref(),
+                        subscriber.as_ref(),
+                        sending::PreviewPart::Raw,
+                        &mut file,
+                    )
+                    .await?;
+                    writeln!(out, "wrote {}", path.display())?;
+                }
+                None => {
+                    let part = if text {
+                        sending::PreviewPart::Text
+                    } else {
+                        sending::PreviewPart::Html
+                    };
+                    sending::preview(
+                        &runtime,
+                        &content,
+                        offering.as_deref(),
+                        subscriber.as_ref(),
+                        part,
+                        out,
+                    )
+                    .await?;
+                }
+            }
+            Ok(())
+        }
+        Command::TestSend {
+            content,
+            to,
+            offering,
+        } => {
+            let to = EmailAddress::parse(&to)
+                .map_err(anyhow::Error::msg)
+                .context("--to")?;
+            let runtime = Runtime::open(config, Clock::System).await?;
+            let reply = sending::test_send(&runtime, &content, offering.as_deref(), &to).await?;
+            writeln!(out, "sent to {to}: {reply}")?;
+            Ok(())
+        }
+        Command::Subscribers(SubscribersCommand::Import {
+            file,
+            confirmed,
+            source,
+            strict,
+            batch_size,
+        }) => {
+            let options = crate::subscribers_csv::ImportOptions {
+                confirmed,
+                source,
+                strict,
+                batch_size,
+            };
+            options.check()?;
+            let runtime = Runtime::open(config, Clock::System).await?;
+            let links = runtime.links()?;
+            let report = crate::subscribers_csv::import(
+                &runtime.store,
+                &links,
+                &file,
+                &options,
+                &mut std::io::stderr(),
+                runtime.clock.now_ms(),
+            )
+            .await?;
+            writeln!(out, "{report}")?;
+            Ok(())
+        }
+        Command::Subscribers(SubscribersCommand::Export { output }) => {
+            let runtime = Runtime::open(config, Clock::System).await?;
+            match output {
+                Some(path) => {
+                    let mut file = crate::subscribers_csv::create_private_file(&path)?;
+                    let n = crate::subscribers_csv::export(&runtime.store, &mut file).await?;
+                    file.sync_all()?;
+                    writeln!(out, "{n} subscriber(s) written to {}", path.display())?;
+                }
+                None => {
+                    crate::subscribers_csv::export(&runtime.store, out).await?;
+                }
             }
             Ok(())
         }

@@ -39,6 +39,9 @@ pub struct Config {
 pub struct SiteConfig {
     /// The name people know the practice by; shown on pages and in emails.
     pub name: String,
+    /// The owner's IANA time zone: the default for `schedule --at` and for subscribers who
+    /// gave none.
+    pub timezone: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +109,9 @@ pub struct MailConfig {
     pub message_id_domain: String,
     /// Where the file transport writes `.eml` files; empty means `data_dir/outbox`.
     pub outbox_dir: String,
+    /// An address that unsubscribes by email, offered in List-Unsubscribe beside the link;
+    /// empty for none.
+    pub unsubscribe_mailto: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +173,12 @@ pub struct WorkerConfig {
     pub concurrency: u32,
     /// Attempts before a transiently failing delivery is given up.
     pub max_attempts: u32,
+    /// A send pauses itself once this many deliveries failed…
+    pub pause_after_failures: u32,
+    /// …and they are at least this percentage of those tried.
+    pub pause_failure_percent: u32,
+    /// Deliveries created per transaction when a send's time comes.
+    pub fanout_batch_size: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -247,6 +259,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             site: SiteConfig {
                 name: "Sangha".into(),
+                timezone: "UTC".into(),
             },
             server: ServerConfig {
                 bind: "127.0.0.1:3000".into(),
@@ -263,6 +276,7 @@ impl Default for Config {
                 from: "Sangha <hello@example.com>".into(),
                 message_id_domain: "example.com".into(),
                 outbox_dir: String::new(),
+                unsubscribe_mailto: String::new(),
             },
             smtp: SmtpConfig {
                 host: "localhost".into(),
@@ -293,6 +307,9 @@ impl Default for Config {
                 lease_seconds: 60,
                 concurrency: 8,
                 max_attempts: 8,
+                pause_after_failures: 20,
+                pause_failure_percent: 10,
+                fanout_batch_size: 5000,
             },
             offerings: Vec::new(),
             config_dir: None,
@@ -356,6 +373,8 @@ impl Config {
         if self.site.name.trim().is_empty() {
             return Err(invalid("site.name", "must not be empty"));
         }
+        crate::domain::Timezone::parse(&self.site.timezone)
+            .map_err(|e| invalid("site.timezone", e))?;
         self.bind_addr()?;
         let base = self.server.base_url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
@@ -439,8 +458,29 @@ impl Config {
                 "batch_size and concurrency must be at least 1",
             ));
         }
-        if self.worker.lease_seconds < 5 {
-            return Err(invalid("worker.lease_seconds", "must be at least 5"));
+        if self.worker.lease_seconds == 0 {
+            return Err(invalid("worker.lease_seconds", "must be at least 1"));
+        }
+        if self.worker.fanout_batch_size == 0 {
+            return Err(invalid("worker.fanout_batch_size", "must be at least 1"));
+        }
+        if self.worker.pause_failure_percent > 100 {
+            return Err(invalid(
+                "worker.pause_failure_percent",
+                "must be at most 100",
+            ));
+        }
+        if !self.mail.unsubscribe_mailto.is_empty()
+            && self
+                .mail
+                .unsubscribe_mailto
+                .parse::<lettre::Address>()
+                .is_err()
+        {
+            return Err(invalid(
+                "mail.unsubscribe_mailto",
+                "must be an email address or empty",
+            ));
         }
         if self.worker.max_attempts == 0 {
             return Err(invalid("worker.max_attempts", "must be at least 1"));

@@ -10,6 +10,8 @@ pub mod cli;
 pub mod clock;
 /// File → validated `Config`, with environment overrides.
 pub mod config;
+/// Email content: Markdown or handlebars files with front matter, checked at scheduling time.
+pub mod content;
 /// The delivery workers that drain the outbox.
 pub mod delivery;
 /// Newtypes and state enums parsed at the boundary.
@@ -18,7 +20,11 @@ pub mod domain;
 pub mod links;
 /// Templates, message building, transports.
 pub mod mail;
+/// The owner's side of sending: schedule, preview, test sends, watching sends.
+pub mod sending;
 /// The database: SQLite or PostgreSQL, migrations, queries.
 pub mod store;
+/// CSV import and export of subscribers.
+pub mod subscribers_csv;
 /// The website: signup, confirmation, pages.
 pub mod web;

@@ -1,7 +1,7 @@
 //! Links that go into emails, each carrying a signed token (see `domain::token`).
 
 use crate::clock::Millis;
-use crate::domain::{Token, TokenError, TokenKey, TokenPurpose};
+use crate::domain::{EmailAddress, Token, TokenError, TokenKey, TokenPurpose};
 
 #[derive(Debug, Clone)]
 pub struct Links {
@@ -44,6 +44,41 @@ impl Links {
             self.base_url,
             self.confirm_token(consent_id, signed_up_at)
         )
+    }
+
+    /// The one-click unsubscribe link of one offering for one person. It never expires: a
+    /// person must be able to leave from an email of any age.
+    pub fn unsubscribe_url(&self, subscriber_id: i64, offering_id: i64) -> String {
+        let token = self.key.sign(&Token {
+            purpose: TokenPurpose::Unsubscribe,
+            subject: subscriber_id,
+            scope: offering_id,
+            expires: 0,
+        });
+        format!("{}/unsubscribe/{token}", self.base_url)
+    }
+
+    /// The preferences page of one person (does not expire either).
+    pub fn preferences_url(&self, subscriber_id: i64) -> String {
+        format!(
+            "{}/preferences/{}",
+            self.base_url,
+            self.preferences_token(subscriber_id)
+        )
+    }
+
+    pub fn preferences_token(&self, subscriber_id: i64) -> String {
+        self.key.sign(&Token {
+            purpose: TokenPurpose::Preferences,
+            subject: subscriber_id,
+            scope: 0,
+            expires: 0,
+        })
+    }
+
+    /// The suppression-list hash of an address.
+    pub fn email_hash(&self, email: &EmailAddress) -> String {
+        self.key.email_hash(email.as_str())
     }
 
     /// Checks a token taken from a URL for `purpose` at `now_secs`.

@@ -39,20 +39,24 @@ CREATE TABLE subscriptions (
     unsubscribed_at BIGINT,
     PRIMARY KEY (subscriber_id, offering_id)
 );
-CREATE INDEX subscriptions_by_offering ON subscriptions (offering_id, status);
+-- Fan-out walks the confirmed subscribers of one offering in id order.
+CREATE INDEX subscriptions_by_offering ON subscriptions (offering_id, status, subscriber_id);
 
 -- What a person agreed to, when, from where, and to which words (a SHA-256 of the text shown).
 CREATE TABLE consents (
     id            INTEGER PRIMARY KEY,
     subscriber_id BIGINT NOT NULL REFERENCES subscribers (id) ON DELETE CASCADE,
-    action        TEXT   NOT NULL CHECK (action IN ('signup', 'confirm')),
+    -- signup, confirm, import, preferences (changed on the preferences page), unsubscribe.
+    action        TEXT   NOT NULL
+                  CHECK (action IN ('signup', 'confirm', 'import', 'preferences', 'unsubscribe')),
     at            BIGINT NOT NULL,
     ip            TEXT,
     user_agent    TEXT,
     -- Offering slugs separated by ';', as asked for (signup) or as confirmed (confirm).
     offerings     TEXT   NOT NULL,
     text_hash     TEXT   NOT NULL,
-    -- Where it came from: 'form' or 'api'.
+    -- Where it came from: 'form', 'api', 'email' (a link in an email), or the source an
+    -- import named.
     source        TEXT   NOT NULL
 );
 CREATE INDEX consents_by_subscriber ON consents (subscriber_id, at);

@@ -1,5 +1,8 @@
-//! Sending: the delivery workers that drain the outbox.
+//! Sending: the scheduler that turns due sends into deliveries, and the delivery workers that
+//! drain the outbox.
 
+mod scheduler;
 mod worker;
 
+pub use scheduler::{ScheduleOutcome, Scheduler};
 pub use worker::{StepOutcome, Worker, backoff_ms};

@@ -3,8 +3,9 @@
 //! the database, so any number of workers (in `serve` or in `sangha worker` processes) can run,
 //! and a crash only leaves leases that run out.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,9 +13,12 @@ use tokio::sync::{Notify, watch};
 
 use crate::clock::{Clock, Millis};
 use crate::config::WorkerConfig;
-use crate::domain::{DeliveryKind, DeliveryStatus};
-use crate::mail::{Composer, SendErrorKind, Transport};
-use crate::store::{ClaimedDelivery, Store};
+use crate::domain::{DeliveryKind, DeliveryStatus, EmailAddress, SubscriptionStatus};
+use crate::mail::{CompiledSend, Composer, SendErrorKind, Transport};
+use crate::store::{ClaimedDelivery, Offering, Store, SuppressionReason};
+
+/// A send's compiled templates and its offering.
+type SendParts = (Arc<CompiledSend>, Arc<Offering>);
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,6 +27,7 @@ pub struct StepOutcome {
     pub sent: usize,
     pub retried: usize,
     pub failed: usize,
+    pub skipped: usize,
 }
 
 impl StepOutcome {
@@ -35,6 +40,7 @@ enum Result1 {
     Sent,
     Retried,
     Failed,
+    Skipped,
 }
 
 #[derive(Clone)]
@@ -50,6 +56,7 @@ struct Inner {
     settings: WorkerConfig,
     id: String,
     claims: AtomicU64,
+    sends: Mutex<HashMap<i64, SendParts>>,
 }
 
 /// Delay before the next attempt after `attempts` failed ones: 30 s doubling up to an hour,
@@ -84,6 +91,7 @@ impl Worker {
                 settings,
                 id,
                 claims: AtomicU64::new(0),
+                sends: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -106,17 +114,39 @@ impl Worker {
             claimed: batch.len(),
             ..StepOutcome::default()
         };
-        let results: Vec<Result1> = futures::stream::iter(batch)
-            .map(|d| self.deliver(d, &lease_id))
+        let results: Vec<(Result1, Option<i64>)> = futures::stream::iter(batch)
+            .map(|d| async {
+                let send_id = d.send_id;
+                (self.deliver(d, &lease_id).await, send_id)
+            })
             .buffer_unordered(inner.settings.concurrency as usize)
             .collect()
             .await;
-        for r in results {
+        let mut failing_sends = Vec::new();
+        for (r, send_id) in results {
             match r {
                 Result1::Sent => outcome.sent += 1,
                 Result1::Retried => outcome.retried += 1,
-                Result1::Failed => outcome.failed += 1,
+                Result1::Skipped => outcome.skipped += 1,
+                Result1::Failed => {
+                    outcome.failed += 1;
+                    if let Some(id) = send_id
+                        && !failing_sends.contains(&id)
+                    {
+                        failing_sends.push(id);
+                    }
+                }
             }
+        }
+        for id in failing_sends {
+            inner
+                .store
+                .pause_send_if_failing(
+                    id,
+                    inner.settings.pause_after_failures,
+                    inner.settings.pause_failure_percent,
+                )
+                .await?;
         }
         Ok(outcome)
     }
@@ -130,10 +160,10 @@ impl Worker {
                     &delivery,
                     lease_id,
                     DeliveryStatus::Skipped,
-                    "nothing to send",
+                    "not subscribed any more",
                 )
                 .await;
-                return Result1::Failed;
+                return Result1::Skipped;
             }
             Err(e) => {
                 tracing::error!(delivery = delivery.id, error = %e, "cannot render delivery");
@@ -175,9 +205,11 @@ impl Worker {
                         Result1::Retried
                     }
                     SendErrorKind::BadRecipient => {
-                        tracing::warn!(delivery = delivery.id, error = %e.message, "recipient rejected");
+                        tracing::warn!(delivery = delivery.id, error = %e.message,
+                            "recipient does not exist; suppressing the address");
                         self.finish(&delivery, lease_id, DeliveryStatus::Suppressed, &e.message)
                             .await;
+                        self.suppress(&delivery).await;
                         Result1::Failed
                     }
                     _ => {
@@ -188,6 +220,28 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Stops mailing an address the server said does not exist (RFC 3463 5.1.x).
+    async fn suppress(&self, delivery: &ClaimedDelivery) {
+        let Ok(email) = EmailAddress::parse(&delivery.email) else {
+            return;
+        };
+        let hash = self.inner.composer.links().email_hash(&email);
+        let now = self.inner.clock.now_ms();
+        if let Err(e) = self
+            .inner
+            .store
+            .suppress_subscriber(
+                delivery.subscriber_id,
+                &hash,
+                SuppressionReason::Bounced,
+                now,
+            )
+            .await
+        {
+            tracing::error!(delivery = delivery.id, error = %e, "cannot suppress the address");
         }
     }
 
@@ -211,6 +265,20 @@ impl Worker {
 
     async fn compose(&self, delivery: &ClaimedDelivery) -> anyhow::Result<Option<lettre::Message>> {
         match delivery.kind {
+            DeliveryKind::Send => {
+                let (Some(send_id), Some(offering_id)) = (delivery.send_id, delivery.offering_id)
+                else {
+                    return Ok(None);
+                };
+                // A person who left (or was suppressed) after the fan-out is skipped now.
+                if delivery.subscription_status != Some(SubscriptionStatus::Confirmed) {
+                    return Ok(None);
+                }
+                let (send, offering) = self.send_parts(send_id, offering_id).await?;
+                Ok(Some(
+                    self.inner.composer.send_email(delivery, &send, &offering)?,
+                ))
+            }
             DeliveryKind::Confirmation => {
                 let Some(consent_id) = delivery.consent_id else {
                     return Ok(None);
@@ -220,8 +288,33 @@ impl Worker {
                 };
                 Ok(Some(self.inner.composer.confirmation(delivery, &signup)?))
             }
-            DeliveryKind::Send => Ok(None),
         }
+    }
+
+    /// The compiled templates and offering of a send, cached for the life of the worker.
+    async fn send_parts(&self, send_id: i64, offering_id: i64) -> anyhow::Result<SendParts> {
+        if let Some(hit) = self.inner.sends.lock().expect("cache lock").get(&send_id) {
+            return Ok(hit.clone());
+        }
+        let content = self
+            .inner
+            .store
+            .send_content(send_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("send {send_id} is gone"))?;
+        let offering = self
+            .inner
+            .store
+            .offering_by_id(offering_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("offering {offering_id} is gone"))?;
+        let parts = (Arc::new(CompiledSend::new(&content)?), Arc::new(offering));
+        self.inner
+            .sends
+            .lock()
+            .expect("cache lock")
+            .insert(send_id, parts.clone());
+        Ok(parts)
     }
 
     /// Runs steps until `shutdown` turns true. Sleeps `poll_interval_ms` when idle, or until

@@ -97,6 +97,19 @@ impl TokenKey {
         mac
     }
 
+    /// A keyed hash of an address (lowercased), for the suppression list: it recognises an
+    /// address again without keeping it readable.
+    pub fn email_hash(&self, email: &str) -> String {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"sangha-suppression");
+        mac.update(email.to_lowercase().as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Signs the claims into a URL-safe string.
     pub fn sign(&self, token: &Token) -> String {
         let mut body = [0u8; TOKEN_LEN];

@@ -7,9 +7,11 @@ use lettre::Message;
 use lettre::message::Mailbox;
 use serde_json::json;
 
-use super::{EmailContent, Templates, build_message};
+use handlebars::Handlebars;
+
+use super::{EmailContent, TemplateError, Templates, build_message};
 use crate::links::Links;
-use crate::store::{ClaimedDelivery, ConfirmationEmail};
+use crate::store::{ClaimedDelivery, ConfirmationEmail, Offering, SendContent};
 
 /// Everything needed to render emails, shared by the workers.
 #[derive(Debug, Clone)]
@@ -18,12 +20,60 @@ pub struct Composer {
     links: Links,
     from: Mailbox,
     site_name: String,
+    /// Right-hand side of List-Id values.
+    list_id_domain: String,
+    /// An address that unsubscribes by mail, offered in List-Unsubscribe beside the link.
+    unsubscribe_mailto: Option<String>,
+}
+
+/// Headers added to a message beyond the usual ones (name, value).
+pub type ExtraHeaders = Vec<(&'static str, String)>;
+
+/// A send's templates, compiled once per worker and reused for every recipient.
+#[derive(Debug)]
+pub struct CompiledSend {
+    html: Handlebars<'static>,
+    text: Handlebars<'static>,
+    preheader: Option<String>,
+    /// The send's date, shown as `date` in the content.
+    date: String,
+}
+
+impl CompiledSend {
+    pub fn new(send: &SendContent) -> Result<Self, TemplateError> {
+        let invalid = |e: handlebars::TemplateError| TemplateError::Invalid {
+            name: format!("send {}", send.id),
+            message: e.to_string(),
+        };
+        let mut html = Handlebars::new();
+        html.set_strict_mode(true);
+        html.register_template_string("html", &send.html_template)
+            .map_err(invalid)?;
+        let mut text = Handlebars::new();
+        text.set_strict_mode(true);
+        text.register_escape_fn(handlebars::no_escape);
+        text.register_template_string("text", &send.text_template)
+            .map_err(invalid)?;
+        text.register_template_string("subject", &send.subject)
+            .map_err(invalid)?;
+        let date = jiff::Timestamp::from_millisecond(send.send_at)
+            .map(|t| t.strftime("%-d %B %Y").to_string())
+            .unwrap_or_default();
+        Ok(Self {
+            html,
+            text,
+            preheader: send.preheader.clone(),
+            date,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {
     #[error(transparent)]
     Template(#[from] super::TemplateError),
+    #[error(transparent)]
+    Render(#[from] handlebars::RenderError),
     #[error("cannot build the message: {0}")]
     Message(#[from] lettre::error::Error),
     #[error("bad recipient address `{0}`")]
@@ -31,13 +81,103 @@ pub enum ComposeError {
 }
 
 impl Composer {
-    pub fn new(templates: Arc<Templates>, links: Links, from: Mailbox, site_name: &str) -> Self {
+    pub fn new(
+        templates: Arc<Templates>,
+        links: Links,
+        from: Mailbox,
+        site_name: &str,
+        list_id_domain: &str,
+        unsubscribe_mailto: Option<String>,
+    ) -> Self {
         Self {
             templates,
             links,
             from,
             site_name: site_name.to_owned(),
+            list_id_domain: list_id_domain.to_owned(),
+            unsubscribe_mailto,
         }
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    /// One recipient's copy of a send, with the list headers of RFC 2369, RFC 2919 and the
+    /// one-click unsubscribe of RFC 8058.
+    pub fn send_email(
+        &self,
+        delivery: &ClaimedDelivery,
+        send: &CompiledSend,
+        offering: &Offering,
+    ) -> Result<Message, ComposeError> {
+        let (content, headers) = self.render_send(delivery, send, offering)?;
+        Ok(build_message(
+            &self.from,
+            Self::recipient(delivery)?,
+            &delivery.message_id,
+            content,
+            headers,
+        )?)
+    }
+
+    /// The rendered parts and list headers of one recipient's copy of a send.
+    pub fn render_send(
+        &self,
+        delivery: &ClaimedDelivery,
+        send: &CompiledSend,
+        offering: &Offering,
+    ) -> Result<(EmailContent, ExtraHeaders), ComposeError> {
+        let unsubscribe_url = self
+            .links
+            .unsubscribe_url(delivery.subscriber_id, offering.id);
+        let mut context = json!({
+            "site": self.site(),
+            "name": delivery.name.clone().unwrap_or_else(|| "friend".to_owned()),
+            "email": delivery.email,
+            "offering": { "name": offering.name, "slug": offering.slug, "description": offering.description },
+            "date": send.date,
+            "unsubscribe_url": unsubscribe_url,
+            "preferences_url": self.links.preferences_url(delivery.subscriber_id),
+        });
+        let subject = send.text.render("subject", &context)?;
+        let body_html = send.html.render("html", &context)?;
+        let body_text = send.text.render("text", &context)?;
+        context["subject"] = json!(subject);
+        context["preheader"] = json!(send.preheader);
+        context["body"] = json!(body_html);
+        let html = self.templates.render_html("emails/send.html", &context)?;
+        context["body"] = json!(body_text);
+        let text = self.templates.render_text("emails/send.txt", &context)?;
+        let mut list_unsubscribe = format!("<{unsubscribe_url}>");
+        if let Some(mailto) = &self.unsubscribe_mailto {
+            list_unsubscribe.push_str(&format!(", <mailto:{mailto}?subject=unsubscribe>"));
+        }
+        let list_id = format!("<{}.{}>", offering.slug, self.list_id_domain);
+        let list_id = if offering
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == ' ')
+        {
+            format!("{} {list_id}", offering.name)
+        } else {
+            list_id
+        };
+        Ok((
+            EmailContent {
+                subject,
+                html,
+                text,
+            },
+            vec![
+                ("List-Unsubscribe", list_unsubscribe),
+                (
+                    "List-Unsubscribe-Post",
+                    "List-Unsubscribe=One-Click".to_owned(),
+                ),
+                ("List-Id", list_id),
+            ],
+        ))
     }
 
     fn site(&self) -> serde_json::Value {
@@ -84,6 +224,7 @@ impl Composer {
             Self::recipient(delivery)?,
             &delivery.message_id,
             content,
+            Vec::new(),
         )?)
     }
 }

@@ -2,7 +2,7 @@
 //! headers encoded by lettre (RFC 2047 for non-ASCII subjects and names).
 
 use lettre::Message;
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use rand::RngCore;
 
@@ -24,11 +24,13 @@ pub fn new_message_id(domain: &str) -> String {
 }
 
 /// Builds the message. The Date header is stamped now, at hand-off to the transport.
+/// `extra` headers are added as given (names are ASCII; values are encoded by lettre).
 pub fn build_message(
     from: &Mailbox,
     to: Mailbox,
     message_id: &str,
     content: EmailContent,
+    extra: Vec<(&'static str, String)>,
 ) -> Result<Message, lettre::error::Error> {
     // A subject is one line: anything a template or a person slipped in to break it goes.
     let subject: String = content
@@ -36,7 +38,15 @@ pub fn build_message(
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    Message::builder()
+    let mut builder = Message::builder();
+    for (name, value) in extra {
+        let value: String = value.chars().filter(|c| !c.is_control()).collect();
+        builder = builder.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str(name),
+            value,
+        ));
+    }
+    builder
         .from(from.clone())
         .to(to)
         .subject(subject.trim())

@@ -2,10 +2,11 @@
 
 mod compose;
 mod message;
+mod smtp;
 mod templates;
 mod transport;
 
-pub use compose::{ComposeError, Composer};
+pub use compose::{CompiledSend, ComposeError, Composer};
 pub use message::{EmailContent, build_message, new_message_id};
 pub use templates::{TemplateError, Templates};
 pub use transport::{SendError, SendErrorKind, Transport};

@@ -1,26 +1,24 @@
 //! Where messages go: the file transport (one `.eml` per message, the zero-setup default) or
-//! SMTP through lettre's pooled async transport.
+//! SMTP through our own pool of sessions ([`super::smtp`]).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 
-use crate::config::{Config, TlsMode, TransportKind};
+use super::smtp::SmtpPool;
+use crate::config::{Config, TransportKind};
 
 #[derive(Clone)]
 pub enum Transport {
     File(AsyncFileTransport<Tokio1Executor>, PathBuf),
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(SmtpPool),
 }
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Transport::File(_, dir) => write!(f, "Transport::File({})", dir.display()),
-            Transport::Smtp(_) => f.write_str("Transport::Smtp"),
+            Transport::Smtp(pool) => write!(f, "Transport::Smtp({pool:?})"),
         }
     }
 }
@@ -53,29 +51,14 @@ impl Transport {
                 })?;
                 Ok(Transport::File(AsyncFileTransport::new(&dir), dir))
             }
-            TransportKind::Smtp => {
-                let smtp = &config.smtp;
-                let builder = match smtp.tls {
-                    TlsMode::None => {
-                        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-                    }
-                    TlsMode::Starttls => {
-                        AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)?
-                    }
-                    TlsMode::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)?,
-                };
-                let mut builder = builder
-                    .port(smtp.port)
-                    .timeout(Some(Duration::from_secs(smtp.timeout_seconds)))
-                    .pool_config(PoolConfig::new().max_size(smtp.pool_size));
-                if !smtp.username.is_empty() {
-                    builder = builder.credentials(Credentials::new(
-                        smtp.username.clone(),
-                        smtp.password.expose().to_owned(),
-                    ));
-                }
-                Ok(Transport::Smtp(builder.build()))
-            }
+            // EHLO announces the Message-ID domain: a name the operator controls and that
+            // config validation has checked, where the machine's own hostname is often a
+            // container id that relays refuse as not fully qualified (and that would show up
+            // in every Received header).
+            TransportKind::Smtp => Ok(Transport::Smtp(SmtpPool::new(
+                &config.smtp,
+                &config.mail.message_id_domain,
+            )?)),
         }
     }
 
@@ -86,42 +69,15 @@ impl Transport {
                 kind: SendErrorKind::Transient,
                 message: format!("file transport: {e}"),
             }),
-            Transport::Smtp(smtp) => match smtp.send(message).await {
-                Ok(response) => Ok(format!(
-                    "{} {}",
-                    response.code(),
-                    response.message().collect::<Vec<_>>().join(" ")
-                )),
-                Err(e) => Err(classify_smtp_error(&e)),
-            },
+            Transport::Smtp(pool) => pool.send(&message).await,
         }
     }
-}
 
-/// Sorts an SMTP failure by what the server said (RFC 5321 §4.2.1 reply classes, RFC 3463
-/// enhanced status codes). Anything that is not a 5xx reply — a 4xx, a lost connection, a
-/// timeout — may succeed later.
-fn classify_smtp_error(err: &lettre::transport::smtp::Error) -> SendError {
-    let message = error_chain(err);
-    let kind = if err.is_permanent() {
-        if message.contains(" 5.1.") || message.contains("5.1.1") {
-            SendErrorKind::BadRecipient
-        } else {
-            SendErrorKind::Permanent
+    /// Ends idle SMTP sessions politely (`QUIT`); call on shutdown. Sending afterwards still
+    /// works and opens new sessions.
+    pub async fn close(&self) {
+        if let Transport::Smtp(pool) = self {
+            pool.close().await;
         }
-    } else {
-        SendErrorKind::Transient
-    };
-    SendError { kind, message }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
     }
-    text
 }

@@ -14,7 +14,7 @@ use sqlx::Row;
 
 use super::{Backend, Store};
 use crate::clock::Millis;
-use crate::domain::{DeliveryKind, DeliveryStatus};
+use crate::domain::{DeliveryKind, DeliveryStatus, SubscriptionStatus};
 
 /// A row a worker holds the lease on, with its recipient.
 #[derive(Debug, Clone)]
@@ -23,6 +23,11 @@ pub struct ClaimedDelivery {
     pub kind: DeliveryKind,
     pub subscriber_id: i64,
     pub consent_id: Option<i64>,
+    /// The send this delivery belongs to, its offering, and the recipient's subscription to
+    /// it as it is now (a person who left after the fan-out is skipped).
+    pub send_id: Option<i64>,
+    pub offering_id: Option<i64>,
+    pub subscription_status: Option<SubscriptionStatus>,
     pub message_id: String,
     /// Claims so far, this one included.
     pub attempts: i64,
@@ -49,6 +54,25 @@ pub struct DeliveryCounts {
     pub cancelled: i64,
 }
 
+impl DeliveryCounts {
+    pub(crate) fn add(&mut self, status: &str, n: i64) -> Result<(), sqlx::Error> {
+        let slot = match DeliveryStatus::parse(status).map_err(|e| sqlx::Error::Decode(e.into()))? {
+            DeliveryStatus::Pending => &mut self.pending,
+            DeliveryStatus::Sent => &mut self.sent,
+            DeliveryStatus::Failed => &mut self.failed,
+            DeliveryStatus::Suppressed => &mut self.suppressed,
+            DeliveryStatus::Skipped => &mut self.skipped,
+            DeliveryStatus::Cancelled => &mut self.cancelled,
+        };
+        *slot += n;
+        Ok(())
+    }
+
+    pub fn total(&self) -> i64 {
+        self.pending + self.sent + self.failed + self.suppressed + self.skipped + self.cancelled
+    }
+}
+
 impl Store {
     /// Claims up to `limit` due deliveries for `lease_id` until `lease_until`, and returns them.
     /// PostgreSQL skips rows other workers are claiming at the same moment; SQLite has a single
@@ -70,6 +94,9 @@ impl Store {
                  SELECT id FROM deliveries
                  WHERE status = 'pending' AND next_attempt_at <= $3
                    AND (lease_until IS NULL OR lease_until < $3)
+                   AND (send_id IS NULL OR EXISTS (
+                        SELECT 1 FROM sends WHERE sends.id = deliveries.send_id
+                                            AND sends.status = 'sending'))
                  ORDER BY next_attempt_at, id
                  LIMIT $4 {lock})"
         );
@@ -85,9 +112,13 @@ impl Store {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(
-            "SELECT d.id, d.kind, d.subscriber_id, d.consent_id, d.message_id, d.attempts,
-                    s.email, s.name
-             FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+            "SELECT d.id, d.kind, d.subscriber_id, d.consent_id, d.send_id, d.message_id,
+                    d.attempts, s.email, s.name, se.offering_id, sub.status AS subscription_status
+             FROM deliveries d
+             JOIN subscribers s ON s.id = d.subscriber_id
+             LEFT JOIN sends se ON se.id = d.send_id
+             LEFT JOIN subscriptions sub
+                    ON sub.subscriber_id = d.subscriber_id AND sub.offering_id = se.offering_id
              WHERE d.leased_by = $1 AND d.status = 'pending'
              ORDER BY d.id",
         )
@@ -102,6 +133,13 @@ impl Store {
                     kind: DeliveryKind::parse(&kind).map_err(|e| sqlx::Error::Decode(e.into()))?,
                     subscriber_id: row.try_get("subscriber_id")?,
                     consent_id: row.try_get("consent_id")?,
+                    send_id: row.try_get("send_id")?,
+                    offering_id: row.try_get("offering_id")?,
+                    subscription_status: row
+                        .try_get::<Option<String>, _>("subscription_status")?
+                        .map(|s| SubscriptionStatus::parse(&s))
+                        .transpose()
+                        .map_err(|e| sqlx::Error::Decode(e.into()))?,
                     message_id: row.try_get("message_id")?,
                     attempts: row.try_get("attempts")?,
                     email: row.try_get("email")?,
@@ -206,16 +244,7 @@ impl Store {
         .await?;
         let mut counts = DeliveryCounts::default();
         for row in &rows {
-            let n: i64 = row.try_get("n")?;
-            let status: String = row.try_get("status")?;
-            match DeliveryStatus::parse(&status).map_err(|e| sqlx::Error::Decode(e.into()))? {
-                DeliveryStatus::Pending => counts.pending = n,
-                DeliveryStatus::Sent => counts.sent = n,
-                DeliveryStatus::Failed => counts.failed = n,
-                DeliveryStatus::Suppressed => counts.suppressed = n,
-                DeliveryStatus::Skipped => counts.skipped = n,
-                DeliveryStatus::Cancelled => counts.cancelled = n,
-            }
+            counts.add(&row.try_get::<String, _>("status")?, row.try_get("n")?)?;
         }
         Ok(counts)
     }

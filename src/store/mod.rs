@@ -3,7 +3,10 @@
 //! CONFLICT`, `RETURNING`); the few places that differ branch on [`Backend`].
 
 mod deliveries;
+mod import;
+mod leaving;
 mod offerings;
+mod sends;
 mod subscribers;
 
 use std::path::Path;
@@ -14,7 +17,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use deliveries::{ClaimedDelivery, ConfirmationEmail, DeliveryCounts};
+pub use import::{ExportLine, ExportSubscription, ImportCounts, ImportTerms, ImportedPerson};
+pub use leaving::{SubscriberRef, SuppressionReason};
 pub use offerings::{Offering, OfferingSummary};
+pub use sends::{FailureGroup, NewSend, SendContent, SendStatus, SendSummary};
 pub use subscribers::{
     ConsentMeta, ConsentRecord, NewSignup, PendingConfirmation, SignupOutcome, SubscriberDetail,
     SubscriberRow, SubscriptionRow,

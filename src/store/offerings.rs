@@ -106,6 +106,17 @@ impl Store {
         row.as_ref().map(offering_from_row).transpose()
     }
 
+    /// An offering by id, active or not (a send keeps pointing at it).
+    pub async fn offering_by_id(&self, id: i64) -> Result<Option<Offering>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT id, slug, name, description, kind, public FROM offerings WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(offering_from_row).transpose()
+    }
+
     /// Every offering, active or not, with subscriber counts by state.
     pub async fn offering_summaries(&self) -> Result<Vec<OfferingSummary>, sqlx::Error> {
         let rows = sqlx::query(

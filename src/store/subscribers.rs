@@ -409,7 +409,7 @@ impl Store {
     }
 }
 
-async fn insert_consent(
+pub(super) async fn insert_consent(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     subscriber_id: i64,
     action: &str,

@@ -1,4 +1,4 @@
-//! The website: the signup page and API, confirmation, and the plumbing they share.
+//! The website: signup, confirmation, unsubscribe, preferences, and the plumbing they share.
 //!
 //! Each page group owns its routes; [`router`] puts them together with the layers every
 //! request passes: a 64 KiB body limit, CORS for the JSON API, and request tracing that names
@@ -8,7 +8,9 @@ mod client;
 mod confirm;
 mod error;
 mod pages;
+mod preferences;
 mod subscribe;
+mod unsubscribe;
 
 use std::sync::Arc;
 
@@ -132,6 +134,8 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(subscribe::routes())
         .merge(confirm::routes())
+        .merge(unsubscribe::routes())
+        .merge(preferences::routes())
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(cors)

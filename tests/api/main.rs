@@ -5,7 +5,13 @@ mod support;
 
 mod cli;
 mod confirm;
+mod crash;
 mod first_run;
+mod import;
+mod leaving;
 mod outbox;
+mod sends;
 mod signup;
 mod smtp_delivery;
+mod smtp_pool;
+mod smtp_sends;

@@ -100,6 +100,8 @@ pub async fn test_config(backend: &Backend, dir: &Path) -> Config {
     config.server.bind = "127.0.0.1:0".into();
     config.tokens.key = sangha::config::Secret::new(TEST_TOKEN_KEY);
     config.worker.poll_interval_ms = 50;
+    // Tests sign many people up from 127.0.0.1; the rate-limit test sets its own limit.
+    config.signup.rate_limit_per_minute = 0;
     config.mail.transport = TransportKind::File;
     config
 }
@@ -257,6 +259,56 @@ impl TestApp {
     pub async fn confirm_path(&self, index: usize) -> String {
         let messages = self.wait_for_outbox(index + 1).await;
         confirm_path_in(&messages[index])
+    }
+
+    /// Signs `email` up and confirms through the link in the email they receive.
+    pub async fn confirmed_subscriber(&self, email: &str, offerings: &[&str]) {
+        let before = self.outbox().len();
+        let r = self.signup(email, offerings).await;
+        assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER);
+        let needle = format!("To: {email}");
+        let raw = eventually(DEADLINE, || {
+            self.outbox()
+                .into_iter()
+                .skip(before)
+                .find(|m| String::from_utf8_lossy(m).contains(&needle))
+        })
+        .await
+        .unwrap_or_else(|| panic!("no confirmation email for {email}"));
+        let path = confirm_path_in(&raw);
+        let r = self.post_form(&path, "").await;
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+    }
+
+    /// Writes a content file into the test's folder.
+    pub fn write_content(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write content");
+        path
+    }
+
+    /// `sangha schedule … --now`; returns the send id.
+    pub fn schedule_now(&self, offering: &str, content: &Path) -> i64 {
+        let out = self.cli(&[
+            "schedule",
+            "--offering",
+            offering,
+            "--content",
+            content.to_str().unwrap(),
+            "--now",
+        ]);
+        assert!(out.status.success(), "schedule failed: {}", stderr(&out));
+        stdout(&out).trim().parse().expect("a send id")
+    }
+
+    /// Waits until the send is done (every delivery final).
+    pub async fn wait_for_send_done(&self, id: i64) -> sangha::store::SendSummary {
+        eventually_async(DEADLINE, || async {
+            let s = self.store().send_summaries(Some(id)).await.unwrap().pop()?;
+            (s.status == sangha::store::SendStatus::Done).then_some(s)
+        })
+        .await
+        .unwrap_or_else(|| panic!("send {id} did not finish"))
     }
 
     /// Runs the `sangha` binary against this application's database and data folder.

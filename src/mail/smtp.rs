@@ -1,0 +1,610 @@
+//! Our own small pool of SMTP sessions, built on lettre's `AsyncSmtpConnection`.
+//!
+//! Why not lettre's pooled `AsyncSmtpTransport`: it opens its sockets without `TCP_NODELAY`.
+//! lettre writes the message body and the closing `.` line in two writes; Nagle's algorithm
+//! holds the small second write back until the server acknowledges the first, and the server
+//! delays that acknowledgement (~40 ms) hoping to piggyback it on a reply. Every message stalls,
+//! which caps a connection at ~22 messages a second. Here the pool opens the TCP stream itself,
+//! turns Nagle off, and hands the stream to lettre for the SMTP conversation.
+//!
+//! ```text
+//!  send(message)
+//!    │  rate limiter (when smtp.rate_per_second > 0)   one token per message, shared
+//!    │  semaphore (smtp.pool_size permits)             at most pool_size sessions open
+//!    ▼
+//!  idle sessions (a stack: last in, first out) ──pop──► MAIL FROM, RCPT TO, DATA, body, "."
+//!    ▲             or, when empty: connect ────────────────────┘           │
+//!    │                                                                     ▼
+//!    └──── pushed back when the session is still in step with the server (after a 2xx,
+//!          or after a clean 4xx/5xx reply and a successful RSET); dropped on any doubt
+//! ```
+//!
+//! Sessions idle for more than a minute are closed: servers drop quiet clients, and the stack
+//! order lets the surplus sessions of a finished campaign age out while busy ones stay warm.
+
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use lettre::Message;
+use lettre::address::Envelope;
+use lettre::transport::smtp::Error as SmtpError;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::transport::{SendError, SendErrorKind};
+use crate::config::{SmtpConfig, TlsMode};
+
+/// Sessions idle for longer than this are closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the background task looks for sessions idle for too long.
+const REAP_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a polite `QUIT` or a `RSET` may take before the session is simply dropped.
+const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bounded pool of authenticated SMTP sessions to one server. Cloning is cheap and every
+/// clone shares the same sessions, permits and rate limit.
+#[derive(Clone)]
+pub struct SmtpPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    server: Server,
+    pool_size: u32,
+    /// Sessions waiting for their next message; the most recently used is on top.
+    idle: Mutex<Vec<IdleSession>>,
+    /// One permit per session in use or being opened.
+    permits: Semaphore,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+struct IdleSession {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
+/// How to open a session.
+struct Server {
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    tls_parameters: Option<TlsParameters>,
+    hello: ClientId,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for SmtpPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let server = &self.inner.server;
+        f.debug_struct("SmtpPool")
+            .field("server", &format_args!("{}:{}", server.host, server.port))
+            .field("tls", &server.tls)
+            .field("authenticated", &server.credentials.is_some())
+            .field("pool_size", &self.inner.pool_size)
+            .field("idle", &self.inner.lock_idle().len())
+            .finish()
+    }
+}
+
+impl SmtpPool {
+    /// Sets the pool up; no connection is opened before the first message. `hello_name` is the
+    /// domain announced in `EHLO`.
+    pub fn new(smtp: &SmtpConfig, hello_name: &str) -> anyhow::Result<Self> {
+        let tls_parameters = match smtp.tls {
+            TlsMode::None => None,
+            TlsMode::Starttls | TlsMode::Tls => Some(TlsParameters::new(smtp.host.clone())?),
+        };
+        let credentials = (!smtp.username.is_empty())
+            .then(|| Credentials::new(smtp.username.clone(), smtp.password.expose().to_owned()));
+        // A burst of one spaces messages evenly (one every 1/n s), so no one-second window
+        // ever sees more than about n of them; the default burst of n would allow ~2n.
+        let limiter = NonZeroU32::new(smtp.rate_per_second)
+            .map(|rate| RateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN)));
+        let pool_size = smtp.pool_size.max(1);
+        let inner = Arc::new(Inner {
+            server: Server {
+                host: smtp.host.clone(),
+                port: smtp.port,
+                tls: smtp.tls,
+                tls_parameters,
+                hello: ClientId::Domain(hello_name.to_owned()),
+                credentials,
+                timeout: Duration::from_secs(smtp.timeout_seconds.max(1)),
+            },
+            pool_size,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(pool_size as usize),
+            limiter,
+        });
+        spawn_reaper(&inner);
+        Ok(SmtpPool { inner })
+    }
+
+    /// Sends one message and returns the server's reply, e.g. `250 2.0.0 Ok: queued`.
+    ///
+    /// # When a message is sent again
+    ///
+    /// At most once, and only when nothing of it can have been accepted: a session taken from
+    /// the idle stack that fails at `MAIL FROM` with no reply at all (a broken pipe, a reset, an
+    /// unparseable or missing answer, a timeout) or with `421` (the server is closing the
+    /// channel, e.g. a per-connection message limit) was simply stale, and the message is sent
+    /// again once on a newly opened session. Any other failure is returned as it is: after
+    /// `MAIL FROM` was accepted the session was alive, and once the body is on its way a lost
+    /// reply is ambiguous (the server may have queued the message). Those come back as
+    /// `Transient`, and the outbox retries later with the same Message-ID.
+    pub async fn send(&self, message: &Message) -> Result<String, SendError> {
+        let inner = &self.inner;
+        if let Some(limiter) = &inner.limiter {
+            limiter.until_ready().await;
+        }
+        let _permit = inner
+            .permits
+            .acquire()
+            .await
+            .expect("the pool's semaphore is never closed");
+        let envelope = message.envelope();
+        let email = message.formatted();
+
+        let (mut conn, mut reused) = match inner.take_idle() {
+            Some(conn) => (conn, true),
+            None => (inner.server.connect().await?, false),
+        };
+        loop {
+            let deadline = Instant::now() + inner.server.timeout;
+            match transact(&mut conn, envelope, &email, deadline).await {
+                Ok(response) => {
+                    inner.put_back(conn);
+                    return Ok(reply_text(&response));
+                }
+                Err(failure) if failure.fate == Fate::Stale && reused => {
+                    tracing::debug!(error = %failure.error, "stale pooled SMTP session; reconnecting");
+                    drop(conn);
+                    conn = inner.server.connect().await?;
+                    reused = false;
+                }
+                Err(failure) => {
+                    if failure.fate == Fate::InStep && reset(&mut conn).await {
+                        inner.put_back(conn);
+                    }
+                    return Err(failure.error);
+                }
+            }
+        }
+    }
+
+    /// Says `QUIT` to every idle session and closes it. Sessions in use finish their message
+    /// and go back to the pool; the pool stays usable and reconnects when asked to send.
+    pub async fn close(&self) {
+        let idle = std::mem::take(&mut *self.inner.lock_idle());
+        futures::future::join_all(idle.into_iter().map(|idle| quit(idle.conn))).await;
+    }
+}
+
+impl Inner {
+    /// Locks the idle stack. Nothing panics while holding it, and a `Vec` of sessions cannot be
+    /// left half-changed, so a poisoned lock is still good to use.
+    fn lock_idle(&self) -> MutexGuard<'_, Vec<IdleSession>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle session that is neither broken nor idle for too long;
+    /// the ones passed over are dropped without a word (they are likely dead already).
+    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        let mut discarded = Vec::new();
+        let found = {
+            let mut idle = self.lock_idle();
+            loop {
+                match idle.pop() {
+                    None => break None,
+                    Some(session)
+                        if session.since.elapsed() > IDLE_TIMEOUT || session.conn.has_broken() =>
+                    {
+                        discarded.push(session);
+                    }
+                    Some(session) => break Some(session.conn),
+                }
+            }
+        };
+        drop(discarded);
+        found
+    }
+
+    fn put_back(&self, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        self.lock_idle().push(IdleSession {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// Removes the sessions idle for longer than [`IDLE_TIMEOUT`].
+    fn take_expired(&self) -> Vec<AsyncSmtpConnection> {
+        let mut idle = self.lock_idle();
+        let (expired, kept) = std::mem::take(&mut *idle)
+            .into_iter()
+            .partition::<Vec<_>, _>(|session| session.since.elapsed() > IDLE_TIMEOUT);
+        *idle = kept;
+        expired.into_iter().map(|session| session.conn).collect()
+    }
+}
+
+/// Closes sessions idle for too long in the background, while the pool lives. Without a
+/// runtime (a pool built outside one) idle sessions are still checked when taken.
+fn spawn_reaper(inner: &Arc<Inner>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let pool: Weak<Inner> = Arc::downgrade(inner);
+    runtime.spawn(async move {
+        let mut ticks = tokio::time::interval(REAP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(inner) = pool.upgrade() else {
+                return;
+            };
+            let expired = inner.take_expired();
+            drop(inner);
+            futures::future::join_all(expired.into_iter().map(quit)).await;
+        }
+    });
+}
+
+/// Ends a session politely, without waiting long for a server that may be gone.
+async fn quit(mut conn: AsyncSmtpConnection) {
+    let _ = tokio::time::timeout(HOUSEKEEPING_TIMEOUT, conn.quit()).await;
+}
+
+/// Clears the transaction after a clean rejection, so the session can be reused.
+async fn reset(conn: &mut AsyncSmtpConnection) -> bool {
+    matches!(
+        tokio::time::timeout(HOUSEKEEPING_TIMEOUT, conn.command(Rset)).await,
+        Ok(Ok(_))
+    )
+}
+
+impl Server {
+    fn label(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Opens, secures and authenticates a session. Every failure here is `Transient`: a refused
+    /// connection, a missing STARTTLS or rejected credentials say nothing about the message,
+    /// and failing deliveries for good over a configuration mistake would lose them.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        match tokio::time::timeout(self.timeout, self.open()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(reason)) => Err(SendError {
+                kind: SendErrorKind::Transient,
+                message: format!(
+                    "cannot open an SMTP session with {}: {reason}",
+                    self.label()
+                ),
+            }),
+            Err(_) => Err(SendError {
+                kind: SendErrorKind::Transient,
+                message: format!(
+                    "cannot open an SMTP session with {}: no answer within {} s",
+                    self.label(),
+                    self.timeout.as_secs()
+                ),
+            }),
+        }
+    }
+
+    async fn open(&self) -> Result<AsyncSmtpConnection, String> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| format!("set TCP_NODELAY: {e}"))?;
+        let stream: Box<dyn AsyncTokioStream> = match (self.tls, &self.tls_parameters) {
+            (TlsMode::Tls, Some(parameters)) => Box::new(
+                ImplicitTls::handshake(tcp, parameters.clone())
+                    .await
+                    .map_err(|e| error_chain(&e))?,
+            ),
+            _ => Box::new(tcp),
+        };
+        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if let (TlsMode::Starttls, Some(parameters)) = (self.tls, &self.tls_parameters) {
+            if !conn.can_starttls() {
+                return Err("server does not offer STARTTLS".to_owned());
+            }
+            conn.starttls(parameters.clone(), &self.hello)
+                .await
+                .map_err(|e| format!("STARTTLS: {}", error_chain(&e)))?;
+        }
+        if let Some(credentials) = &self.credentials {
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await
+                .map_err(|e| format!("AUTH: {}", error_chain(&e)))?;
+        }
+        Ok(conn)
+    }
+}
+
+/// The step of a mail transaction (RFC 5321 §3.3) a failure happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    MailFrom,
+    RcptTo,
+    Data,
+    /// The body and the final `.`, up to the server's verdict.
+    EndOfData,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::MailFrom => "MAIL FROM",
+            Stage::RcptTo => "RCPT TO",
+            Stage::Data => "DATA",
+            Stage::EndOfData => "end of data",
+        }
+    }
+}
+
+/// What a failure leaves of the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// No reply (or `421`) to `MAIL FROM`: the session was dead before the message started.
+    Stale,
+    /// The server answered with a 4xx/5xx reply: the session is in step and can be reset.
+    InStep,
+    /// Anything else: the session's state is unknown and it is dropped.
+    Broken,
+}
+
+struct Failure {
+    error: SendError,
+    fate: Fate,
+}
+
+/// One mail transaction on an open session, every step before `deadline`.
+async fn transact(
+    conn: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    email: &[u8],
+    deadline: Instant,
+) -> Result<Response, Failure> {
+    let parameters = mail_parameters(conn, envelope, email).map_err(|reason| Failure {
+        error: SendError {
+            kind: SendErrorKind::Permanent,
+            message: reason.to_owned(),
+        },
+        fate: Fate::InStep,
+    })?;
+    step(
+        Stage::MailFrom,
+        deadline,
+        conn.command(Mail::new(envelope.from().cloned(), parameters)),
+    )
+    .await?;
+    for recipient in envelope.to() {
+        step(
+            Stage::RcptTo,
+            deadline,
+            conn.command(Rcpt::new(recipient.clone(), Vec::new())),
+        )
+        .await?;
+    }
+    step(Stage::Data, deadline, conn.command(Data)).await?;
+    step(Stage::EndOfData, deadline, conn.message(email)).await
+}
+
+async fn step(
+    stage: Stage,
+    deadline: Instant,
+    command: impl Future<Output = Result<Response, SmtpError>>,
+) -> Result<Response, Failure> {
+    match tokio::time::timeout_at(deadline, command).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(error)) => Err(failure(stage, &error)),
+        Err(_) => Err(Failure {
+            error: SendError {
+                kind: SendErrorKind::Transient,
+                message: format!("no reply to {} in time{}", stage.name(), ambiguity(stage)),
+            },
+            fate: if stage == Stage::MailFrom {
+                Fate::Stale
+            } else {
+                Fate::Broken
+            },
+        }),
+    }
+}
+
+/// Said of a failure at the end of data, where the server may have queued the message.
+fn ambiguity(stage: Stage) -> &'static str {
+    if stage == Stage::EndOfData {
+        " (the server may have accepted the message; it was not sent again)"
+    } else {
+        ""
+    }
+}
+
+/// Sorts an SMTP failure by what the server said (RFC 5321 §4.2.1 reply classes, RFC 3463
+/// enhanced status codes). Anything that is not a 5xx reply — a 4xx, a lost connection, a
+/// timeout — may succeed later.
+fn failure(stage: Stage, error: &SmtpError) -> Failure {
+    let code = error.status().map(u16::from);
+    let kind = if error.is_permanent() {
+        if stage != Stage::MailFrom && is_bad_recipient(error) {
+            SendErrorKind::BadRecipient
+        } else {
+            SendErrorKind::Permanent
+        }
+    } else {
+        SendErrorKind::Transient
+    };
+    let fate = match code {
+        // 421: the server is closing the channel (RFC 5321 §3.8).
+        None | Some(421) if stage == Stage::MailFrom => Fate::Stale,
+        None | Some(421) => Fate::Broken,
+        Some(_) => Fate::InStep,
+    };
+    let message = format!(
+        "{} failed: {}{}",
+        stage.name(),
+        error_chain(error),
+        if code.is_none() { ambiguity(stage) } else { "" }
+    );
+    Failure {
+        error: SendError { kind, message },
+        fate,
+    }
+}
+
+/// A permanent reply whose enhanced status code (RFC 3463) is about the recipient's address:
+/// 5.1.x, except 5.1.7 and 5.1.8, which are about the sender's.
+fn is_bad_recipient(error: &SmtpError) -> bool {
+    let Some(text) = std::error::Error::source(error).map(|reply| reply.to_string()) else {
+        return false;
+    };
+    let Some(code) = text.split_whitespace().next() else {
+        return false;
+    };
+    let mut parts = code.split('.');
+    let (Some(class), Some(subject), Some(detail), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    class == "5" && subject == "1" && detail.parse::<u16>().is_ok_and(|d| d != 7 && d != 8)
+}
+
+/// The `MAIL FROM` parameters this message needs (RFC 6531 SMTPUTF8, RFC 6152 8BITMIME), as
+/// lettre's own `send` computes them.
+fn mail_parameters(
+    conn: &AsyncSmtpConnection,
+    envelope: &Envelope,
+    email: &[u8],
+) -> Result<Vec<MailParameter>, &'static str> {
+    let mut parameters = Vec::new();
+    let server = conn.server_info();
+    let non_ascii_address = envelope
+        .from()
+        .into_iter()
+        .chain(envelope.to())
+        .any(|address| !AsRef::<str>::as_ref(address).is_ascii());
+    if non_ascii_address {
+        if !server.supports_feature(Extension::SmtpUtfEight) {
+            return Err(
+                "the envelope has non-ASCII addresses but the server does not offer SMTPUTF8",
+            );
+        }
+        parameters.push(MailParameter::SmtpUtfEight);
+    }
+    if !email.is_ascii() {
+        if !server.supports_feature(Extension::EightBitMime) {
+            return Err("the message has 8-bit content but the server does not offer 8BITMIME");
+        }
+        parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    Ok(parameters)
+}
+
+fn reply_text(response: &Response) -> String {
+    format!(
+        "{} {}",
+        u16::from(response.code()),
+        response.message().collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// An error and its causes on one line, without repeating a cause the error already shows
+/// (lettre's errors print their source themselves).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Implicit TLS (`smtp.tls = "tls"`, port 465) over a TCP stream we opened, so it has
+/// `TCP_NODELAY` too. lettre only runs a TLS handshake on streams it wraps itself, through
+/// `AsyncNetworkStream` (public, but deprecated as "not meant to be made public"), so the
+/// handshake happens there and the encrypted stream is handed back to lettre as a plain
+/// [`AsyncTokioStream`]. Should a lettre upgrade remove that type, fall back to
+/// `AsyncSmtpConnection::connect_tokio1(.., Some(tls_parameters), ..)`, which cannot set
+/// `TCP_NODELAY`.
+#[allow(deprecated)]
+#[derive(Debug)]
+struct ImplicitTls(lettre::transport::smtp::client::AsyncNetworkStream);
+
+#[allow(deprecated)]
+impl ImplicitTls {
+    async fn handshake(tcp: TcpStream, parameters: TlsParameters) -> Result<Self, SmtpError> {
+        use lettre::transport::smtp::client::AsyncNetworkStream;
+        let mut stream = AsyncNetworkStream::use_existing_tokio1(Box::new(tcp));
+        stream.upgrade_tls(parameters).await?;
+        Ok(ImplicitTls(stream))
+    }
+}
+
+impl AsyncTokioStream for ImplicitTls {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.peer_addr()
+    }
+}
+
+/// `AsyncNetworkStream` speaks the `futures` I/O traits; lettre wants tokio's.
+impl tokio::io::AsyncRead for ImplicitTls {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let unfilled = buf.initialize_unfilled();
+        match futures::io::AsyncRead::poll_read(Pin::new(&mut self.0), cx, unfilled) {
+            Poll::Ready(Ok(read)) => {
+                buf.advance(read);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for ImplicitTls {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        futures::io::AsyncWrite::poll_write(Pin::new(&mut self.0), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        futures::io::AsyncWrite::poll_flush(Pin::new(&mut self.0), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        futures::io::AsyncWrite::poll_close(Pin::new(&mut self.0), cx)
+    }
+}

@@ -1,0 +1,358 @@
+//! The owner's side of sending: schedule a send from a content file, preview it, send a test,
+//! and look after sends under way.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rand::RngCore;
+
+use crate::app::Runtime;
+use crate::clock::{Millis, format_ms};
+use crate::content::{self, Content};
+use crate::domain::{DeliveryKind, EmailAddress, Slug};
+use crate::mail::{CompiledSend, EmailContent, Transport};
+use crate::store::{ClaimedDelivery, NewSend, Offering, SendContent, SendStatus, SendSummary};
+
+/// When a send goes out.
+#[derive(Debug, Clone)]
+pub enum When {
+    Now,
+    /// A wall-clock time in a zone (`2026-12-01 06:30` in `Europe/Berlin`).
+    At(jiff::civil::DateTime, jiff::tz::TimeZone),
+}
+
+impl When {
+    /// Parses `--at "YYYY-MM-DD HH:MM"` in `zone`.
+    pub fn parse_at(at: &str, zone: &str) -> anyhow::Result<Self> {
+        let tz = jiff::tz::TimeZone::get(zone)
+            .map_err(|_| anyhow::anyhow!("--timezone: `{zone}` is not a known IANA time zone"))?;
+        let local: jiff::civil::DateTime =
+            at.trim().replacen(' ', "T", 1).parse().map_err(|_| {
+                anyhow::anyhow!("--at: `{at}` is not a time like \"2026-12-01 06:30\"")
+            })?;
+        Ok(When::At(local, tz))
+    }
+
+    fn resolve(&self, now: Millis) -> anyhow::Result<Millis> {
+        match self {
+            When::Now => Ok(now),
+            When::At(local, tz) => {
+                let zoned = local
+                    .to_zoned(tz.clone())
+                    .context("--at: that time does not exist in this zone")?;
+                let at = zoned.timestamp().as_millisecond();
+                if at < now {
+                    bail!("--at: {zoned} is in the past; use --now to send at once");
+                }
+                Ok(at)
+            }
+        }
+    }
+}
+
+/// Loads and checks content for an offering, refusing a mismatch with its front matter.
+fn checked_content(path: &Path, offering: &Offering) -> anyhow::Result<Content> {
+    let content = content::load(path)?;
+    if let Some(slug) = &content.offering
+        && slug != &offering.slug
+    {
+        bail!(
+            "{}: the front matter says offering `{slug}`, but --offering is `{}`",
+            path.display(),
+            offering.slug
+        );
+    }
+    Ok(content)
+}
+
+async fn offering(runtime: &Runtime, slug: &str) -> anyhow::Result<Offering> {
+    let slug = Slug::parse(slug).map_err(|e| anyhow::anyhow!("--offering: {e}"))?;
+    runtime
+        .store
+        .offering_by_slug(&slug)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("--offering: there is no offering `{slug}`"))
+}
+
+fn random_prefix() -> String {
+    let mut bytes = [0u8; 10];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks the content (rendering it once) and records the send. Returns its id.
+pub async fn schedule(
+    runtime: &Runtime,
+    offering_slug: &str,
+    path: &Path,
+    when: &When,
+) -> anyhow::Result<i64> {
+    let offering = offering(runtime, offering_slug).await?;
+    let content = checked_content(path, &offering)?;
+    let now = runtime.clock.now_ms();
+    let send_at = when.resolve(now)?;
+    let send = NewSend {
+        offering_id: offering.id,
+        subject: content.subject,
+        preheader: content.preheader,
+        html_template: content.html,
+        text_template: content.text,
+        source_path: path.display().to_string(),
+        send_at,
+        message_id_prefix: random_prefix(),
+    };
+    // One real render through the send's own pipeline, as a worker will do it.
+    let compiled = CompiledSend::new(&as_stored(&send, 0))?;
+    render_for(runtime, &compiled, &offering, None).await?;
+    Ok(runtime.store.create_send(&send, now).await?)
+}
+
+fn as_stored(send: &NewSend, id: i64) -> SendContent {
+    SendContent {
+        id,
+        offering_id: send.offering_id,
+        subject: send.subject.clone(),
+        preheader: send.preheader.clone(),
+        html_template: send.html_template.clone(),
+        text_template: send.text_template.clone(),
+        send_at: send.send_at,
+    }
+}
+
+/// Renders a send for one person (an existing subscriber, or a sample one).
+async fn render_for(
+    runtime: &Runtime,
+    send: &CompiledSend,
+    offering: &Offering,
+    email: Option<&EmailAddress>,
+) -> anyhow::Result<(EmailContent, lettre::Message)> {
+    let (subscriber_id, address, name) = match email {
+        Some(email) => match runtime.store.subscriber_detail(email).await? {
+            Some(d) => (d.subscriber.id, d.subscriber.email, d.subscriber.name),
+            None => (0, email.to_string(), None),
+        },
+        None => (0, "friend@example.org".to_owned(), None),
+    };
+    let delivery = ClaimedDelivery {
+        id: 0,
+        kind: DeliveryKind::Send,
+        subscriber_id,
+        consent_id: None,
+        send_id: None,
+        offering_id: Some(offering.id),
+        subscription_status: None,
+        message_id: crate::mail::new_message_id(&runtime.config.mail.message_id_domain),
+        attempts: 0,
+        email: address,
+        name,
+    };
+    let composer = runtime.composer(runtime.templates()?, runtime.links()?)?;
+    let (content, _) = composer.render_send(&delivery, send, offering)?;
+    Ok((content, composer.send_email(&delivery, send, offering)?))
+}
+
+/// What `preview` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviewPart {
+    Html,
+    Text,
+    Raw,
+}
+
+/// Renders content as `email` (or a sample person) would receive it.
+pub async fn preview(
+    runtime: &Runtime,
+    path: &Path,
+    offering_slug: Option<&str>,
+    email: Option<&EmailAddress>,
+    part: PreviewPart,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let content = content::load(path)?;
+    let slug = offering_slug
+        .map(str::to_owned)
+        .or(content.offering.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "name the offering: --offering SLUG (or `offering:` in the front matter)"
+            )
+        })?;
+    let offering = offering(runtime, &slug).await?;
+    let send = NewSend {
+        offering_id: offering.id,
+        subject: content.subject,
+        preheader: content.preheader,
+        html_template: content.html,
+        text_template: content.text,
+        source_path: path.display().to_string(),
+        send_at: runtime.clock.now_ms(),
+        message_id_prefix: String::new(),
+    };
+    let compiled = CompiledSend::new(&as_stored(&send, 0))?;
+    let (content, message) = render_for(runtime, &compiled, &offering, email).await?;
+    match part {
+        PreviewPart::Raw => out.write_all(&message.formatted())?,
+        PreviewPart::Html => out.write_all(content.html.as_bytes())?,
+        PreviewPart::Text => {
+            writeln!(out, "Subject: {}\n", content.subject)?;
+            out.write_all(content.text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends content once, now, to `to`, through the configured transport (not the outbox).
+pub async fn test_send(
+    runtime: &Runtime,
+    path: &Path,
+    offering_slug: Option<&str>,
+    to: &EmailAddress,
+) -> anyhow::Result<String> {
+    let content = content::load(path)?;
+    let slug = offering_slug
+        .map(str::to_owned)
+        .or(content.offering.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "name the offering: --offering SLUG (or `offering:` in the front matter)"
+            )
+        })?;
+    let offering = offering(runtime, &slug).await?;
+    let send = NewSend {
+        offering_id: offering.id,
+        subject: format!("[Test] {}", content.subject),
+        preheader: content.preheader,
+        html_template: content.html,
+        text_template: content.text,
+        source_path: path.display().to_string(),
+        send_at: runtime.clock.now_ms(),
+        message_id_prefix: String::new(),
+    };
+    let compiled = CompiledSend::new(&as_stored(&send, 0))?;
+    let (_, message) = render_for(runtime, &compiled, &offering, Some(to)).await?;
+    let transport = Transport::from_config(&runtime.config)?;
+    transport
+        .send(message)
+        .await
+        .map_err(|e| anyhow::anyhow!("the test send failed: {e}"))
+}
+
+pub fn print_send_list(sends: &[SendSummary], out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:>4}  {:<22} {:<10} {:<20} {:>15}  SUBJECT",
+        "ID", "OFFERING", "STATUS", "SEND AT (UTC)", "SENT/TOTAL"
+    )?;
+    for s in sends {
+        writeln!(
+            out,
+            "{:>4}  {:<22} {:<10} {:<20} {:>15}  {}",
+            s.id,
+            s.offering,
+            s.status,
+            format_ms(s.send_at),
+            format!("{}/{}", s.counts.sent, s.counts.total()),
+            s.subject
+        )?;
+    }
+    if sends.is_empty() {
+        writeln!(out, "no sends yet: schedule one with `sangha schedule`")?;
+    }
+    Ok(())
+}
+
+pub async fn print_send(
+    runtime: &Runtime,
+    id: i64,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let Some(s) = runtime.store.send_summaries(Some(id)).await?.pop() else {
+        bail!("there is no send {id}");
+    };
+    writeln!(out, "send {}: {} ({})", s.id, s.subject, s.source_path)?;
+    writeln!(out, "offering:   {} ({})", s.offering_name, s.offering)?;
+    writeln!(out, "status:     {}", s.status)?;
+    if let Some(reason) = &s.paused_reason {
+        writeln!(out, "why paused: {reason}")?;
+    }
+    writeln!(out, "send at:    {}", format_ms(s.send_at))?;
+    if let Some(t) = s.fanout_done_at {
+        writeln!(out, "recipients: listed at {}", format_ms(t))?;
+    }
+    if let Some(t) = s.finished_at {
+        writeln!(out, "finished:   {}", format_ms(t))?;
+    }
+    let c = &s.counts;
+    writeln!(
+        out,
+        "pending: {}  sent: {}  failed: {}  suppressed: {}  skipped: {}  cancelled: {}",
+        c.pending, c.sent, c.failed, c.suppressed, c.skipped, c.cancelled
+    )?;
+    let failures = runtime.store.send_failures(id).await?;
+    if !failures.is_empty() {
+        writeln!(out, "why some did not get it:")?;
+        for f in failures {
+            let what = match f.status.as_str() {
+                "pending" => "retrying",
+                other => other,
+            };
+            writeln!(out, "  {:>6} {:<10} {}", f.count, what, f.error)?;
+        }
+    }
+    Ok(())
+}
+
+/// A live progress bar until the send ends (or is paused).
+pub async fn watch(runtime: &Runtime, id: i64, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} send {prefix} [{bar:40}] {pos}/{len} {per_sec} eta {eta} {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(id.to_string());
+    let bar = Arc::new(bar);
+    loop {
+        let Some(s) = runtime.store.send_summaries(Some(id)).await?.pop() else {
+            bail!("there is no send {id}");
+        };
+        let c = &s.counts;
+        bar.set_length(c.total().max(1) as u64);
+        bar.set_position((c.total() - c.pending) as u64);
+        bar.set_message(format!(
+            "failed {} skipped {}",
+            c.failed + c.suppressed,
+            c.skipped
+        ));
+        match s.status {
+            SendStatus::Done | SendStatus::Cancelled => {
+                bar.finish();
+                writeln!(
+                    out,
+                    "send {id} {}: {} sent, {} failed, {} suppressed, {} skipped",
+                    s.status, c.sent, c.failed, c.suppressed, c.skipped
+                )?;
+                return Ok(());
+            }
+            SendStatus::Paused => {
+                bar.abandon();
+                writeln!(
+                    out,
+                    "send {id} is paused: {}",
+                    s.paused_reason.as_deref().unwrap_or("by the owner")
+                )?;
+                return Ok(());
+            }
+            SendStatus::Scheduled if s.send_at > runtime.clock.now_ms() => {
+                bar.set_message(format!("waiting until {}", format_ms(s.send_at)));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

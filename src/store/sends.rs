@@ -1,0 +1,403 @@
+//! Sends: one scheduled email of an offering, fanned out into one delivery per confirmed
+//! subscriber.
+//!
+//! ```text
+//!  scheduled ──due──► sending ──no pending deliveries left──► done
+//!      │                 │  ▲
+//!      └──► paused ◄─────┘  └── resume
+//!      └──────────────► cancelled (pending deliveries cancelled)
+//! ```
+//!
+//! Fan-out is set-based and resumable: each batch inserts the deliveries of the next block of
+//! subscriber ids with one `INSERT … SELECT` and moves `fanout_cursor` in the same
+//! transaction, so no recipient list is ever held in memory and a crash resumes where the last
+//! committed batch ended. The unique (send_id, subscriber_id) index makes a repeat harmless.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{DeliveryCounts, Store};
+use crate::clock::Millis;
+
+/// A send to write; the content was checked before.
+#[derive(Debug, Clone)]
+pub struct NewSend {
+    pub offering_id: i64,
+    pub subject: String,
+    pub preheader: Option<String>,
+    pub html_template: String,
+    pub text_template: String,
+    pub source_path: String,
+    pub send_at: Millis,
+    pub message_id_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendStatus {
+    Scheduled,
+    Sending,
+    Paused,
+    Cancelled,
+    Done,
+}
+
+impl SendStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendStatus::Scheduled => "scheduled",
+            SendStatus::Sending => "sending",
+            SendStatus::Paused => "paused",
+            SendStatus::Cancelled => "cancelled",
+            SendStatus::Done => "done",
+        }
+    }
+
+    fn parse(word: &str) -> Result<Self, sqlx::Error> {
+        Ok(match word {
+            "scheduled" => SendStatus::Scheduled,
+            "sending" => SendStatus::Sending,
+            "paused" => SendStatus::Paused,
+            "cancelled" => SendStatus::Cancelled,
+            "done" => SendStatus::Done,
+            other => {
+                return Err(sqlx::Error::Decode(
+                    format!("unknown send status `{other}`").into(),
+                ));
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for SendStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A send as `sends list` and `sends show` print it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SendSummary {
+    pub id: i64,
+    pub offering: String,
+    pub offering_name: String,
+    pub status: SendStatus,
+    pub subject: String,
+    pub source_path: String,
+    pub send_at: Millis,
+    pub created_at: Millis,
+    pub fanout_done_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub paused_reason: Option<String>,
+    pub counts: DeliveryCounts,
+}
+
+/// The stored templates of a send, for the workers.
+#[derive(Debug, Clone)]
+pub struct SendContent {
+    pub id: i64,
+    pub offering_id: i64,
+    pub subject: String,
+    pub preheader: Option<String>,
+    pub html_template: String,
+    pub text_template: String,
+    pub send_at: Millis,
+}
+
+/// What happened to a send's recipients that did not get it, grouped by reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureGroup {
+    pub status: String,
+    pub error: String,
+    pub count: i64,
+}
+
+impl Store {
+    pub async fn create_send(&self, send: &NewSend, now: Millis) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "INSERT INTO sends (offering_id, subject, preheader, html_template, text_template,
+                                source_path, send_at, created_at, message_id_prefix)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        )
+        .bind(send.offering_id)
+        .bind(&send.subject)
+        .bind(send.preheader.clone())
+        .bind(&send.html_template)
+        .bind(&send.text_template)
+        .bind(&send.source_path)
+        .bind(send.send_at)
+        .bind(now)
+        .bind(&send.message_id_prefix)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Sends whose time has come and whose fan-out is not finished.
+    pub async fn sends_to_fan_out(&self, now: Millis) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT id FROM sends
+             WHERE status IN ('scheduled', 'sending') AND fanout_done_at IS NULL AND send_at <= $1
+             ORDER BY send_at, id",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Creates the deliveries of the next `limit` confirmed subscribers of a send, in one
+    /// transaction. Returns how many rows were added, or `None` once the fan-out is complete
+    /// (or the send was paused or cancelled meanwhile).
+    pub async fn fan_out_batch(
+        &self,
+        send_id: i64,
+        domain: &str,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Option<u64>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Writing first takes SQLite's write lock at once (a read-then-write transaction can
+        // fail to upgrade) and on PostgreSQL locks the send row against a second scheduler.
+        let Some(row) = sqlx::query(
+            "UPDATE sends SET status = 'sending'
+             WHERE id = $1 AND status IN ('scheduled', 'sending') AND fanout_done_at IS NULL
+             RETURNING offering_id, fanout_cursor, message_id_prefix",
+        )
+        .bind(send_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let offering_id: i64 = row.try_get("offering_id")?;
+        let cursor: i64 = row.try_get("fanout_cursor")?;
+        let prefix: String = row.try_get("message_id_prefix")?;
+        let upper: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(subscriber_id) FROM (
+                 SELECT subscriber_id FROM subscriptions
+                 WHERE offering_id = $1 AND status = 'confirmed' AND subscriber_id > $2
+                 ORDER BY subscriber_id LIMIT $3) AS block",
+        )
+        .bind(offering_id)
+        .bind(cursor)
+        .bind(i64::from(limit))
+        .fetch_one(&mut *tx)
+        .await?;
+        let Some(upper) = upper else {
+            sqlx::query("UPDATE sends SET fanout_done_at = $2 WHERE id = $1")
+                .bind(send_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO deliveries
+                 (kind, subscriber_id, send_id, message_id, next_attempt_at, created_at)
+             SELECT 'send', subscriber_id, $1,
+                    '<' || $2 || '.' || subscriber_id || '@' || $3 || '>', $4, $4
+             FROM subscriptions
+             WHERE offering_id = $5 AND status = 'confirmed'
+               AND subscriber_id > $6 AND subscriber_id <= $7
+             ON CONFLICT (send_id, subscriber_id) DO NOTHING",
+        )
+        .bind(send_id)
+        .bind(&prefix)
+        .bind(domain)
+        .bind(now)
+        .bind(offering_id)
+        .bind(cursor)
+        .bind(upper)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("UPDATE sends SET fanout_cursor = $2 WHERE id = $1")
+            .bind(send_id)
+            .bind(upper)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(inserted))
+    }
+
+    /// Marks sending sends whose every delivery is final as done. Returns their ids.
+    pub async fn finish_sends(&self, now: Millis) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "UPDATE sends SET status = 'done', finished_at = $1
+             WHERE status = 'sending' AND fanout_done_at IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM deliveries d
+                               WHERE d.send_id = sends.id AND d.status = 'pending')
+             RETURNING id",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Stops new claims for a send. Returns false if it was not scheduled or sending.
+    pub async fn pause_send(&self, id: i64, reason: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE sends SET status = 'paused', paused_reason = $2
+             WHERE id = $1 AND status IN ('scheduled', 'sending')",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Continues a paused send where it stopped.
+    pub async fn resume_send(&self, id: i64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE sends SET paused_reason = NULL,
+                 status = CASE WHEN fanout_cursor > 0 OR fanout_done_at IS NOT NULL
+                               THEN 'sending' ELSE 'scheduled' END
+             WHERE id = $1 AND status = 'paused'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Cancels a send and every delivery of it not yet sent. Returns false if it had ended.
+    pub async fn cancel_send(&self, id: i64, now: Millis) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE sends SET status = 'cancelled', finished_at = $2
+             WHERE id = $1 AND status IN ('scheduled', 'sending', 'paused')",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE deliveries SET status = 'cancelled', lease_until = NULL
+             WHERE send_id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Pauses a send whose failures passed `min_failures` and `percent` of what was tried.
+    pub async fn pause_send_if_failing(
+        &self,
+        id: i64,
+        min_failures: u32,
+        percent: u32,
+    ) -> Result<bool, sqlx::Error> {
+        let counts = self.send_counts(id).await?;
+        let failed = counts.failed + counts.suppressed;
+        let tried = failed + counts.sent;
+        if failed < i64::from(min_failures) || failed * 100 < tried * i64::from(percent) {
+            return Ok(false);
+        }
+        let reason = format!(
+            "paused automatically: {failed} of {tried} deliveries failed \
+             (threshold {percent}% after {min_failures}); see the failures below, then \
+             `sangha sends resume {id}`"
+        );
+        let paused = self.pause_send(id, &reason).await?;
+        if paused {
+            tracing::warn!(send = id, failed, tried, "send paused: too many failures");
+        }
+        Ok(paused)
+    }
+
+    pub async fn send_counts(&self, id: i64) -> Result<DeliveryCounts, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM deliveries WHERE send_id = $1 GROUP BY status",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = DeliveryCounts::default();
+        for row in &rows {
+            counts.add(&row.try_get::<String, _>("status")?, row.try_get("n")?)?;
+        }
+        Ok(counts)
+    }
+
+    /// The stored content of a send.
+    pub async fn send_content(&self, id: i64) -> Result<Option<SendContent>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT id, offering_id, subject, preheader, html_template, text_template, send_at
+             FROM sends WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(SendContent {
+                id: r.try_get("id")?,
+                offering_id: r.try_get("offering_id")?,
+                subject: r.try_get("subject")?,
+                preheader: r.try_get("preheader")?,
+                html_template: r.try_get("html_template")?,
+                text_template: r.try_get("text_template")?,
+                send_at: r.try_get("send_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Every send, newest first, or one.
+    pub async fn send_summaries(&self, only: Option<i64>) -> Result<Vec<SendSummary>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT s.id, o.slug, o.name, s.status, s.subject, s.source_path, s.send_at,
+                    s.created_at, s.fanout_done_at, s.finished_at, s.paused_reason
+             FROM sends s JOIN offerings o ON o.id = s.offering_id
+             WHERE $1 IS NULL OR s.id = $1
+             ORDER BY s.send_at DESC, s.id DESC",
+        )
+        .bind(only)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: i64 = r.try_get("id")?;
+            out.push(SendSummary {
+                id,
+                offering: r.try_get("slug")?,
+                offering_name: r.try_get("name")?,
+                status: SendStatus::parse(&r.try_get::<String, _>("status")?)?,
+                subject: r.try_get("subject")?,
+                source_path: r.try_get("source_path")?,
+                send_at: r.try_get("send_at")?,
+                created_at: r.try_get("created_at")?,
+                fanout_done_at: r.try_get("fanout_done_at")?,
+                finished_at: r.try_get("finished_at")?,
+                paused_reason: r.try_get("paused_reason")?,
+                counts: self.send_counts(id).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The reasons recipients of a send did not get it, most common first.
+    pub async fn send_failures(&self, id: i64) -> Result<Vec<FailureGroup>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT status, COALESCE(last_error, '') AS error, COUNT(*) AS n FROM deliveries
+             WHERE send_id = $1 AND (status IN ('failed', 'suppressed', 'skipped')
+                                     OR (status = 'pending' AND last_error IS NOT NULL))
+             GROUP BY status, COALESCE(last_error, '') ORDER BY n DESC LIMIT 20",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailureGroup {
+                    status: r.try_get("status")?,
+                    error: r.try_get("error")?,
+                    count: r.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,776 @@
+//! CSV import and export of subscribers, for the owner's command line.
+//!
+//! The file format is the one in DESIGN.md: a header row `email,name,timezone,offerings`, then
+//! one person per row; several offerings in one cell are separated by `;`. An export writes the
+//! same four columns (so it can be imported again) followed by columns that describe, and are
+//! ignored on import: `statuses,created_at,confirmed_at,consent_at,consent_source`.
+//!
+//! Both directions stream: an import holds one batch of rows (1,000 by default) and an export
+//! one subscriber at a time, whatever the size of the list.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::clock::{Millis, format_ms};
+use crate::domain::{EmailAddress, SubscriberName, SubscriptionStatus, Timezone};
+use crate::links::Links;
+use crate::store::{ExportLine, ImportTerms, ImportedPerson, Offering, Store};
+
+/// The columns an import needs, in the order an export writes them.
+pub const HEADER: [&str; 4] = ["email", "name", "timezone", "offerings"];
+
+/// The columns an export adds after [`HEADER`]; an import accepts and ignores them.
+pub const EXPORT_COLUMNS: [&str; 5] = [
+    "statuses",
+    "created_at",
+    "confirmed_at",
+    "consent_at",
+    "consent_source",
+];
+
+/// Longest `--source` text kept in consent records.
+const MAX_SOURCE_CHARS: usize = 200;
+
+/// How an import treats the people in the file.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// The people consented elsewhere: their subscriptions are confirmed at once. Needs
+    /// `source`. Without it they are pending and receive no email until they sign up
+    /// themselves.
+    pub confirmed: bool,
+    /// Where the consent was given (`paper list, retreat May 2024`); recorded with each person.
+    pub source: Option<String>,
+    /// Check the whole file first and import nothing when any row is bad.
+    pub strict: bool,
+    /// People written per transaction.
+    pub batch_size: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self {
+            confirmed: false,
+            source: None,
+            strict: false,
+            batch_size: 1000,
+        }
+    }
+}
+
+impl ImportOptions {
+    /// Refuses options that cannot work, before any file is read.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.confirmed && self.source.is_none() {
+            bail!(
+                "--confirmed needs --source: say where these people gave their consent, \
+                 for example --source \"signup sheet, retreat May 2024\""
+            );
+        }
+        if let Some(source) = &self.source {
+            let source = source.trim();
+            if source.is_empty() {
+                bail!("--source is empty: say where these people gave their consent");
+            }
+            if source.chars().any(char::is_control) {
+                bail!("--source cannot contain line breaks or control characters");
+            }
+            if source.chars().count() > MAX_SOURCE_CHARS {
+                bail!("--source is too long: keep it under {MAX_SOURCE_CHARS} characters");
+            }
+        }
+        if self.batch_size == 0 {
+            bail!("the batch size must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What an import did. Rows and people: `read` = `imported` + `updated` + `unchanged` +
+/// `merged` + `skipped_*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Whether new subscriptions were confirmed (`--confirmed`) or left pending.
+    pub confirmed: bool,
+    /// Rows read, not counting the header.
+    pub read: u64,
+    /// New subscribers.
+    pub imported: u64,
+    /// Existing subscribers who got an offering, a confirmation, a name or a time zone.
+    pub updated: u64,
+    /// Existing subscribers the file had nothing new for.
+    pub unchanged: u64,
+    /// Rows that repeated the address of a row shortly before (within one batch) and were
+    /// merged into it; a repeat further away counts as `updated` or `unchanged`.
+    pub merged: u64,
+    /// Rows that are not valid (each reported with its line number).
+    pub skipped_invalid: u64,
+    /// Rows of an export for people who had left every offering.
+    pub skipped_left: u64,
+    /// People on the suppression list (erased or bounced): never brought back.
+    pub skipped_suppressed: u64,
+    /// Subscriptions listed in the file that the person had left: they stay unsubscribed.
+    pub kept_unsubscribed: u64,
+}
+
+impl fmt::Display for ImportReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} row(s) read", self.read)?;
+        if self.confirmed {
+            writeln!(
+                f,
+                "  {} new subscriber(s) imported as confirmed",
+                self.imported
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  {} new subscriber(s) imported as pending; they receive no email until they \
+                 sign up themselves",
+                self.imported
+            )?;
+        }
+        writeln!(
+            f,
+            "  {} existing subscriber(s) updated, {} unchanged",
+            self.updated, self.unchanged
+        )?;
+        if self.merged > 0 {
+            writeln!(
+                f,
+                "  {} row(s) repeated an address and were merged into it",
+                self.merged
+            )?;
+        }
+        writeln!(
+            f,
+            "  {} row(s) skipped as not valid{}",
+            self.skipped_invalid,
+            if self.skipped_invalid > 0 {
+                " (listed above)"
+            } else {
+                ""
+            }
+        )?;
+        if self.skipped_left > 0 {
+            writeln!(
+                f,
+                "  {} row(s) skipped: the person had left every offering",
+                self.skipped_left
+            )?;
+        }
+        writeln!(
+            f,
+            "  {} suppressed address(es) skipped (erased or bounced)",
+            self.skipped_suppressed
+        )?;
+        write!(
+            f,
+            "  {} subscription(s) kept unsubscribed: the person left, and an import does not \
+             bring them back",
+            self.kept_unsubscribed
+        )
+    }
+}
+
+/// Imports the people in the CSV file at `path` (see the module comment for the format).
+///
+/// A bad row is reported to `errors` as `line N: what is wrong` and skipped; with
+/// `options.strict` the file is checked first and nothing is imported when any row is bad.
+/// A file whose header is wrong is refused whole. Rows are written in batches of
+/// `options.batch_size`, each in one transaction; running the same import again changes
+/// nothing and records nothing.
+pub async fn import(
+    store: &Store,
+    links: &Links,
+    path: &Path,
+    options: &ImportOptions,
+    errors: &mut (dyn Write + Send),
+    now: Millis,
+) -> anyhow::Result<ImportReport> {
+    options.check()?;
+    let offerings = store.active_offerings().await?;
+    let source = match &options.source {
+        Some(source) => source.trim().to_owned(),
+        None => format!(
+            "import of {}",
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into()
+            )
+        ),
+    };
+    let text_hash = crate::web::hex_digest(&Sha256::digest(source.as_bytes()));
+    let terms = ImportTerms {
+        confirmed: options.confirmed,
+        source: &source,
+        text_hash: &text_hash,
+        offerings: &offerings,
+    };
+
+    if options.strict {
+        let mut rows = Rows::open(path, &offerings)?;
+        let mut bad = 0u64;
+        while let Some(row) = rows.next_row()? {
+            if let Row::Invalid(message) = row {
+                writeln!(errors, "{message}")?;
+                bad += 1;
+            }
+        }
+        if bad > 0 {
+            bail!(
+                "{bad} row(s) of {} are not valid; nothing was imported (--strict)",
+                path.display()
+            );
+        }
+    }
+
+    let mut report = ImportReport {
+        confirmed: options.confirmed,
+        ..ImportReport::default()
+    };
+    let mut rows = Rows::open(path, &offerings)?;
+    let mut batch: Vec<ImportedPerson> = Vec::with_capacity(options.batch_size);
+    let mut in_batch: HashMap<EmailAddress, usize> = HashMap::with_capacity(options.batch_size);
+    while let Some(row) = rows.next_row()? {
+        report.read += 1;
+        match row {
+            Row::Invalid(message) => {
+                if options.strict {
+                    bail!("{message} (the file changed while it was imported)");
+                }
+                writeln!(errors, "{message}")?;
+                report.skipped_invalid += 1;
+            }
+            Row::Left => report.skipped_left += 1,
+            Row::Valid(person) => {
+                if let Some(&i) = in_batch.get(&person.email) {
+                    merge(&mut batch[i], person);
+                    report.merged += 1;
+                    continue;
+                }
+                in_batch.insert(person.email.clone(), batch.len());
+                batch.push(ImportedPerson {
+                    email_hash: links.email_hash(&person.email),
+                    email: person.email,
+                    name: person.name,
+                    timezone: person.timezone,
+                    offering_ids: person.offering_ids,
+                });
+                if batch.len() >= options.batch_size {
+                    write_batch(store, &batch, &terms, now, &mut report).await?;
+                    batch.clear();
+                    in_batch.clear();
+                }
+            }
+        }
+    }
+    write_batch(store, &batch, &terms, now, &mut report).await?;
+    Ok(report)
+}
+
+async fn write_batch(
+    store: &Store,
+    batch: &[ImportedPerson],
+    terms: &ImportTerms<'_>,
+    now: Millis,
+    report: &mut ImportReport,
+) -> anyhow::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let counts = store
+        .import_people(batch, terms, now)
+        .await
+        .context("cannot write the imported subscribers")?;
+    report.imported += counts.imported;
+    report.updated += counts.updated;
+    report.unchanged += counts.unchanged;
+    report.skipped_suppressed += counts.suppressed;
+    report.kept_unsubscribed += counts.kept_unsubscribed;
+    Ok(())
+}
+
+/// A later row of the same address: the first name and zone given win (as for an existing
+/// subscriber), the offerings are the union.
+fn merge(into: &mut ImportedPerson, row: ValidRow) {
+    if into.name.is_none() {
+        into.name = row.name;
+    }
+    if into.timezone.is_none() {
+        into.timezone = row.timezone;
+    }
+    for id in row.offering_ids {
+        if !into.offering_ids.contains(&id) {
+            into.offering_ids.push(id);
+        }
+    }
+}
+
+/// Writes every subscriber as CSV to `out`, ordered by address, and returns how many. The
+/// first four columns can be imported again; `offerings` holds the active offerings the person
+/// has not left, `statuses` every subscription as `slug:status`. Times are RFC 3339 UTC.
+///
+/// A name that a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`) is
+/// written with a leading `'`, which an import takes off again.
+pub async fn export(store: &Store, out: &mut (dyn Write + Send)) -> anyhow::Result<u64> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record(HEADER.iter().chain(EXPORT_COLUMNS.iter()))?;
+    let mut lines = store.export_lines();
+    let mut current: Option<Exported> = None;
+    let mut count = 0u64;
+    while let Some(line) = lines.next().await {
+        let line = line.context("cannot read the subscribers")?;
+        if current.as_ref().is_some_and(|c| c.id != line.subscriber_id) {
+            current.take().expect("checked").write(&mut writer)?;
+            count += 1;
+        }
+        current
+            .get_or_insert_with(|| Exported::new(&line))
+            .add(line);
+    }
+    if let Some(last) = current {
+        last.write(&mut writer)?;
+        count += 1;
+    }
+    writer.flush()?;
+    Ok(count)
+}
+
+/// Creates (or truncates) a file only its owner can read, for an export: it holds people's
+/// addresses and interests.
+pub fn create_private_file(path: &Path) -> anyhow::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// One subscriber of an export, gathered from their consecutive lines.
+struct Exported {
+    id: i64,
+    email: String,
+    name: Option<String>,
+    timezone: Option<String>,
+    created_at: Millis,
+    consent_at: Option<Millis>,
+    consent_source: Option<String>,
+    offerings: Vec<String>,
+    statuses: Vec<String>,
+    confirmed_at: Option<Millis>,
+}
+
+impl Exported {
+    fn new(line: &ExportLine) -> Self {
+        Self {
+            id: line.subscriber_id,
+            email: line.email.clone(),
+            name: line.name.clone(),
+            timezone: line.timezone.clone(),
+            created_at: line.created_at,
+            consent_at: line.consent_at,
+            consent_source: line.consent_source.clone(),
+            offerings: Vec::new(),
+            statuses: Vec::new(),
+            confirmed_at: None,
+        }
+    }
+
+    fn add(&mut self, line: ExportLine) {
+        let Some(sub) = line.subscription else {
+            return;
+        };
+        self.statuses
+            .push(format!("{}:{}", sub.offering, sub.status));
+        if sub.status == SubscriptionStatus::Confirmed {
+            self.confirmed_at = self.confirmed_at.max(sub.confirmed_at);
+        }
+        if sub.status != SubscriptionStatus::Unsubscribed && sub.offering_active {
+            self.offerings.push(sub.offering);
+        }
+    }
+
+    fn write<W: Write>(self, writer: &mut csv::Writer<W>) -> anyhow::Result<()> {
+        let time = |t: Option<Millis>| t.map(format_ms).unwrap_or_default();
+        writer.write_record([
+            self.email,
+            self.name.as_deref().map(defuse_formula).unwrap_or_default(),
+            self.timezone.unwrap_or_default(),
+            self.offerings.join(";"),
+            self.statuses.join(";"),
+            format_ms(self.created_at),
+            time(self.confirmed_at),
+            time(self.consent_at),
+            self.consent_source.unwrap_or_default(),
+        ])?;
+        Ok(())
+    }
+}
+
+/// Characters that make a spreadsheet cell a formula (OWASP "CSV injection").
+fn starts_a_formula(text: &str) -> bool {
+    text.starts_with(['=', '+', '-', '@'])
+}
+
+fn defuse_formula(name: &str) -> String {
+    if starts_a_formula(name) {
+        format!("'{name}")
+    } else {
+        name.to_owned()
+    }
+}
+
+fn restore_formula(name: &str) -> &str {
+    match name.strip_prefix('\'') {
+        Some(rest) if starts_a_formula(rest) => rest,
+        _ => name,
+    }
+}
+
+/// One row of an import file, checked.
+enum Row {
+    Valid(ValidRow),
+    /// An export's row for a person who had left every offering: nothing to import.
+    Left,
+    /// `line N: what is wrong`.
+    Invalid(String),
+}
+
+struct ValidRow {
+    email: EmailAddress,
+    name: Option<SubscriberName>,
+    timezone: Option<Timezone>,
+    offering_ids: Vec<i64>,
+}
+
+/// Where each column is in the file.
+#[derive(Debug)]
+struct Columns {
+    email: usize,
+    name: usize,
+    timezone: usize,
+    offerings: usize,
+    statuses: Option<usize>,
+    count: usize,
+}
+
+/// Reads an import file record by record and checks each row.
+struct Rows<'o> {
+    reader: csv::Reader<LineCounter<File>>,
+    columns: Columns,
+    record: csv::ByteRecord,
+    offerings: &'o [Offering],
+    /// Zones already checked (see [`check_timezone`]).
+    timezones: HashMap<String, Timezone>,
+}
+
+impl<'o> Rows<'o> {
+    fn open(path: &Path, offerings: &'o [Offering]) -> anyhow::Result<Self> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        // Flexible: a row with the wrong number of fields is reported by line like any other
+        // bad row, instead of stopping the reader.
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .has_headers(false)
+            .from_reader(LineCounter::new(file));
+        let mut header = csv::ByteRecord::new();
+        let read = reader
+            .read_byte_record(&mut header)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if !read {
+            bail!(
+                "{} is empty: the first line must be the header `{}`",
+                path.display(),
+                HEADER.join(",")
+            );
+        }
+        let line = record_line(&mut reader, &header);
+        let columns = columns_of(&header)
+            .map_err(|e| anyhow::anyhow!("{}: line {line}: {e}", path.display()))?;
+        Ok(Self {
+            reader,
+            columns,
+            record: csv::ByteRecord::new(),
+            offerings,
+            timezones: HashMap::new(),
+        })
+    }
+
+    /// The next row, or `None` at the end of the file. Only reading the file can fail here.
+    fn next_row(&mut self) -> anyhow::Result<Option<Row>> {
+        if !self
+            .reader
+            .read_byte_record(&mut self.record)
+            .context("cannot read the file")?
+        {
+            return Ok(None);
+        }
+        let line = record_line(&mut self.reader, &self.record);
+        Ok(Some(match self.check_row() {
+            Ok(row) => row,
+            Err(problems) => Row::Invalid(format!("line {line}: {problems}")),
+        }))
+    }
+
+    fn check_row(&mut self) -> Result<Row, String> {
+        let columns = &self.columns;
+        if self.record.len() != columns.count {
+            return Err(format!(
+                "expected {} fields, found {}",
+                columns.count,
+                self.record.len()
+            ));
+        }
+        let text = |i: usize| {
+            std::str::from_utf8(&self.record[i])
+                .map_err(|_| "not valid UTF-8 text (save the file as UTF-8)".to_owned())
+        };
+        let (email, name, timezone, offerings) = (
+            text(columns.email)?,
+            text(columns.name)?,
+            text(columns.timezone)?,
+            text(columns.offerings)?,
+        );
+        let left_everything = match columns.statuses {
+            Some(i) => !text(i)?.trim().is_empty(),
+            None => false,
+        };
+
+        let mut problems = Vec::new();
+        let email = if email.trim().is_empty() {
+            problems.push("email: empty".to_owned());
+            None
+        } else {
+            EmailAddress::parse(email)
+                .map_err(|e| problems.push(format!("email: {e}")))
+                .ok()
+        };
+        let name = SubscriberName::parse(restore_formula(name.trim()))
+            .map_err(|e| problems.push(format!("name: {e}")))
+            .ok()
+            .flatten();
+        let timezone = check_timezone(&mut self.timezones, timezone)
+            .map_err(|e| problems.push(format!("timezone: {e}")))
+            .ok()
+            .flatten();
+        let mut offering_ids = Vec::new();
+        for slug in offerings
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let slug = slug.to_ascii_lowercase();
+            match self.offerings.iter().find(|o| o.slug == slug) {
+                Some(o) if !offering_ids.contains(&o.id) => offering_ids.push(o.id),
+                Some(_) => {}
+                None => {
+                    let known: Vec<&str> = self.offerings.iter().map(|o| o.slug.as_str()).collect();
+                    problems.push(format!(
+                        "offerings: there is no offering `{slug}` (known: {})",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+        if offering_ids.is_empty() && problems.is_empty() {
+            if left_everything {
+                return Ok(Row::Left);
+            }
+            problems.push(
+                "offerings: none given (name at least one; separate several with `;`)".to_owned(),
+            );
+        }
+        match (email, problems.is_empty()) {
+            (Some(email), true) => Ok(Row::Valid(ValidRow {
+                email,
+                name,
+                timezone,
+                offering_ids,
+            })),
+            _ => Err(problems.join("; ")),
+        }
+    }
+}
+
+/// An empty cell is no time zone. `known` remembers zones already checked, as looking one up
+/// parses its rules.
+fn check_timezone(
+    known: &mut HashMap<String, Timezone>,
+    text: &str,
+) -> Result<Option<Timezone>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if let Some(zone) = known.get(text) {
+        return Ok(Some(zone.clone()));
+    }
+    let zone = Timezone::parse(text)?;
+    // Bounded: there are some 600 zone names, and this is only a shortcut.
+    if known.len() < 1024 {
+        known.insert(text.to_owned(), zone.clone());
+    }
+    Ok(Some(zone))
+}
+
+/// Finds the columns by name (any order, any case). The four of [`HEADER`] are needed; the
+/// ones an export adds are allowed; anything else is refused, so a misspelt column is not
+/// silently ignored.
+fn columns_of(header: &csv::ByteRecord) -> Result<Columns, String> {
+    let expected = || format!("the header must be `{}`", HEADER.join(","));
+    let mut found: HashMap<String, usize> = HashMap::new();
+    for (i, name) in header.iter().enumerate() {
+        let name = std::str::from_utf8(name)
+            .map_err(|_| format!("not valid UTF-8 text; {}", expected()))?
+            .trim()
+            .to_ascii_lowercase();
+        if !HEADER.contains(&name.as_str()) && !EXPORT_COLUMNS.contains(&name.as_str()) {
+            return Err(format!("unknown column `{name}`: {}", expected()));
+        }
+        if found.insert(name.clone(), i).is_some() {
+            return Err(format!("the column `{name}` appears twice: {}", expected()));
+        }
+    }
+    let missing: Vec<&str> = HEADER
+        .iter()
+        .copied()
+        .filter(|c| !found.contains_key(*c))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "missing column(s) {}: {}",
+            missing.join(", "),
+            expected()
+        ));
+    }
+    Ok(Columns {
+        email: found["email"],
+        name: found["name"],
+        timezone: found["timezone"],
+        offerings: found["offerings"],
+        statuses: found.get("statuses").copied(),
+        count: header.len(),
+    })
+}
+
+/// The line of the file a record just read starts on (the first line is 1).
+///
+/// csv's own `Position::line` is where the reader stood when it began looking for the record,
+/// which is a line too early after `\r\n` line ends (as spreadsheets write them) and after
+/// blank lines. So: the record ends just before the reader's byte position, the line it ends on
+/// is one more than the line breaks before that, and it starts as many lines earlier as it has
+/// line breaks inside quoted fields.
+fn record_line(reader: &mut csv::Reader<LineCounter<File>>, record: &csv::ByteRecord) -> u64 {
+    let end = reader.position().byte();
+    // The last byte read is the record's terminator (or its last byte at the end of the file,
+    // which is never a bare line break): line breaks strictly before it.
+    let before_end = reader.get_mut().newlines_before(end.saturating_sub(1));
+    let inside = record.as_slice().iter().filter(|b| **b == b'\n').count() as u64;
+    (1 + before_end).saturating_sub(inside)
+}
+
+/// Passes the file through and remembers the offsets of its line breaks, so that rows can be
+/// given their line numbers. It holds only the line breaks read ahead of the parser (csv
+/// reads in 8 KiB chunks).
+struct LineCounter<R> {
+    inner: R,
+    offset: u64,
+    ahead: VecDeque<u64>,
+    passed: u64,
+}
+
+impl<R> LineCounter<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            offset: 0,
+            ahead: VecDeque::new(),
+            passed: 0,
+        }
+    }
+
+    /// How many line breaks come before byte `offset`; offsets asked for never decrease.
+    fn newlines_before(&mut self, offset: u64) -> u64 {
+        while self.ahead.front().is_some_and(|&at| at < offset) {
+            self.ahead.pop_front();
+            self.passed += 1;
+        }
+        self.passed
+    }
+}
+
+impl<R: Read> Read for LineCounter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let start = self.offset;
+        self.ahead.extend(
+            buf[..n]
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| start + i as u64),
+        );
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(data: &[u8]) -> Vec<u64> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.csv");
+        std::fs::write(&path, data).unwrap();
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .has_headers(false)
+            .from_reader(LineCounter::new(File::open(&path).unwrap()));
+        let mut record = csv::ByteRecord::new();
+        let mut lines = Vec::new();
+        while reader.read_byte_record(&mut record).unwrap() {
+            lines.push(record_line(&mut reader, &record));
+        }
+        lines
+    }
+
+    #[test]
+    fn rows_get_the_line_they_start_on_whatever_the_line_ends() {
+        let lf = b"h\na\n\n\nb\n\"c\nd\",e\nf\n\n  \ng";
+        assert_eq!(lines_of(lf), [1, 2, 5, 6, 8, 10, 11]);
+        let crlf = b"\xEF\xBB\xBFh\r\na\r\n\r\n\r\nb\r\n\"c\r\nd\",e\r\nf\r\n\r\n  \r\ng\r\n";
+        assert_eq!(lines_of(crlf), [1, 2, 5, 6, 8, 10, 11]);
+    }
+
+    #[test]
+    fn a_name_that_looks_like_a_formula_survives_a_round_trip() {
+        for name in ["=SUM(A1)", "+49 Anna", "-Anna", "@anna", "Anna", "'quoted'"] {
+            assert_eq!(restore_formula(&defuse_formula(name)), name);
+        }
+        assert_eq!(defuse_formula("=1+1"), "'=1+1");
+    }
+
+    #[test]
+    fn a_header_needs_the_four_columns_and_allows_the_export_ones() {
+        let header = |s: &str| csv::ByteRecord::from(s.split(',').collect::<Vec<_>>());
+        assert!(columns_of(&header("email,name,timezone,offerings")).is_ok());
+        assert!(columns_of(&header("Offerings, Email ,name,timezone")).is_ok());
+        let export = format!("{},{}", HEADER.join(","), EXPORT_COLUMNS.join(","));
+        assert_eq!(columns_of(&header(&export)).unwrap().statuses, Some(4));
+        let err = columns_of(&header("mail,name,timezone,offerings")).unwrap_err();
+        assert!(err.contains("`mail`") && err.contains("email,name,timezone,offerings"));
+        let err = columns_of(&header("email,name,offerings")).unwrap_err();
+        assert!(err.contains("missing column(s) timezone"), "{err}");
+        assert!(columns_of(&header("email,email,name,timezone,offerings")).is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! Leaving: `GET /unsubscribe/{token}` shows the choices and changes nothing; a `POST` to the
+//! same URL unsubscribes at once. The POST is what mailbox providers send for RFC 8058
+//! one-click unsubscribe (`List-Unsubscribe=One-Click`, urlencoded or multipart, no cookies):
+//! it leaves the offering the email was sent for, answers 200 and never redirects. The page's
+//! "everything" button posts `scope=everything`.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::json;
+
+use super::client::ClientInfo;
+use super::{AppState, pages};
+use crate::domain::TokenPurpose;
+use crate::store::ConsentMeta;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route(
+        "/unsubscribe/{token}",
+        get(unsubscribe_page).post(unsubscribe),
+    )
+}
+
+/// (subscriber id, offering id) of a valid unsubscribe token.
+fn claims(state: &AppState, token: &str) -> Option<(i64, i64)> {
+    let now = state.clock().now_secs();
+    match state.links().verify(token, TokenPurpose::Unsubscribe, now) {
+        Ok(t) => Some((t.subject, t.scope)),
+        Err(e) => {
+            tracing::info!(reason = %e, "unsubscribe token refused");
+            None
+        }
+    }
+}
+
+async fn unsubscribe_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+    let Some((subscriber_id, offering_id)) = claims(&state, &token) else {
+        return pages::invalid_link(&state);
+    };
+    let offering = match state.store().offering_by_id(offering_id).await {
+        Ok(Some(o)) => o,
+        Ok(None) => return pages::invalid_link(&state),
+        Err(e) => return pages::error_page(&state, e.into()),
+    };
+    pages::render(
+        &state,
+        StatusCode::OK,
+        "unsubscribe",
+        "Unsubscribe",
+        json!({
+            "action": format!("/unsubscribe/{token}"),
+            "offering": { "name": offering.name },
+            "preferences_url": state.links().preferences_url(subscriber_id),
+        }),
+    )
+}
+
+/// Which button was pressed; anything else (the one-click body, an empty body) means "this
+/// offering".
+async fn wants_everything(state: &AppState, request: Request) -> bool {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("multipart/form-data") {
+        let Ok(mut form) = Multipart::from_request(request, state).await else {
+            return false;
+        };
+        while let Ok(Some(field)) = form.next_field().await {
+            if field.name() == Some("scope") {
+                return field.text().await.is_ok_and(|v| v == "everything");
+            }
+        }
+        false
+    } else {
+        let Ok(body) = Bytes::from_request(request, state).await else {
+            return false;
+        };
+        form_urlencoded::parse(&body).any(|(k, v)| k == "scope" && v == "everything")
+    }
+}
+
+async fn unsubscribe(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    client: ClientInfo,
+    request: Request,
+) -> Response {
+    let Some((subscriber_id, offering_id)) = claims(&state, &token) else {
+        return pages::invalid_link(&state);
+    };
+    let everything = wants_everything(&state, request).await;
+    let meta = ConsentMeta {
+        ip: client.ip.map(|ip| ip.to_string()),
+        user_agent: client.user_agent,
+        text_hash: String::new(),
+        source: "email",
+    };
+    let scope = (!everything).then_some(offering_id);
+    let left = match state
+        .store()
+        .unsubscribe(subscriber_id, scope, &meta, state.clock().now_ms())
+        .await
+    {
+        Ok(left) => left,
+        Err(e) => return pages::error_page(&state, e.into()),
+    };
+    tracing::info!(
+        subscriber = subscriber_id,
+        offerings = left.len(),
+        everything,
+        "unsubscribed"
+    );
+    let name = match state.store().offering_by_id(offering_id).await {
+        Ok(Some(o)) => o.name,
+        _ => String::new(),
+    };
+    pages::render(
+        &state,
+        StatusCode::OK,
+        "unsubscribed",
+        "Unsubscribed",
+        json!({
+            "everything": everything,
+            "offering": { "name": name },
+            "preferences_url": state.links().preferences_url(subscriber_id),
+        }),
+    )
+}

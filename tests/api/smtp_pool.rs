@@ -1,0 +1,342 @@
+//! The SMTP transport's own session pool against the test SMTP server: bounded connections,
+//! authentication, how failures are sorted, what is (not) sent twice, reconnecting and the rate
+//! limit. No database: these talk to `Transport` directly.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use lettre::Message;
+use sangha::config::{Config, Secret, TlsMode, TransportKind};
+use sangha::mail::{SendErrorKind, Transport};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::support::DEADLINE;
+use crate::support::smtp::TestSmtpServer;
+
+fn smtp_config(server: &TestSmtpServer, pool_size: u32) -> Config {
+    let mut config = Config::default();
+    config.mail.transport = TransportKind::Smtp;
+    config.smtp.host = "127.0.0.1".into();
+    config.smtp.port = server.port();
+    config.smtp.tls = TlsMode::None;
+    config.smtp.pool_size = pool_size;
+    config.smtp.rate_per_second = 0;
+    config.smtp.timeout_seconds = 10;
+    config
+}
+
+fn transport(config: &Config) -> Transport {
+    Transport::from_config(config).expect("SMTP transport from config")
+}
+
+fn message_to(to: &str, n: usize) -> Message {
+    Message::builder()
+        .from("Shakti Temple <hello@example.com>".parse().unwrap())
+        .to(to.parse().unwrap())
+        .subject(format!("Morning Meditation, day {n}"))
+        .message_id(Some(format!("<{n}.pool-test@example.com>")))
+        .body(String::from("Breathe in, and let the morning arrive.\r\n"))
+        .unwrap()
+}
+
+fn message(n: usize) -> Message {
+    message_to(&format!("reader{n}@example.org"), n)
+}
+
+fn message_ids(server: &TestSmtpServer) -> Vec<String> {
+    server
+        .messages()
+        .iter()
+        .map(|m| m.parsed().message_id().unwrap().to_owned())
+        .collect()
+}
+
+/// Sends messages `0..count` through `transport`, `concurrency` at a time; panics on a failure.
+async fn send_all(transport: &Transport, count: usize, concurrency: usize) {
+    stream::iter(0..count)
+        .map(|n| {
+            let transport = transport.clone();
+            async move {
+                let reply = transport.send(message(n)).await.expect("send");
+                assert!(reply.starts_with("250"), "{reply}");
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+#[tokio::test]
+async fn two_hundred_messages_from_eight_senders_share_at_most_four_connections() {
+    let server = TestSmtpServer::start().await;
+    let transport = transport(&smtp_config(&server, 4));
+
+    send_all(&transport, 200, 8).await;
+
+    let ids: HashSet<String> = message_ids(&server).into_iter().collect();
+    assert_eq!(ids.len(), 200, "every message arrived exactly once");
+    assert!(
+        server.connections() <= 4,
+        "{} connections for a pool of 4",
+        server.connections()
+    );
+}
+
+#[tokio::test]
+async fn the_pool_authenticates_and_a_wrong_password_is_a_transient_error() {
+    let server = TestSmtpServer::builder()
+        .credentials("sangha", "s3cret-pass")
+        .start()
+        .await;
+    let mut config = smtp_config(&server, 2);
+    config.smtp.username = "sangha".into();
+    config.smtp.password = Secret::new("s3cret-pass");
+    let reply = transport(&config).send(message(1)).await.unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(server.messages().len(), 1);
+
+    // Rejected credentials are a configuration mistake, not a verdict on the message: the
+    // delivery must stay retryable.
+    config.smtp.password = Secret::new("wrong");
+    let err = transport(&config).send(message(2)).await.unwrap_err();
+    assert_eq!(err.kind, SendErrorKind::Transient, "{}", err.message);
+    assert!(err.message.contains("535"), "{}", err.message);
+    assert!(!err.message.contains("wrong"), "{}", err.message);
+    assert_eq!(server.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn rejections_are_sorted_by_reply_and_the_session_is_kept() {
+    let server = TestSmtpServer::start().await;
+    let transport = transport(&smtp_config(&server, 1));
+    server.reject_recipient("gone@example.org", "550 5.1.1 No such user");
+
+    let err = transport
+        .send(message_to("gone@example.org", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, SendErrorKind::BadRecipient, "{}", err.message);
+    assert!(
+        err.message.contains("5.1.1 No such user"),
+        "{}",
+        err.message
+    );
+
+    server.push_data_reply("554 5.7.1 Message refused");
+    let err = transport.send(message(2)).await.unwrap_err();
+    assert_eq!(err.kind, SendErrorKind::Permanent, "{}", err.message);
+    assert!(err.message.contains("554"), "{}", err.message);
+
+    server.push_data_reply("451 4.3.0 Try again later");
+    let err = transport.send(message(3)).await.unwrap_err();
+    assert_eq!(err.kind, SendErrorKind::Transient, "{}", err.message);
+    assert!(err.message.contains("451"), "{}", err.message);
+
+    let reply = transport.send(message(4)).await.unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(message_ids(&server), ["4.pool-test@example.com"]);
+    // A clean rejection leaves the session in step (after RSET): no reconnecting.
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_lost_after_the_data_is_transient_and_never_resent_by_the_pool() {
+    let server = TestSmtpServer::start().await;
+    let transport = transport(&smtp_config(&server, 2));
+    server.push_drop_after_data();
+
+    let err = transport.send(message(1)).await.unwrap_err();
+    assert_eq!(err.kind, SendErrorKind::Transient, "{}", err.message);
+    assert!(err.message.contains("may have accepted"), "{}", err.message);
+    assert_eq!(server.ambiguous().len(), 1, "the server got it once");
+    assert!(server.messages().is_empty(), "and no second copy");
+    assert_eq!(
+        server.connections(),
+        1,
+        "no new connection to send it again"
+    );
+
+    // The next message opens a new session; the ambiguous one is still not repeated.
+    transport.send(message(2)).await.unwrap();
+    assert_eq!(message_ids(&server), ["2.pool-test@example.com"]);
+    assert_eq!(server.ambiguous().len(), 1);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_dropped_is_replaced() {
+    let server = TestSmtpServer::start().await;
+    let proxy = CuttingProxy::start(server.addr()).await;
+    let mut config = smtp_config(&server, 1);
+    config.smtp.port = proxy.port();
+    let transport = transport(&config);
+
+    transport.send(message(1)).await.unwrap();
+    proxy.cut_all().await;
+    let reply = transport.send(message(2)).await.unwrap();
+
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(
+        message_ids(&server),
+        ["1.pool-test@example.com", "2.pool-test@example.com"]
+    );
+    assert_eq!(server.connections(), 2, "the dead session was replaced");
+}
+
+#[tokio::test]
+async fn a_missing_starttls_or_a_refusing_greeting_is_transient() {
+    let server = TestSmtpServer::start().await;
+    let mut config = smtp_config(&server, 1);
+    config.smtp.tls = TlsMode::Starttls;
+    let err = transport(&config).send(message(1)).await.unwrap_err();
+    assert_eq!(err.kind, SendErrorKind::Transient, "{}", err.message);
+    assert!(
+        err.message.contains("server does not offer STARTTLS"),
+        "{}",
+        err.message
+    );
+
+    server.set_greeting_reply(Some("421 4.3.2 Service not available".into()));
+    let err = transport(&smtp_config(&server, 1))
+        .send(message(2))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, SendErrorKind::Transient, "{}", err.message);
+    assert!(err.message.contains("421"), "{}", err.message);
+    assert!(server.messages().is_empty());
+}
+
+#[tokio::test]
+async fn the_rate_limit_spaces_messages_out() {
+    let server = TestSmtpServer::start().await;
+    let mut config = smtp_config(&server, 4);
+    config.smtp.rate_per_second = 50;
+    let transport = transport(&config);
+
+    let started = Instant::now();
+    send_all(&transport, 60, 8).await;
+    let elapsed = started.elapsed();
+
+    // The limiter lets one message through every 1/50 s with a burst of one, so the 60th
+    // cannot start before 59 × 20 ms = 1.18 s. Only a lower bound is checked: a slow machine
+    // may take longer, never shorter.
+    assert!(
+        elapsed >= Duration::from_millis(1100),
+        "60 messages at 50/s took only {elapsed:?}"
+    );
+    assert_eq!(server.messages().len(), 60);
+}
+
+/// Not a test: a throughput figure to read by hand, with lettre's own pool for comparison.
+/// `cargo test --release --test api smtp_pool -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement, run by hand"]
+async fn throughput_over_four_connections() {
+    let server = TestSmtpServer::start().await;
+    let ours = transport(&smtp_config(&server, 4));
+    let count = 5_000;
+    let started = Instant::now();
+    send_all(&ours, count, 16).await;
+    let elapsed = started.elapsed();
+    assert_eq!(server.messages().len(), count);
+    println!(
+        "sangha pool, 4 connections: {count} messages in {elapsed:.2?} = {:.0} msg/s ({} connections)",
+        count as f64 / elapsed.as_secs_f64(),
+        server.connections()
+    );
+
+    use lettre::transport::smtp::PoolConfig;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+    let server = TestSmtpServer::start().await;
+    let lettre_pool = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(server.port())
+        .pool_config(PoolConfig::new().max_size(4))
+        .build();
+    let count = 500;
+    let started = Instant::now();
+    stream::iter(0..count)
+        .map(|n| {
+            let lettre_pool = lettre_pool.clone();
+            async move { lettre_pool.send(message(n)).await.expect("send") }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(server.messages().len(), count);
+    println!(
+        "lettre AsyncSmtpTransport pool, max 4: {count} messages in {elapsed:.2?} = {:.0} msg/s ({} connections)",
+        count as f64 / elapsed.as_secs_f64(),
+        server.connections()
+    );
+}
+
+/// A TCP proxy in front of the test server that can cut every connection through it, the way
+/// a server (or a NAT box) drops an idle client.
+struct CuttingProxy {
+    port: u16,
+    cut: watch::Sender<u64>,
+    open: Arc<AtomicUsize>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+impl CuttingProxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, _) = watch::channel(0);
+        let open = Arc::new(AtomicUsize::new(0));
+        let accept_task = tokio::spawn({
+            let cut = cut.clone();
+            let open = Arc::clone(&open);
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    let Ok(mut upstream) = TcpStream::connect(target).await else {
+                        continue;
+                    };
+                    let mut cut = cut.subscribe();
+                    let open = Arc::clone(&open);
+                    open.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                            _ = cut.changed() => {}
+                        }
+                        drop((client, upstream));
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            }
+        });
+        CuttingProxy {
+            port,
+            cut,
+            open,
+            accept_task,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Closes every open connection, and returns once they are all closed.
+    async fn cut_all(&self) {
+        self.cut.send_modify(|generation| *generation += 1);
+        crate::support::eventually(DEADLINE, || {
+            (self.open.load(Ordering::SeqCst) == 0).then_some(())
+        })
+        .await
+        .expect("the proxy closes its connections");
+    }
+}
