@@ -176,6 +176,15 @@ pub enum SubscribersCommand {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Unsubscribe someone from one offering, or from everything (the record is kept).
+    Remove {
+        email: String,
+        #[arg(long, value_name = "SLUG")]
+        offering: Option<String>,
+    },
+    /// Erase someone: every record about them goes; only a keyed hash of the address stays
+    /// on the suppression list, so no import brings them back.
+    Erase { email: String },
 }
 
 /// Runs a parsed command, printing to `out`.
@@ -432,6 +441,62 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                     crate::subscribers_csv::export(&runtime.store, out).await?;
                 }
             }
+            Ok(())
+        }
+        Command::Subscribers(SubscribersCommand::Remove { email, offering }) => {
+            let email = EmailAddress::parse(&email).map_err(anyhow::Error::msg)?;
+            let runtime = Runtime::open(config, Clock::System).await?;
+            let Some(who) = runtime.store.subscriber_detail(&email).await? else {
+                anyhow::bail!("no subscriber with the address {email}");
+            };
+            let offering_id = match offering {
+                Some(slug) => {
+                    let slug = Slug::parse(&slug)
+                        .map_err(anyhow::Error::msg)
+                        .context("--offering")?;
+                    let o = runtime.store.offering_by_slug(&slug).await?;
+                    Some(
+                        o.ok_or_else(|| {
+                            anyhow::anyhow!("--offering: there is no offering `{slug}`")
+                        })?
+                        .id,
+                    )
+                }
+                None => None,
+            };
+            let meta = crate::store::ConsentMeta {
+                ip: None,
+                user_agent: None,
+                text_hash: String::new(),
+                source: "owner",
+            };
+            let left = runtime
+                .store
+                .unsubscribe(
+                    who.subscriber.id,
+                    offering_id,
+                    &meta,
+                    runtime.clock.now_ms(),
+                )
+                .await?;
+            writeln!(out, "{email}: left {} offering(s)", left.len())?;
+            Ok(())
+        }
+        Command::Subscribers(SubscribersCommand::Erase { email }) => {
+            let email = EmailAddress::parse(&email).map_err(anyhow::Error::msg)?;
+            let runtime = Runtime::open(config, Clock::System).await?;
+            let Some(who) = runtime.store.subscriber_detail(&email).await? else {
+                anyhow::bail!("no subscriber with the address {email}");
+            };
+            let hash = runtime.links()?.email_hash(&email);
+            runtime
+                .store
+                .erase_subscriber(who.subscriber.id, &hash, runtime.clock.now_ms())
+                .await?;
+            writeln!(
+                out,
+                "{email} erased; only a keyed hash stays on the suppression list"
+            )?;
             Ok(())
         }
         Command::Subscribers(SubscribersCommand::Show { email, json }) => {

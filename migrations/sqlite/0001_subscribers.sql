@@ -55,8 +55,8 @@ CREATE TABLE consents (
     -- Offering slugs separated by ';', as asked for (signup) or as confirmed (confirm).
     offerings     TEXT   NOT NULL,
     text_hash     TEXT   NOT NULL,
-    -- Where it came from: 'form', 'api', 'email' (a link in an email), or the source an
-    -- import named.
+    -- Where it came from: 'form', 'api', 'email' (a link in an email), 'owner' (the CLI),
+    -- or the source an import named.
     source        TEXT   NOT NULL
 );
 CREATE INDEX consents_by_subscriber ON consents (subscriber_id, at);

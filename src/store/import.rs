@@ -31,9 +31,17 @@ use super::{Backend, Offering, Store};
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, SubscriberName, SubscriptionStatus, Timezone};
 
-/// Most bound parameters in one statement: below SQLite's limit of 32,766 and PostgreSQL's
-/// 65,535.
-const MAX_PARAMS: usize = 30_000;
+/// Rows per multi-row statement. One size means one statement text, prepared once per
+/// connection and reused for every batch; the shorter last statement of a batch is prepared,
+/// used once and not kept. (Re-preparing a statement of a thousand rows for every batch cost
+/// more than running it.)
+const ROWS_PER_STATEMENT: usize = 250;
+
+/// Bound values per row, at most (a confirmed subscription, a consent).
+const MAX_VALUES_PER_ROW: usize = 5;
+
+// Far below SQLite's limit of 32,766 bound parameters per statement and PostgreSQL's 65,535.
+const _: () = assert!(ROWS_PER_STATEMENT * MAX_VALUES_PER_ROW <= 30_000);
 
 /// One person of an import file, validated; rows repeating an address are merged before this.
 #[derive(Debug, Clone)]
@@ -215,11 +223,11 @@ impl Store {
         people: &[ImportedPerson],
     ) -> Result<HashSet<String>, sqlx::Error> {
         let mut found = HashSet::new();
-        for chunk in people.chunks(MAX_PARAMS) {
+        for chunk in people.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from("SELECT email_hash FROM suppressions WHERE email_hash IN (");
             Placeholders::new(self.backend).list(&mut sql, chunk.len());
             sql.push(')');
-            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            let mut query = sqlx::query_scalar::<_, String>(&sql).persistent(reused(chunk.len()));
             for p in chunk {
                 query = query.bind(p.email_hash.as_str());
             }
@@ -234,7 +242,7 @@ impl Store {
         people: &[ImportedPerson],
     ) -> Result<HashMap<String, Existing>, sqlx::Error> {
         let mut found: HashMap<String, Existing> = HashMap::new();
-        for chunk in people.chunks(MAX_PARAMS) {
+        for chunk in people.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from(
                 "SELECT s.id, s.email, s.name, s.timezone, sub.offering_id, sub.status
                  FROM subscribers s LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id
@@ -242,7 +250,7 @@ impl Store {
             );
             Placeholders::new(self.backend).list(&mut sql, chunk.len());
             sql.push(')');
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(&sql).persistent(reused(chunk.len()));
             for p in chunk {
                 query = query.bind(p.email.as_str());
             }
@@ -369,9 +377,9 @@ impl Placeholders {
     }
 }
 
-/// Rows per statement for `per_row` bound values each.
-fn rows_per_statement(per_row: usize) -> usize {
-    MAX_PARAMS / per_row
+/// Whether a statement of `rows` rows has the one size worth keeping prepared.
+fn reused(rows: usize) -> bool {
+    rows == ROWS_PER_STATEMENT
 }
 
 /// Creates the new people and fills in a missing name or time zone of existing ones (an
@@ -388,7 +396,7 @@ async fn upsert_subscribers(
         .map(|w| w.person)
         .collect();
     let mut ids = HashMap::with_capacity(upserts.len());
-    for chunk in upserts.chunks(rows_per_statement(4)) {
+    for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
         let mut sql = String::from("INSERT INTO subscribers (email, name, timezone, created_at)");
         Placeholders::new(backend).rows(&mut sql, "(?, ?, ?, ?)", chunk.len());
         sql.push_str(
@@ -397,7 +405,7 @@ async fn upsert_subscribers(
                  timezone = COALESCE(subscribers.timezone, excluded.timezone)
              RETURNING id, email",
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(&sql).persistent(reused(chunk.len()));
         for person in chunk {
             query = query
                 .bind(person.email.as_str())
@@ -422,8 +430,7 @@ async fn insert_subscriptions(
     confirmed: bool,
     now: Millis,
 ) -> Result<(), sqlx::Error> {
-    let per_row = if confirmed { 5 } else { 4 };
-    for chunk in pairs.chunks(rows_per_statement(per_row)) {
+    for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
         let mut placeholders = Placeholders::new(backend);
         let mut sql = String::new();
         if confirmed {
@@ -445,7 +452,7 @@ async fn insert_subscriptions(
             placeholders.rows(&mut sql, "(?, ?, 'pending', ?, ?)", chunk.len());
             sql.push_str(" ON CONFLICT (subscriber_id, offering_id) DO NOTHING");
         }
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(&sql).persistent(reused(chunk.len()));
         for (subscriber, offering) in chunk {
             query = query.bind(*subscriber).bind(*offering).bind(now).bind(now);
             if confirmed {
@@ -466,7 +473,7 @@ async fn insert_import_consents(
     terms: &ImportTerms<'_>,
     now: Millis,
 ) -> Result<(), sqlx::Error> {
-    for chunk in consents.chunks(rows_per_statement(5)) {
+    for chunk in consents.chunks(ROWS_PER_STATEMENT) {
         let mut sql = String::from(
             "INSERT INTO consents
                  (subscriber_id, action, at, ip, user_agent, offerings, text_hash, source)",
@@ -476,7 +483,7 @@ async fn insert_import_consents(
             "(?, 'import', ?, NULL, NULL, ?, ?, ?)",
             chunk.len(),
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(&sql).persistent(reused(chunk.len()));
         for (subscriber, slugs) in chunk {
             query = query
                 .bind(*subscriber)

@@ -8,6 +8,7 @@ backend_tests!(
     subscribers_list_filters_by_offering_and_status,
     subscribers_show_prints_each_offering_with_its_status_word,
     commands_on_a_fresh_data_folder_apply_migrations_first,
+    the_owner_can_remove_and_erase_a_subscriber,
 );
 
 async fn offerings_list_shows_the_practice_offerings_with_counts(backend: Backend) {
@@ -112,4 +113,34 @@ async fn commands_on_a_fresh_data_folder_apply_migrations_first(backend: Backend
     assert!(stdout(&out).contains("0 subscriber(s)"));
     let out = run_cli(&config, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+async fn the_owner_can_remove_and_erase_a_subscriber(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.confirmed_subscriber(
+        "r@example.org",
+        &["morning-meditation", "guided-meditations"],
+    )
+    .await;
+    let out = app.cli(&[
+        "subscribers",
+        "remove",
+        "r@example.org",
+        "--offering",
+        "guided-meditations",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let show = stdout(&app.cli(&["subscribers", "show", "r@example.org"]));
+    let line = show
+        .lines()
+        .find(|l| l.contains("guided-meditations") && !l.contains("ip="))
+        .unwrap();
+    assert!(line.contains("unsubscribed"), "{show}");
+    assert!(show.contains("via=owner"), "{show}");
+    let out = app.cli(&["subscribers", "erase", "r@example.org"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let gone = app.cli(&["subscribers", "show", "r@example.org"]);
+    assert!(!gone.status.success());
+    let again = app.cli(&["subscribers", "erase", "r@example.org"]);
+    assert!(stderr(&again).contains("no subscriber"));
 }

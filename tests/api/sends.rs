@@ -20,6 +20,7 @@ backend_tests!(
     preview_renders_for_a_subscriber_and_escapes_what_they_typed,
     every_line_stays_within_rfc_5322_limits_whatever_the_content,
     sends_list_and_show_explain_each_send,
+    watch_follows_a_send_until_it_is_done,
 );
 
 pub const MORNING: &str = "---\n\
@@ -446,4 +447,27 @@ async fn sends_list_and_show_explain_each_send(backend: Backend) {
     assert_eq!(json[0]["counts"]["sent"], 1);
     let missing = app.cli(&["sends", "show", "999"]);
     assert!(stderr(&missing).contains("999"));
+}
+
+async fn watch_follows_a_send_until_it_is_done(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for who in ["w1@example.org", "w2@example.org"] {
+        app.confirmed_subscriber(who, &["morning-meditation"]).await;
+    }
+    let path = app.write_content("morning.md", MORNING);
+    let id = app.schedule_now("morning-meditation", &path).to_string();
+    let config = app.config.clone();
+    let watch = tokio::task::spawn_blocking(move || {
+        crate::support::run_cli(&config, &["sends", "watch", &id])
+    });
+    let out = tokio::time::timeout(crate::support::DEADLINE, watch)
+        .await
+        .expect("watch ends when the send is done")
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("done: 2 sent, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
 }

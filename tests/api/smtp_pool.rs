@@ -236,43 +236,49 @@ async fn the_rate_limit_spaces_messages_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a measurement, run by hand"]
 async fn throughput_over_four_connections() {
-    let server = TestSmtpServer::start().await;
-    let ours = transport(&smtp_config(&server, 4));
-    let count = 5_000;
-    let started = Instant::now();
-    send_all(&ours, count, 16).await;
-    let elapsed = started.elapsed();
-    assert_eq!(server.messages().len(), count);
-    println!(
-        "sangha pool, 4 connections: {count} messages in {elapsed:.2?} = {:.0} msg/s ({} connections)",
-        count as f64 / elapsed.as_secs_f64(),
-        server.connections()
-    );
+    for concurrency in [4, 16] {
+        let server = TestSmtpServer::start().await;
+        let ours = transport(&smtp_config(&server, 4));
+        let count = 5_000;
+        let started = Instant::now();
+        send_all(&ours, count, concurrency).await;
+        let elapsed = started.elapsed();
+        assert_eq!(server.messages().len(), count);
+        println!(
+            "sangha pool_size 4, {concurrency} senders: {count} messages in {elapsed:.2?} \
+             = {:.0} msg/s over {} connections",
+            count as f64 / elapsed.as_secs_f64(),
+            server.connections()
+        );
+    }
 
     use lettre::transport::smtp::PoolConfig;
     use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-    let server = TestSmtpServer::start().await;
-    let lettre_pool = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(server.port())
-        .pool_config(PoolConfig::new().max_size(4))
-        .build();
-    let count = 500;
-    let started = Instant::now();
-    stream::iter(0..count)
-        .map(|n| {
-            let lettre_pool = lettre_pool.clone();
-            async move { lettre_pool.send(message(n)).await.expect("send") }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    let elapsed = started.elapsed();
-    assert_eq!(server.messages().len(), count);
-    println!(
-        "lettre AsyncSmtpTransport pool, max 4: {count} messages in {elapsed:.2?} = {:.0} msg/s ({} connections)",
-        count as f64 / elapsed.as_secs_f64(),
-        server.connections()
-    );
+    for concurrency in [4, 16] {
+        let server = TestSmtpServer::start().await;
+        let lettre_pool = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+            .port(server.port())
+            .pool_config(PoolConfig::new().max_size(4))
+            .build();
+        let count = 500;
+        let started = Instant::now();
+        stream::iter(0..count)
+            .map(|n| {
+                let lettre_pool = lettre_pool.clone();
+                async move { lettre_pool.send(message(n)).await.expect("send") }
+            })
+            .buffer_unordered(concurrency)
+            .collect::<Vec<_>>()
+            .await;
+        let elapsed = started.elapsed();
+        assert_eq!(server.messages().len(), count);
+        println!(
+            "lettre pool max_size 4, {concurrency} senders: {count} messages in {elapsed:.2?} \
+             = {:.0} msg/s over {} connections",
+            count as f64 / elapsed.as_secs_f64(),
+            server.connections()
+        );
+    }
 }
 
 /// A TCP proxy in front of the test server that can cut every connection through it, the way

@@ -21,6 +21,7 @@ backend_tests!(
     a_4xx_is_retried_with_the_same_message_id,
     a_5xx_fails_and_a_5_1_1_suppresses_the_address,
     a_send_with_too_many_failures_pauses_itself_and_says_why,
+    a_test_send_goes_through_the_real_transport,
 );
 
 fn smtp(port: u16) -> impl FnOnce(&mut Config) {
@@ -306,4 +307,38 @@ async fn a_send_with_too_many_failures_pauses_itself_and_says_why(backend: Backe
     let show = stdout(&app.cli(&["sends", "show", &id.to_string()]));
     assert!(show.contains("why paused: paused automatically"), "{show}");
     assert!(show.contains("block list"), "{show}");
+}
+
+async fn a_test_send_goes_through_the_real_transport(backend: Backend) {
+    let server = TestSmtpServer::start().await;
+    let app = TestApp::spawn(backend).await;
+    let content = app.write_content("m.md", MORNING);
+    let out = crate::support::run_cli_with(
+        &app.config,
+        &[
+            "test-send",
+            "--content",
+            content.to_str().unwrap(),
+            "--to",
+            "owner@example.org",
+            "--offering",
+            "morning-meditation",
+        ],
+        &[
+            ("SANGHA__MAIL__TRANSPORT", "smtp".to_owned()),
+            ("SANGHA__SMTP__HOST", "127.0.0.1".to_owned()),
+            ("SANGHA__SMTP__PORT", server.port().to_string()),
+            ("SANGHA__SMTP__TLS", "none".to_owned()),
+        ],
+    );
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    assert!(stdout(&out).contains("250"), "{}", stdout(&out));
+    let got = server.wait_for_messages(1, DEADLINE).await;
+    assert_eq!(got[0].rcpt_to, ["owner@example.org"]);
+    assert_eq!(
+        got[0].parsed().subject(),
+        Some("[Test] Morning practice for friend")
+    );
+    // A test send is not a send: nothing was recorded.
+    assert!(app.store().send_summaries(None).await.unwrap().is_empty());
 }

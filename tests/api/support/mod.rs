@@ -337,8 +337,14 @@ impl Drop for TestApp {
 /// Runs the binary with the committed config.toml and this config's database, data folder
 /// and token key given through the environment, as an owner would.
 pub fn run_cli(config: &Config, args: &[&str]) -> Output {
+    run_cli_with(config, args, &[])
+}
+
+/// As [`run_cli`], with more environment variables.
+pub fn run_cli_with(config: &Config, args: &[&str], env: &[(&str, String)]) -> Output {
     let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
     std::process::Command::new(env!("CARGO_BIN_EXE_sangha"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .arg("--config")
         .arg(&config_path)
         .args(args)
