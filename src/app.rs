@@ -32,16 +32,20 @@ impl Runtime {
     /// Connects, applies pending migrations and mirrors the configured offerings, so a fresh
     /// data folder works with any command.
     pub async fn open(config: Config, clock: Clock) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
+        create_private_dir(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
-        let store = Store::connect(&config.database.url, config.database.max_connections)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot open database {}",
-                    redact_url_password(&config.database.url)
-                )
-            })?;
+        let store = Store::connect_with_timeout(
+            &config.database.url,
+            config.database.max_connections,
+            std::time::Duration::from_secs(config.database.connect_timeout_seconds.max(1)),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open database {}",
+                redact_url_password(&config.database.url)
+            )
+        })?;
         store.migrate().await.context("cannot apply migrations")?;
         store
             .sync_offerings(&config.offerings, clock.now_ms())
@@ -63,12 +67,29 @@ impl Runtime {
         load_or_create_key(&self.config.data_dir.join("token.key"))
     }
 
+    /// The keys that signed links before the current one (`tokens.previous_keys`).
+    pub fn previous_token_keys(&self) -> anyhow::Result<Vec<TokenKey>> {
+        self.config
+            .tokens
+            .previous_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                TokenKey::from_base64(key.expose()).map_err(|e| {
+                    anyhow::anyhow!("configuration key `tokens.previous_keys[{i}]`: {e}")
+                })
+            })
+            .collect()
+    }
+
+    /// Links signed with the current key, accepted under the current and previous keys.
     pub fn links(&self) -> anyhow::Result<Links> {
         Ok(Links::new(
             self.config.base_url(),
             self.token_key()?,
             self.config.tokens.confirm_ttl_hours,
-        ))
+        )
+        .with_previous_keys(self.previous_token_keys()?))
     }
 
     pub fn templates(&self) -> anyhow::Result<Arc<Templates>> {
@@ -78,12 +99,7 @@ impl Runtime {
     }
 
     pub fn scheduler(&self) -> Scheduler {
-        Scheduler::new(
-            self.store.clone(),
-            self.clock.clone(),
-            &self.config.mail.message_id_domain,
-            self.config.worker.fanout_batch_size,
-        )
+        Scheduler::new(self.store.clone(), self.clock.clone(), &self.config)
     }
 
     /// Renders emails with the configured sender, site and list headers.
@@ -117,6 +133,17 @@ impl Runtime {
             self.config.worker.clone(),
         ))
     }
+}
+
+/// Creates the data folder (and any missing parent) for its owner only: it holds the token key,
+/// the SQLite database and the outbox, all of them about subscribers. An existing folder keeps
+/// the permissions it has.
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
 }
 
 /// Reads the key file, or writes a new random key with owner-only permissions. Two processes

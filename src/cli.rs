@@ -48,15 +48,39 @@ pub enum Command {
     Schedule {
         #[arg(long, value_name = "SLUG")]
         offering: String,
-        #[arg(long, value_name = "PATH")]
-        content: PathBuf,
-        /// When to send: "YYYY-MM-DD HH:MM" in --timezone.
+        /// The email: a Markdown file (or NAME.html.hbs beside NAME.txt.hbs).
         #[arg(
             long,
-            value_name = "TIME",
-            conflicts_with = "now",
-            required_unless_present = "now"
+            value_name = "PATH",
+            required_unless_present = "content_dir",
+            conflicts_with = "content_dir"
         )]
+        content: Option<PathBuf>,
+        /// Recurring: each occurrence takes the next unused Markdown file of this folder.
+        #[arg(long, value_name = "DIR", requires_all = ["every", "local_time"])]
+        content_dir: Option<PathBuf>,
+        /// Recurring: day, weekday or week.
+        #[arg(long, value_name = "EVERY", requires = "content_dir")]
+        every: Option<String>,
+        /// First date of a recurring send (default: today in site.timezone).
+        #[arg(long, value_name = "DATE", requires = "content_dir")]
+        from: Option<String>,
+        /// A time of day in each subscriber's own zone, "HH:MM".
+        #[arg(long, value_name = "HH:MM", conflicts_with_all = ["at", "now"])]
+        local_time: Option<String>,
+        /// The date of a --local-time send, "YYYY-MM-DD".
+        #[arg(
+            long,
+            value_name = "DATE",
+            requires = "local_time",
+            conflicts_with = "content_dir"
+        )]
+        on: Option<String>,
+        /// Zones where --local-time on --on has passed get it at once (else refused).
+        #[arg(long, requires = "on")]
+        send_late: bool,
+        /// When to send: "YYYY-MM-DD HH:MM" in --timezone.
+        #[arg(long, value_name = "TIME", conflicts_with = "now")]
         at: Option<String>,
         /// The zone of --at (default: site.timezone).
         #[arg(long, value_name = "ZONE", requires = "at")]
@@ -110,6 +134,8 @@ pub enum SendsCommand {
     Cancel { id: i64 },
     /// A live progress bar with rate and time left, until the send ends.
     Watch { id: i64 },
+    /// Stop a recurring send (occurrences already created go on; cancel those separately).
+    StopRecurring { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +211,26 @@ pub enum SubscribersCommand {
     /// Erase someone: every record about them goes; only a keyed hash of the address stays
     /// on the suppression list, so no import brings them back.
     Erase { email: String },
+    /// Pause or resume someone's course (as they can from their preferences page).
+    #[command(subcommand)]
+    Course(CourseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CourseCommand {
+    /// Pause: no lesson comes until the course is resumed.
+    Pause {
+        email: String,
+        #[arg(long, value_name = "SLUG")]
+        offering: String,
+    },
+    /// Resume at the next lesson; the later ones keep their spacing (the course's clock
+    /// stood still while it was paused).
+    Resume {
+        email: String,
+        #[arg(long, value_name = "SLUG")]
+        offering: String,
+    },
 }
 
 /// Runs a parsed command, printing to `out`.
@@ -280,17 +326,49 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Schedule {
             offering,
             content,
+            content_dir,
+            every,
+            from,
+            local_time,
+            on,
+            send_late,
             at,
             timezone,
             now,
         } => {
-            let when = match (now, at) {
-                (true, _) => sending::When::Now,
-                (false, Some(at)) => {
+            if let Some(dir) = content_dir {
+                let every = sending::Every::parse(every.as_deref().unwrap_or_default())?;
+                let time = sending::parse_local_time(local_time.as_deref().unwrap_or_default())?;
+                let from = match from {
+                    Some(d) => sending::parse_date("--from", &d)?,
+                    None => jiff::Timestamp::now()
+                        .to_zoned(jiff::tz::TimeZone::get(&config.site.timezone)?)
+                        .date(),
+                };
+                let runtime = Runtime::open(config, Clock::System).await?;
+                let id = sending::schedule_recurring(&runtime, &offering, &dir, every, time, from)
+                    .await?;
+                writeln!(out, "recurring send {id}: see `sangha sends list`")?;
+                return Ok(());
+            }
+            let content = content.context("--content is required")?;
+            let when = match (now, at, local_time) {
+                (true, _, _) => sending::When::Now,
+                (false, Some(at), _) => {
                     let zone = timezone.unwrap_or_else(|| config.site.timezone.clone());
                     sending::When::parse_at(&at, &zone)?
                 }
-                (false, None) => anyhow::bail!("say when: --at \"YYYY-MM-DD HH:MM\" or --now"),
+                (false, None, Some(time)) => sending::When::Local {
+                    time: sending::parse_local_time(&time)?,
+                    date: sending::parse_date(
+                        "--on",
+                        on.as_deref().context("--local-time needs --on DATE")?,
+                    )?,
+                    send_late,
+                },
+                (false, None, None) => anyhow::bail!(
+                    "say when: --at \"YYYY-MM-DD HH:MM\", --local-time HH:MM --on DATE, or --now"
+                ),
             };
             let runtime = Runtime::open(config, Clock::System).await?;
             let id = sending::schedule(&runtime, &offering, &content, &when).await?;
@@ -314,6 +392,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                         writeln!(out, "{}", serde_json::to_string_pretty(&sends)?)?;
                     } else {
                         sending::print_send_list(&sends, out)?;
+                        sending::print_recurrences(&runtime, out).await?;
                     }
                 }
                 SendsCommand::Show { id } => sending::print_send(&runtime, id, out).await?,
@@ -338,6 +417,17 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                     writeln!(out, "send {id} cancelled")?;
                 }
                 SendsCommand::Watch { id } => sending::watch(&runtime, id, out).await?,
+                SendsCommand::StopRecurring { id } => {
+                    let now = runtime.clock.now_ms();
+                    changed(
+                        store
+                            .end_recurrence(id, "cancelled", "stopped by the owner", now)
+                            .await?,
+                        id,
+                        "stopped",
+                    )?;
+                    writeln!(out, "recurring send {id} stopped")?;
+                }
             }
             Ok(())
         }
@@ -509,10 +599,101 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 writeln!(out, "{}", serde_json::to_string_pretty(&detail)?)?;
             } else {
                 print_subscriber_detail(&detail, out)?;
+                print_courses(&runtime.config, &detail, out)?;
             }
             Ok(())
         }
+        Command::Subscribers(SubscribersCommand::Course(command)) => {
+            course(config, command, out).await
+        }
     }
+}
+
+/// `sangha subscribers course pause|resume EMAIL --offering SLUG`.
+async fn course(
+    config: Config,
+    command: CourseCommand,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    use crate::delivery::courses::{Courses, PauseOutcome, ResumeOutcome, local_time_text};
+    let (email, slug, pause) = match command {
+        CourseCommand::Pause { email, offering } => (email, offering, true),
+        CourseCommand::Resume { email, offering } => (email, offering, false),
+    };
+    let email = EmailAddress::parse(&email).map_err(anyhow::Error::msg)?;
+    let slug = Slug::parse(&slug)
+        .map_err(anyhow::Error::msg)
+        .context("--offering")?;
+    let runtime = Runtime::open(config, Clock::System).await?;
+    let Some(offering) = runtime.store.offering_by_slug(&slug).await? else {
+        anyhow::bail!("--offering: there is no offering `{slug}`");
+    };
+    anyhow::ensure!(
+        offering.kind == crate::domain::OfferingKind::Course,
+        "--offering: `{slug}` is a newsletter, not a course"
+    );
+    let Some(who) = runtime.store.subscriber_detail(&email).await? else {
+        anyhow::bail!("no subscriber with the address {email}");
+    };
+    let courses = Courses::from_config(&runtime.config);
+    let (store, id, now) = (&runtime.store, who.subscriber.id, runtime.clock.now_ms());
+    let not_started = || {
+        anyhow::anyhow!(
+            "{email} has not started {slug}: they are not confirmed for it (a course starts \
+             within a minute of the confirmation)"
+        )
+    };
+    if pause {
+        match courses.pause(store, id, offering.id, now).await? {
+            PauseOutcome::Paused => writeln!(
+                out,
+                "{email}: {slug} paused; `sangha subscribers course resume {email} --offering \
+                 {slug}` continues it at the next lesson"
+            )?,
+            PauseOutcome::NotStarted => return Err(not_started()),
+            PauseOutcome::NotActive(state) => {
+                anyhow::bail!("{email}: {slug} is {state}, so it cannot be paused")
+            }
+        }
+    } else {
+        match courses.resume(store, id, offering.id, now).await? {
+            ResumeOutcome::Resumed(Some((day, at))) => {
+                let zone = who.subscriber.timezone.as_deref();
+                writeln!(
+                    out,
+                    "{email}: {slug} resumed; next: day {day} on {} {}",
+                    local_time_text(at, &courses.zone(zone)),
+                    courses.zone_name(zone)
+                )?
+            }
+            ResumeOutcome::Resumed(None) => {
+                writeln!(out, "{email}: {slug} resumed; no lesson is left: finished")?
+            }
+            ResumeOutcome::NotStarted => return Err(not_started()),
+            ResumeOutcome::NotPaused(state) => {
+                anyhow::bail!("{email}: {slug} is {state}, not paused")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where the person is in each course, one line each.
+fn print_courses(
+    config: &Config,
+    detail: &SubscriberDetail,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    if detail.courses.is_empty() {
+        return Ok(());
+    }
+    let courses = crate::delivery::courses::Courses::from_config(config);
+    writeln!(out, "courses:")?;
+    for c in &detail.courses {
+        let line = courses.describe(c, detail.subscriber.timezone.as_deref());
+        writeln!(out, "  {:<24} {line}", c.offering)?;
+    }
+    Ok(())
 }
 
 async fn serve(

@@ -63,6 +63,8 @@ pub struct DatabaseConfig {
     #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     pub max_connections: u32,
+    /// How long to wait for a database connection before giving up (at start and later).
+    pub connect_timeout_seconds: u64,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -70,6 +72,7 @@ impl fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &redact_url_password(&self.url))
             .field("max_connections", &self.max_connections)
+            .field("connect_timeout_seconds", &self.connect_timeout_seconds)
             .finish()
     }
 }
@@ -141,6 +144,11 @@ pub struct SmtpConfig {
 pub struct TokenConfig {
     /// Base64 key of at least 32 bytes. Empty: generated into `data_dir/token.key` on first run.
     pub key: Secret,
+    /// Keys that signed links before the current one (base64, like `key`). Links signed with
+    /// them keep working and suppression-list entries written under them are still recognised;
+    /// new links are signed with `key` only. To rotate: move the current key here, set a new
+    /// `key` (see SECURITY.md).
+    pub previous_keys: Vec<Secret>,
     /// How long a confirmation link works.
     pub confirm_ttl_hours: u32,
 }
@@ -152,6 +160,9 @@ pub struct SignupConfig {
     pub consent_text: String,
     /// At most one confirmation email per address in this many minutes.
     pub confirmation_cooldown_minutes: u32,
+    /// At most this many confirmation emails per recipient domain per hour (0 = no cap), so
+    /// a flood of signups cannot make one mail provider see us as a spammer.
+    pub confirmations_per_domain_per_hour: u32,
     /// Signup requests allowed per client IP per minute (0 = no limit).
     pub rate_limit_per_minute: u32,
     /// Requests a client IP may make in a burst before the per-minute rate applies.
@@ -179,6 +190,12 @@ pub struct WorkerConfig {
     pub pause_failure_percent: u32,
     /// Deliveries created per transaction when a send's time comes.
     pub fanout_batch_size: u32,
+    /// Local-time sends, recurring occurrences and course lessons that fell due while the
+    /// service was down are sent late within this many minutes, and skipped (and reported)
+    /// beyond it.
+    pub grace_minutes: u32,
+    /// `sends list` and the log warn when a recurring schedule has fewer unused pieces left.
+    pub recurring_warn_below: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +209,60 @@ pub struct OfferingConfig {
     /// Public offerings are listed on the signup page; others only by direct link or import.
     #[serde(default = "yes")]
     pub public: bool,
+    /// Courses only: the folder of lesson files (Markdown with `day: N` in the front matter),
+    /// relative to the config file's folder unless absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lessons: Option<PathBuf>,
+    /// Courses only: the time of day ("HH:MM") lessons arrive in each person's zone
+    /// (default 07:00).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_time: Option<String>,
+    /// Courses only: the weekdays lessons may arrive on ("mon" … "sun"); a lesson that falls
+    /// on another day comes on the next allowed one. Empty: every day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weekdays: Vec<String>,
+}
+
+/// The time of day course lessons arrive when `local_time` is not set.
+pub const DEFAULT_LESSON_TIME: &str = "07:00";
+
+impl OfferingConfig {
+    /// The course's `local_time`, parsed (`HH:MM`, 24-hour clock).
+    pub fn lesson_time(&self) -> Result<jiff::civil::Time, String> {
+        let text = self
+            .local_time
+            .as_deref()
+            .unwrap_or(DEFAULT_LESSON_TIME)
+            .trim();
+        let parsed = text.split_once(':').and_then(|(h, m)| {
+            let ok = |p: &str| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit());
+            if !ok(h) || !ok(m) {
+                return None;
+            }
+            jiff::civil::Time::new(h.parse().ok()?, m.parse().ok()?, 0, 0).ok()
+        });
+        parsed.ok_or_else(|| format!("`{text}` is not a time of day like \"07:00\""))
+    }
+
+    /// The course's `weekdays`, parsed; empty means every day.
+    pub fn lesson_weekdays(&self) -> Result<Vec<jiff::civil::Weekday>, String> {
+        use jiff::civil::Weekday;
+        self.weekdays
+            .iter()
+            .map(|w| match w.trim().to_ascii_lowercase().as_str() {
+                "mon" | "monday" => Ok(Weekday::Monday),
+                "tue" | "tuesday" => Ok(Weekday::Tuesday),
+                "wed" | "wednesday" => Ok(Weekday::Wednesday),
+                "thu" | "thursday" => Ok(Weekday::Thursday),
+                "fri" | "friday" => Ok(Weekday::Friday),
+                "sat" | "saturday" => Ok(Weekday::Saturday),
+                "sun" | "sunday" => Ok(Weekday::Sunday),
+                _ => Err(format!(
+                    "`{w}` is not a weekday: use mon, tue, wed, thu, fri, sat, sun"
+                )),
+            })
+            .collect()
+    }
 }
 
 fn yes() -> bool {
@@ -270,6 +341,7 @@ impl Default for Config {
             database: DatabaseConfig {
                 url: "sqlite://data/sangha.db".into(),
                 max_connections: 8,
+                connect_timeout_seconds: 30,
             },
             mail: MailConfig {
                 transport: TransportKind::File,
@@ -290,6 +362,7 @@ impl Default for Config {
             },
             tokens: TokenConfig {
                 key: Secret::default(),
+                previous_keys: Vec::new(),
                 confirm_ttl_hours: 7 * 24,
             },
             signup: SignupConfig {
@@ -297,6 +370,7 @@ impl Default for Config {
                                I can leave at any time with one click."
                     .into(),
                 confirmation_cooldown_minutes: 60,
+                confirmations_per_domain_per_hour: 60,
                 rate_limit_per_minute: 10,
                 rate_limit_burst: 5,
                 honeypot_field: "website".into(),
@@ -310,6 +384,8 @@ impl Default for Config {
                 pause_after_failures: 20,
                 pause_failure_percent: 10,
                 fanout_batch_size: 5000,
+                grace_minutes: 720,
+                recurring_warn_below: 3,
             },
             offerings: Vec::new(),
             config_dir: None,
@@ -443,6 +519,10 @@ impl Config {
             crate::domain::TokenKey::from_base64(self.tokens.key.expose())
                 .map_err(|e| invalid("tokens.key", e))?;
         }
+        for (i, key) in self.tokens.previous_keys.iter().enumerate() {
+            crate::domain::TokenKey::from_base64(key.expose())
+                .map_err(|e| invalid(&format!("tokens.previous_keys[{i}]"), e))?;
+        }
         if self.signup.honeypot_field.is_empty()
             || ["email", "name", "offerings", "timezone"]
                 .contains(&self.signup.honeypot_field.as_str())
@@ -498,8 +578,57 @@ impl Config {
                     "must not be empty",
                 ));
             }
+            self.validate_course(i, o)?;
         }
         Ok(())
+    }
+
+    /// A course needs a folder of lessons, a time of day and valid weekdays; a newsletter
+    /// takes none of them.
+    fn validate_course(&self, i: usize, o: &OfferingConfig) -> Result<(), ConfigError> {
+        let key = |name: &str| format!("offerings[{i}].{name}");
+        if o.kind != OfferingKind::Course {
+            for (name, set) in [
+                ("lessons", o.lessons.is_some()),
+                ("local_time", o.local_time.is_some()),
+                ("weekdays", !o.weekdays.is_empty()),
+            ] {
+                if set {
+                    return Err(invalid(&key(name), "is only for kind = \"course\""));
+                }
+            }
+            return Ok(());
+        }
+        let Some(dir) = self.lessons_dir(o) else {
+            return Err(invalid(
+                &key("lessons"),
+                format!(
+                    "a course needs the folder of its lessons, e.g. lessons = \"courses/{}\"",
+                    o.slug
+                ),
+            ));
+        };
+        if !dir.is_dir() {
+            return Err(invalid(
+                &key("lessons"),
+                format!("the folder {} does not exist", dir.display()),
+            ));
+        }
+        o.lesson_time()
+            .map_err(|e| invalid(&key("local_time"), e))?;
+        o.lesson_weekdays()
+            .map_err(|e| invalid(&key("weekdays"), e))?;
+        Ok(())
+    }
+
+    /// The lessons folder of a course: `lessons` as given when absolute, else next to the
+    /// config file (or in the working directory without one).
+    pub fn lessons_dir(&self, offering: &OfferingConfig) -> Option<PathBuf> {
+        let dir = offering.lessons.as_ref()?;
+        Some(match &self.config_dir {
+            Some(base) if dir.is_relative() => base.join(dir),
+            _ => dir.clone(),
+        })
     }
 
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -536,6 +665,24 @@ impl Config {
     }
 }
 
+/// Keys whose values are secret (or contain one): never shown in an error message.
+const SECRET_KEYS: [&str; 4] = [
+    "smtp.password",
+    "tokens.key",
+    "tokens.previous_keys",
+    "database.url",
+];
+
+/// The secret keys that are plain strings: taken from the environment as written.
+const SECRET_STRINGS: [&str; 3] = ["smtp.password", "tokens.key", "database.url"];
+
+fn is_secret_key(key: &str) -> bool {
+    SECRET_KEYS.iter().any(|secret| {
+        key.strip_prefix(secret)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
 /// Maps `SANGHA__SMTP__HOST` to `smtp.host` and `SANGHA__DATA_DIR` to `data_dir`.
 fn env_provider(vars: Vec<(String, String)>) -> Serialized<figment::value::Dict> {
     use figment::value::{Dict, Value};
@@ -545,7 +692,13 @@ fn env_provider(vars: Vec<(String, String)>) -> Serialized<figment::value::Dict>
             .split("__")
             .map(|p| p.to_ascii_lowercase())
             .collect();
-        let value = parse_env_value(&raw);
+        // A secret is taken as it is written: a password of digits stays a string (and is
+        // never echoed back in a type error).
+        let value = if SECRET_STRINGS.contains(&path.join(".").as_str()) {
+            Value::from(raw)
+        } else {
+            parse_env_value(&raw)
+        };
         let mut dict = &mut root;
         for (i, part) in path.iter().enumerate() {
             if i + 1 == path.len() {
@@ -596,6 +749,14 @@ fn describe_figment_error(err: figment::Error) -> ConfigError {
                     format!("{key}.{field}")
                 };
                 format!("unknown key `{full}`")
+            }
+            // Serde's messages quote the value found ("found signed int `1234`"): not for
+            // a secret.
+            figment::error::Kind::InvalidType(_, expected) if is_secret_key(&key) => {
+                format!("key `{key}`: expected {expected} (the value is secret, so not shown)")
+            }
+            _ if is_secret_key(&key) => {
+                format!("key `{key}`: not a valid value (the value is secret, so not shown)")
             }
             other => {
                 if key.is_empty() {
@@ -737,6 +898,41 @@ mod tests {
     }
 
     #[test]
+    fn previous_token_keys_are_checked_and_never_printed() {
+        let key = "dGVzdC10b2tlbi1rZXktdGhhdC1pcy1sb25nLWVub3VnaC0zMi1ieXRlcw==";
+        let config = load(
+            "",
+            &[("SANGHA__TOKENS__PREVIOUS_KEYS", &format!("[\"{key}\"]"))],
+        )
+        .unwrap();
+        assert_eq!(config.tokens.previous_keys.len(), 1);
+        for text in [config.to_redacted_toml(), format!("{config:?}")] {
+            assert!(!text.contains(key), "{text}");
+            assert!(!text.contains(&key[..16]), "{text}");
+        }
+        let err = load("[tokens]\nprevious_keys = [\"c2hvcnQ=\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tokens.previous_keys[0]"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_of_digits_is_a_string_and_a_bad_one_is_never_echoed() {
+        let config = load("", &[("SANGHA__SMTP__PASSWORD", "1234567890123")]).unwrap();
+        assert_eq!(config.smtp.password.expose(), "1234567890123");
+        let err = load("[smtp]\npassword = 98765432101\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("smtp.password"), "{err}");
+        assert!(!err.contains("98765432101"), "{err}");
+        let err = load("", &[("SANGHA__TOKENS__PREVIOUS_KEYS", "[12345678987]")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tokens.previous_keys"), "{err}");
+        assert!(!err.contains("12345678987"), "{err}");
+    }
+
+    #[test]
     fn duplicate_offering_slugs_are_refused() {
         let err = load(
             "[[offerings]]\nslug = \"a\"\nname = \"A\"\nkind = \"newsletter\"\n\
@@ -746,5 +942,63 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("offerings[1].slug"), "{err}");
+    }
+
+    #[test]
+    fn a_course_needs_its_lessons_folder_a_time_and_real_weekdays() {
+        let course = |extra: &str| {
+            format!("[[offerings]]\nslug = \"c\"\nname = \"C\"\nkind = \"course\"\n{extra}")
+        };
+        let err = load(&course(""), &[]).unwrap_err().to_string();
+        assert!(err.contains("offerings[0].lessons"), "{err}");
+        let err = load(&course("lessons = \"nowhere\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("offerings[0].lessons") && err.contains("does not exist"),
+            "{err}"
+        );
+        // Relative to the config file's folder.
+        let dir = tempfile_dir();
+        std::fs::create_dir_all(dir.join("lessons")).unwrap();
+        let path = dir.join("config.toml");
+        let write = |extra: &str| {
+            std::fs::write(&path, course(&format!("lessons = \"lessons\"\n{extra}"))).unwrap();
+            Config::load_with_env(Some(&path), Vec::new())
+        };
+        let config = write("").unwrap();
+        assert_eq!(
+            config.lessons_dir(&config.offerings[0]),
+            Some(dir.join("lessons"))
+        );
+        let o = &config.offerings[0];
+        assert_eq!(o.lesson_time().unwrap(), jiff::civil::time(7, 0, 0, 0));
+        assert!(o.lesson_weekdays().unwrap().is_empty());
+        let config = write("local_time = \"18:30\"\nweekdays = [\"mon\", \"Fri\"]\n").unwrap();
+        let o = &config.offerings[0];
+        assert_eq!(o.lesson_time().unwrap(), jiff::civil::time(18, 30, 0, 0));
+        assert_eq!(
+            o.lesson_weekdays().unwrap(),
+            [jiff::civil::Weekday::Monday, jiff::civil::Weekday::Friday]
+        );
+        for (extra, key) in [
+            ("local_time = \"7am\"\n", "local_time"),
+            ("local_time = \"24:00\"\n", "local_time"),
+            ("weekdays = [\"someday\"]\n", "weekdays"),
+        ] {
+            let err = write(extra).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("offerings[0].{key}")),
+                "{extra}: {err}"
+            );
+        }
+        let err = load(
+            "[[offerings]]\nslug = \"n\"\nname = \"N\"\nkind = \"newsletter\"\n\
+             weekdays = [\"mon\"]\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("offerings[0].weekdays"), "{err}");
     }
 }

@@ -1,4 +1,10 @@
-//! Links that go into emails, each carrying a signed token (see `domain::token`).
+//! Links that go into emails, each carrying a signed token (see `domain::token`), and the
+//! keyed hash of addresses on the suppression list.
+//!
+//! Both depend on the token key, which can be rotated (`tokens.previous_keys`): links are
+//! signed with the current key and accepted under any configured key; the suppression list is
+//! written with the current key's hash and checked against the hash under every key
+//! ([`Links::email_hashes`]), so an address erased before a rotation stays suppressed after it.
 
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, Token, TokenError, TokenKey, TokenPurpose};
@@ -6,7 +12,8 @@ use crate::domain::{EmailAddress, Token, TokenError, TokenKey, TokenPurpose};
 #[derive(Debug, Clone)]
 pub struct Links {
     base_url: String,
-    key: TokenKey,
+    /// The current key first (it signs), then the keys it replaced (they only verify).
+    keys: Vec<TokenKey>,
     confirm_ttl_secs: i64,
 }
 
@@ -14,9 +21,22 @@ impl Links {
     pub fn new(base_url: &str, key: TokenKey, confirm_ttl_hours: u32) -> Self {
         Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
-            key,
+            keys: vec![key],
             confirm_ttl_secs: i64::from(confirm_ttl_hours) * 3600,
         }
+    }
+
+    /// Also accepts links signed with these earlier keys (`tokens.previous_keys`), and
+    /// recognises suppression-list entries written under them.
+    pub fn with_previous_keys(mut self, previous: Vec<TokenKey>) -> Self {
+        self.keys.truncate(1);
+        self.keys.extend(previous);
+        self
+    }
+
+    /// The key that signs new links.
+    fn key(&self) -> &TokenKey {
+        &self.keys[0]
     }
 
     pub fn base_url(&self) -> &str {
@@ -30,7 +50,7 @@ impl Links {
     /// The confirmation token of a signup; it expires a fixed time after the signup, so a
     /// retried email carries the same link.
     pub fn confirm_token(&self, consent_id: i64, signed_up_at: Millis) -> String {
-        self.key.sign(&Token {
+        self.key().sign(&Token {
             purpose: TokenPurpose::Confirm,
             subject: consent_id,
             scope: 0,
@@ -49,7 +69,7 @@ impl Links {
     /// The one-click unsubscribe link of one offering for one person. It never expires: a
     /// person must be able to leave from an email of any age.
     pub fn unsubscribe_url(&self, subscriber_id: i64, offering_id: i64) -> String {
-        let token = self.key.sign(&Token {
+        let token = self.key().sign(&Token {
             purpose: TokenPurpose::Unsubscribe,
             subject: subscriber_id,
             scope: offering_id,
@@ -68,7 +88,7 @@ impl Links {
     }
 
     pub fn preferences_token(&self, subscriber_id: i64) -> String {
-        self.key.sign(&Token {
+        self.key().sign(&Token {
             purpose: TokenPurpose::Preferences,
             subject: subscriber_id,
             scope: 0,
@@ -76,18 +96,78 @@ impl Links {
         })
     }
 
-    /// The suppression-list hash of an address.
+    /// The suppression-list hash of an address under the current key: what is WRITTEN when
+    /// someone is erased or suppressed.
     pub fn email_hash(&self, email: &EmailAddress) -> String {
-        self.key.email_hash(email.as_str())
+        self.key().email_hash(email.as_str())
     }
 
-    /// Checks a token taken from a URL for `purpose` at `now_secs`.
+    /// The hash of an address under every configured key, current first: what a suppression
+    /// CHECK looks for, so entries written before a key rotation are still recognised.
+    pub fn email_hashes(&self, email: &EmailAddress) -> Vec<String> {
+        let mut hashes: Vec<String> = Vec::with_capacity(self.keys.len());
+        for key in &self.keys {
+            let hash = key.email_hash(email.as_str());
+            if !hashes.contains(&hash) {
+                hashes.push(hash);
+            }
+        }
+        hashes
+    }
+
+    /// Checks a token taken from a URL for `purpose` at `now_secs`, under the current key or
+    /// any previous one.
     pub fn verify(
         &self,
         token: &str,
         purpose: TokenPurpose,
         now_secs: i64,
     ) -> Result<Token, TokenError> {
-        self.key.verify(token, purpose, now_secs)
+        TokenKey::verify_any(&self.keys, token, purpose, now_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn email() -> EmailAddress {
+        EmailAddress::parse("radha@example.org").unwrap()
+    }
+
+    #[test]
+    fn links_are_signed_with_the_current_key_and_accepted_under_previous_ones() {
+        let old = TokenKey::generate();
+        let new = TokenKey::generate();
+        let before = Links::new("https://example.org/", old.clone(), 1);
+        let after = Links::new("https://example.org", new.clone(), 1).with_previous_keys(vec![old]);
+        let token = before.preferences_token(7);
+        assert_eq!(
+            after
+                .verify(&token, TokenPurpose::Preferences, 0)
+                .unwrap()
+                .subject,
+            7
+        );
+        let fresh = after.preferences_token(7);
+        assert!(new.verify(&fresh, TokenPurpose::Preferences, 0).is_ok());
+        assert!(
+            before.verify(&fresh, TokenPurpose::Preferences, 0).is_err(),
+            "new links are signed with the new key only"
+        );
+    }
+
+    #[test]
+    fn suppression_hashes_cover_every_key_and_writes_use_the_current_one() {
+        let old = TokenKey::generate();
+        let new = TokenKey::generate();
+        let before = Links::new("https://example.org", old.clone(), 1);
+        let after = Links::new("https://example.org", new, 1).with_previous_keys(vec![old]);
+        let written_before = before.email_hash(&email());
+        let checked_after = after.email_hashes(&email());
+        assert_eq!(checked_after.len(), 2);
+        assert_eq!(checked_after[0], after.email_hash(&email()));
+        assert!(checked_after.contains(&written_before));
+        assert_eq!(before.email_hashes(&email()), vec![written_before]);
     }
 }

@@ -6,11 +6,14 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = sangha::cli::Cli::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"))
+        // Whatever RUST_LOG says: handlebars logs the values given to block helpers at debug
+        // (`{{#if name}}` in an owner's template would log subscribers' names, a helper over a
+        // link would log its token).
+        .add_directive("handlebars=warn".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let mut stdout = std::io::stdout();

@@ -22,6 +22,45 @@ pub enum When {
     Now,
     /// A wall-clock time in a zone (`2026-12-01 06:30` in `Europe/Berlin`).
     At(jiff::civil::DateTime, jiff::tz::TimeZone),
+    /// A time of day on a date in each subscriber's own zone. With `send_late`, zones where
+    /// it has already passed get it at once; without, scheduling is refused for them.
+    Local {
+        time: jiff::civil::Time,
+        date: jiff::civil::Date,
+        send_late: bool,
+    },
+}
+
+/// The zone furthest ahead (UTC+14): a local time happens there first.
+const FIRST_ZONE: &str = "Pacific/Kiritimati";
+
+/// Parses `HH:MM` for `--local-time`.
+pub fn parse_local_time(text: &str) -> anyhow::Result<jiff::civil::Time> {
+    let time: jiff::civil::Time = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--local-time: `{text}` is not a time like 06:30"))?;
+    Ok(time)
+}
+
+/// Parses `YYYY-MM-DD` for `--on` and `--from`.
+pub fn parse_date(flag: &str, text: &str) -> anyhow::Result<jiff::civil::Date> {
+    text.trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{flag}: `{text}` is not a date like 2026-12-01"))
+}
+
+/// The moment `time` on `date` happens in `zone` (jiff's compatible rule for times that a
+/// daylight-saving change skips or repeats).
+pub fn local_instant(
+    date: jiff::civil::Date,
+    time: jiff::civil::Time,
+    zone: &str,
+) -> anyhow::Result<Millis> {
+    let tz = jiff::tz::TimeZone::get(zone)
+        .map_err(|_| anyhow::anyhow!("`{zone}` is not a known IANA time zone"))?;
+    let zoned = date.to_datetime(time).to_zoned(tz)?;
+    Ok(zoned.timestamp().as_millisecond())
 }
 
 impl When {
@@ -39,6 +78,7 @@ impl When {
     fn resolve(&self, now: Millis) -> anyhow::Result<Millis> {
         match self {
             When::Now => Ok(now),
+            When::Local { time, date, .. } => local_instant(*date, *time, FIRST_ZONE),
             When::At(local, tz) => {
                 let zoned = local
                     .to_zoned(tz.clone())
@@ -94,7 +134,26 @@ pub async fn schedule(
     let content = checked_content(path, &offering)?;
     let now = runtime.clock.now_ms();
     let send_at = when.resolve(now)?;
-    let send = NewSend {
+    let mut send = new_send(&offering, content, path, send_at);
+    if let When::Local {
+        time,
+        date,
+        send_late,
+    } = when
+    {
+        refuse_passed_zones(runtime, &offering, *date, *time, *send_late, now).await?;
+        send.local = Some((format!("{}", time.strftime("%H:%M")), date.to_string()));
+        send.send_late = *send_late;
+    }
+    // One real render through the send's own pipeline, as a worker will do it.
+    let compiled = CompiledSend::new(&as_stored(&send, 0))?;
+    render_for(runtime, &compiled, &offering, None).await?;
+    Ok(runtime.store.create_send(&send, now).await?)
+}
+
+/// A send of checked content, to be sent at `send_at` (local settings are added by callers).
+pub fn new_send(offering: &Offering, content: Content, path: &Path, send_at: Millis) -> NewSend {
+    NewSend {
         offering_id: offering.id,
         subject: content.subject,
         preheader: content.preheader,
@@ -103,11 +162,139 @@ pub async fn schedule(
         source_path: path.display().to_string(),
         send_at,
         message_id_prefix: random_prefix(),
-    };
-    // One real render through the send's own pipeline, as a worker will do it.
-    let compiled = CompiledSend::new(&as_stored(&send, 0))?;
-    render_for(runtime, &compiled, &offering, None).await?;
-    Ok(runtime.store.create_send(&send, now).await?)
+        local: None,
+        send_late: false,
+        recurrence_id: None,
+        content_file: None,
+    }
+}
+
+/// Refuses a local-time send when its time has already passed in the zone of some current
+/// subscribers, unless the owner said to send those late.
+async fn refuse_passed_zones(
+    runtime: &Runtime,
+    offering: &Offering,
+    date: jiff::civil::Date,
+    time: jiff::civil::Time,
+    send_late: bool,
+    now: Millis,
+) -> anyhow::Result<()> {
+    let default = &runtime.config.site.timezone;
+    let mut passed = Vec::new();
+    for (zone, people) in runtime.store.offering_zones(offering.id, default).await? {
+        if local_instant(date, time, &zone)? < now {
+            passed.push(format!("{zone} ({people} subscriber(s))"));
+        }
+    }
+    if !passed.is_empty() && !send_late {
+        bail!(
+            "{} on {date} has already passed in: {}. Pass --send-late to send to them at \
+             once, or choose a later date",
+            time.strftime("%H:%M"),
+            passed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// How often a recurring send goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Every {
+    Day,
+    Weekday,
+    Week,
+}
+
+impl Every {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        match text {
+            "day" => Ok(Every::Day),
+            "weekday" => Ok(Every::Weekday),
+            "week" => Ok(Every::Week),
+            other => bail!("--every: `{other}` is not one of day, weekday, week"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Every::Day => "day",
+            Every::Weekday => "weekday",
+            Every::Week => "week",
+        }
+    }
+
+    /// The first occurrence date on or after `date`.
+    pub fn first_on_or_after(self, date: jiff::civil::Date) -> jiff::civil::Date {
+        let mut d = date;
+        if self == Every::Weekday {
+            while matches!(
+                d.weekday(),
+                jiff::civil::Weekday::Saturday | jiff::civil::Weekday::Sunday
+            ) {
+                d = d.tomorrow().expect("a representable date");
+            }
+        }
+        d
+    }
+
+    /// The occurrence date after `date`.
+    pub fn next_after(self, date: jiff::civil::Date) -> jiff::civil::Date {
+        match self {
+            Every::Day => date.tomorrow().expect("a representable date"),
+            Every::Week => date
+                .checked_add(jiff::Span::new().days(7))
+                .expect("a representable date"),
+            Every::Weekday => {
+                self.first_on_or_after(date.tomorrow().expect("a representable date"))
+            }
+        }
+    }
+}
+
+/// The Markdown files of a content folder, in name order.
+pub fn content_files(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the content folder {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md") && !n.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Starts a recurring send: every checked now, so a broken piece is found today and not on
+/// the morning it is due. Returns the recurrence id.
+pub async fn schedule_recurring(
+    runtime: &Runtime,
+    offering_slug: &str,
+    dir: &Path,
+    every: Every,
+    time: jiff::civil::Time,
+    from: jiff::civil::Date,
+) -> anyhow::Result<i64> {
+    let offering = offering(runtime, offering_slug).await?;
+    let files = content_files(dir)?;
+    if files.is_empty() {
+        bail!("{}: the folder has no Markdown (.md) files", dir.display());
+    }
+    for name in &files {
+        checked_content(&dir.join(name), &offering)?;
+    }
+    let dir =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let first = every.first_on_or_after(from);
+    Ok(runtime
+        .store
+        .create_recurrence(
+            offering.id,
+            &dir.display().to_string(),
+            every.as_str(),
+            &time.strftime("%H:%M").to_string(),
+            &first.to_string(),
+            runtime.clock.now_ms(),
+        )
+        .await?)
 }
 
 fn as_stored(send: &NewSend, id: i64) -> SendContent {
@@ -146,6 +333,9 @@ async fn render_for(
         subscription_status: None,
         message_id: crate::mail::new_message_id(&runtime.config.mail.message_id_domain),
         attempts: 0,
+        interrupted: 0,
+        due_at: 0,
+        local_time_send: false,
         email: address,
         name,
     };
@@ -181,16 +371,7 @@ pub async fn preview(
             )
         })?;
     let offering = offering(runtime, &slug).await?;
-    let send = NewSend {
-        offering_id: offering.id,
-        subject: content.subject,
-        preheader: content.preheader,
-        html_template: content.html,
-        text_template: content.text,
-        source_path: path.display().to_string(),
-        send_at: runtime.clock.now_ms(),
-        message_id_prefix: String::new(),
-    };
+    let send = new_send(&offering, content, path, runtime.clock.now_ms());
     let compiled = CompiledSend::new(&as_stored(&send, 0))?;
     let (content, message) = render_for(runtime, &compiled, &offering, email).await?;
     match part {
@@ -221,16 +402,8 @@ pub async fn test_send(
             )
         })?;
     let offering = offering(runtime, &slug).await?;
-    let send = NewSend {
-        offering_id: offering.id,
-        subject: format!("[Test] {}", content.subject),
-        preheader: content.preheader,
-        html_template: content.html,
-        text_template: content.text,
-        source_path: path.display().to_string(),
-        send_at: runtime.clock.now_ms(),
-        message_id_prefix: String::new(),
-    };
+    let mut send = new_send(&offering, content, path, runtime.clock.now_ms());
+    send.subject = format!("[Test] {}", send.subject);
     let compiled = CompiledSend::new(&as_stored(&send, 0))?;
     let (_, message) = render_for(runtime, &compiled, &offering, Some(to)).await?;
     let transport = Transport::from_config(&runtime.config)?;
@@ -264,6 +437,44 @@ pub fn print_send_list(sends: &[SendSummary], out: &mut (dyn Write + Send)) -> a
     Ok(())
 }
 
+/// The recurring sends: next occurrence, pieces left, and a warning when few are left.
+pub async fn print_recurrences(
+    runtime: &Runtime,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let all = runtime.store.recurrences(false).await?;
+    if all.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nrecurring sends:")?;
+    for r in all {
+        let left = content_files(Path::new(&r.content_dir))
+            .map(|files| {
+                let used = files.len() as i64 - r.used;
+                used.max(0)
+            })
+            .unwrap_or(0);
+        let mut line = format!(
+            "{:>4}  {:<22} every {} at {} local, {}",
+            r.id, r.offering, r.every, r.local_time, r.status
+        );
+        if r.status == "active" {
+            line.push_str(&format!(", next {} , {left} piece(s) left", r.next_date));
+            if left < i64::from(runtime.config.worker.recurring_warn_below) {
+                line.push_str(&format!(
+                    "  WARNING: running out: add Markdown files to {}",
+                    r.content_dir
+                ));
+            }
+        }
+        if let Some(note) = &r.note {
+            line.push_str(&format!("  ({note})"));
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
 pub async fn print_send(
     runtime: &Runtime,
     id: i64,
@@ -291,6 +502,36 @@ pub async fn print_send(
         "pending: {}  sent: {}  failed: {}  suppressed: {}  skipped: {}  cancelled: {}",
         c.pending, c.sent, c.failed, c.suppressed, c.skipped, c.cancelled
     )?;
+    if s.interrupted > 0 {
+        writeln!(
+            out,
+            "interrupted: {} attempt(s) cut short by a stopped worker; those recipients may \
+             have it twice (same Message-ID)",
+            s.interrupted
+        )?;
+    }
+    let zones = runtime
+        .store
+        .zone_progress(id, &runtime.config.site.timezone)
+        .await?;
+    if let Some(local) = &s.local {
+        writeln!(
+            out,
+            "local time: {local} in each subscriber's zone; by zone (due, UTC):"
+        )?;
+        for z in &zones {
+            writeln!(
+                out,
+                "  {:<28} {}  sent {:>5}  pending {:>5}  skipped {:>5}  failed {:>5}",
+                z.zone,
+                format_ms(z.first_due),
+                z.sent,
+                z.pending,
+                z.skipped,
+                z.failed
+            )?;
+        }
+    }
     let failures = runtime.store.send_failures(id).await?;
     if !failures.is_empty() {
         writeln!(out, "why some did not get it:")?;

@@ -257,7 +257,7 @@ pub async fn import(
                 }
                 in_batch.insert(person.email.clone(), batch.len());
                 batch.push(ImportedPerson {
-                    email_hash: links.email_hash(&person.email),
+                    email_hashes: links.email_hashes(&person.email),
                     email: person.email,
                     name: person.name,
                     timezone: person.timezone,
@@ -288,7 +288,13 @@ async fn write_batch(
     let counts = store
         .import_people(batch, terms, now)
         .await
-        .context("cannot write the imported subscribers")?;
+        .with_context(|| {
+            format!(
+                "cannot write the batch that ends at row {} (the batches before it were written; \
+                 running the same import again is safe)",
+                report.read
+            )
+        })?;
     report.imported += counts.imported;
     report.updated += counts.updated;
     report.unchanged += counts.unchanged;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::clock::Clock;
-use crate::store::Store;
+use crate::clock::{Clock, Millis};
+use crate::config::Config;
+use crate::store::{DueSend, Store};
 
 /// What one scheduler step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,15 +24,25 @@ pub struct Scheduler {
     clock: Clock,
     message_id_domain: String,
     batch_size: u32,
+    /// The zone of subscribers who gave none.
+    default_zone: String,
+    grace_ms: Millis,
+    warn_below: u32,
+    /// Moves each person through the courses (see `delivery::courses`).
+    courses: super::courses::Courses,
 }
 
 impl Scheduler {
-    pub fn new(store: Store, clock: Clock, message_id_domain: &str, batch_size: u32) -> Self {
+    pub fn new(store: Store, clock: Clock, config: &Config) -> Self {
         Self {
             store,
             clock,
-            message_id_domain: message_id_domain.to_owned(),
-            batch_size,
+            message_id_domain: config.mail.message_id_domain.clone(),
+            batch_size: config.worker.fanout_batch_size,
+            default_zone: config.site.timezone.clone(),
+            grace_ms: i64::from(config.worker.grace_minutes) * 60_000,
+            warn_below: config.worker.recurring_warn_below,
+            courses: super::courses::Courses::from_config(config),
         }
     }
 
@@ -40,16 +51,23 @@ impl Scheduler {
     pub async fn step(&self) -> anyhow::Result<ScheduleOutcome> {
         let now = self.clock.now_ms();
         let mut outcome = ScheduleOutcome::default();
-        for send_id in self.store.sends_to_fan_out(now).await? {
-            let mut created = 0;
-            while let Some(n) = self
-                .store
-                .fan_out_batch(send_id, &self.message_id_domain, now, self.batch_size)
-                .await?
-            {
-                created += n;
-            }
-            tracing::info!(send = send_id, deliveries = created, "send fanned out");
+        while self.create_occurrences(now).await? > 0 {}
+        for due in self.store.due_sends(now).await? {
+            let created = match &due.local {
+                None => {
+                    let mut created = 0;
+                    while let Some(n) = self
+                        .store
+                        .fan_out_batch(due.id, &self.message_id_domain, now, self.batch_size)
+                        .await?
+                    {
+                        created += n;
+                    }
+                    created
+                }
+                Some((time, date)) => self.fan_out_local(&due, time, date, now).await?,
+            };
+            tracing::info!(send = due.id, deliveries = created, "send fanned out");
             outcome.deliveries_created += created;
         }
         let finished = self.store.finish_sends(now).await?;
@@ -57,7 +75,160 @@ impl Scheduler {
             tracing::info!(send = id, "send finished");
         }
         outcome.sends_finished = finished.len();
+        outcome.deliveries_created += self.courses.step(&self.store, now).await?;
         Ok(outcome)
+    }
+
+    /// Fans out a local-time send zone by zone: each zone's deliveries are due at the local
+    /// time there. A zone whose time passed before the send was scheduled gets it at once if
+    /// the owner asked for that, else it is skipped; a zone whose time passed while the
+    /// service was down gets it late within the grace window, and is skipped beyond it.
+    async fn fan_out_local(
+        &self,
+        due: &DueSend,
+        time: &str,
+        date: &str,
+        now: Millis,
+    ) -> anyhow::Result<u64> {
+        let time = crate::sending::parse_local_time(time)?;
+        let date = crate::sending::parse_date("local_date", date)?;
+        let mut created = 0;
+        for (zone, _) in self.store.send_zones(due.id, &self.default_zone).await? {
+            let at = match crate::sending::local_instant(date, time, &zone) {
+                Ok(at) => at,
+                Err(e) => {
+                    tracing::warn!(send = due.id, zone, error = %e, "skipping an unknown zone");
+                    continue;
+                }
+            };
+            let (when, skip) = if at >= now {
+                (at, None)
+            } else if at < due.created_at && !due.recurring {
+                // The owner was told when scheduling, and chose.
+                if due.send_late {
+                    (now, None)
+                } else {
+                    (
+                        now,
+                        Some("the local time had passed when the send was scheduled"),
+                    )
+                }
+            } else if now - at <= self.grace_ms {
+                (now, None)
+            } else {
+                (
+                    now,
+                    Some("missed: fell due while the service was down, beyond the grace window"),
+                )
+            };
+            created += self
+                .store
+                .fan_out_zone(
+                    due.id,
+                    &zone,
+                    &self.default_zone,
+                    when,
+                    skip,
+                    &self.message_id_domain,
+                    now,
+                )
+                .await?;
+        }
+        self.store.finish_fan_out(due.id, now).await?;
+        Ok(created)
+    }
+
+    /// Creates the sends of recurring schedules whose next occurrence has begun somewhere
+    /// (the first zone's local time), each taking the next unused file of its folder.
+    async fn create_occurrences(&self, now: Millis) -> anyhow::Result<usize> {
+        let mut moved = 0;
+        for r in self.store.recurrences(true).await? {
+            let every = crate::sending::Every::parse(&r.every)?;
+            let time = crate::sending::parse_local_time(&r.local_time)?;
+            let date = crate::sending::parse_date("next_date", &r.next_date)?;
+            let first = crate::sending::local_instant(date, time, "Pacific/Kiritimati")?;
+            if first > now {
+                continue;
+            }
+            let next = every.next_after(date).to_string();
+            // The last zone (UTC-12) is done with this occurrence beyond the grace window:
+            // the service was down the whole time; skip it without using up a piece.
+            let last = crate::sending::local_instant(date, time, "Etc/GMT+12")?;
+            if now - last > self.grace_ms {
+                let note = format!("{date} skipped: the service was down");
+                if self
+                    .store
+                    .skip_occurrence(r.id, &r.next_date, &next, &note)
+                    .await?
+                {
+                    tracing::warn!(recurrence = r.id, %date, "occurrence missed while down; skipped");
+                    moved += 1;
+                }
+                continue;
+            }
+            let dir = std::path::Path::new(&r.content_dir);
+            let used = self.store.recurrence_files(r.id).await?;
+            let files = match crate::sending::content_files(dir) {
+                Ok(files) => files,
+                Err(e) => {
+                    tracing::error!(recurrence = r.id, error = %e, "cannot read the content folder");
+                    continue;
+                }
+            };
+            let unused: Vec<&String> = files.iter().filter(|f| !used.contains(f)).collect();
+            let Some(file) = unused.first() else {
+                let note = format!(
+                    "stopped on {date}: no unused pieces left in {}",
+                    r.content_dir
+                );
+                if self
+                    .store
+                    .end_recurrence(r.id, "finished", &note, now)
+                    .await?
+                {
+                    tracing::warn!(
+                        recurrence = r.id,
+                        "recurring send ran out of pieces; stopped"
+                    );
+                }
+                continue;
+            };
+            let path = dir.join(file);
+            let content = match crate::content::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    // Checked when scheduled; a piece edited since then is broken. Say so
+                    // every round until it is fixed, and send nothing wrong.
+                    tracing::error!(recurrence = r.id, error = %e, "the next piece does not check");
+                    continue;
+                }
+            };
+            let Some(offering) = self.store.offering_by_id(r.offering_id).await? else {
+                continue;
+            };
+            let mut send = crate::sending::new_send(&offering, content, &path, first);
+            send.local = Some((r.local_time.clone(), date.to_string()));
+            send.recurrence_id = Some(r.id);
+            send.content_file = Some((*file).clone());
+            if let Some(id) = self
+                .store
+                .create_occurrence(r.id, &r.next_date, &next, &send, now)
+                .await?
+            {
+                tracing::info!(recurrence = r.id, send = id, %date, file = %file, "occurrence scheduled");
+                moved += 1;
+                let left = unused.len() - 1;
+                if left < self.warn_below as usize {
+                    tracing::warn!(
+                        recurrence = r.id,
+                        left,
+                        "recurring send is running out of pieces: add files to {}",
+                        r.content_dir
+                    );
+                }
+            }
+        }
+        Ok(moved)
     }
 
     /// Steps every `interval` until `shutdown`, waking the workers when deliveries appear.

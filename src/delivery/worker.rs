@@ -153,6 +153,31 @@ impl Worker {
 
     async fn deliver(&self, delivery: ClaimedDelivery, lease_id: &str) -> Result1 {
         let inner = &self.inner;
+        if delivery.interrupted > 0 {
+            // An earlier holder died between claiming and recording: it may or may not have
+            // handed the message over. Sending again risks a duplicate (same Message-ID, so
+            // mail clients can fold it); not sending risks a loss, which is worse.
+            tracing::warn!(
+                delivery = delivery.id,
+                message_id = %delivery.message_id,
+                interrupted = delivery.interrupted,
+                "ambiguous: an earlier attempt was interrupted; sending again"
+            );
+        }
+        let late = inner.clock.now_ms() - delivery.due_at;
+        if delivery.local_time_send
+            && delivery.attempts == 1
+            && late > i64::from(inner.settings.grace_minutes) * 60_000
+        {
+            self.finish(
+                &delivery,
+                lease_id,
+                DeliveryStatus::Skipped,
+                "missed: fell due while the service was down, beyond the grace window",
+            )
+            .await;
+            return Result1::Skipped;
+        }
         let message = match self.compose(&delivery).await {
             Ok(Some(message)) => message,
             Ok(None) => {

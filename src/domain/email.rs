@@ -26,7 +26,16 @@ impl EmailAddress {
             return Err("This does not look like an email address: it has no @.".into());
         };
         let normalised = format!("{local}@{}", domain.to_lowercase());
-        if !normalised.validate_email() || !domain.contains('.') {
+        // Lowercasing can lengthen a domain (`İ` is two bytes, `i̇` three).
+        if normalised.len() > Self::MAX_LEN {
+            return Err("This email address is too long.".into());
+        }
+        // validator follows HTML5, which lets dots run together or end the local part; RFC 5322
+        // (and lettre, which addresses the confirmation) does not.
+        if !normalised.validate_email()
+            || !domain.contains('.')
+            || normalised.parse::<lettre::Address>().is_err()
+        {
             return Err(format!(
                 "`{trimmed}` does not look like a valid email address."
             ));

@@ -8,6 +8,10 @@
 //! A token is bound to its purpose (a confirmation token cannot unsubscribe), carries its own
 //! expiry, and is checked in constant time. 128 bits of MAC make guessing hopeless; the key
 //! never leaves the server.
+//!
+//! Keys can be rotated: new tokens are signed with the current key only, and a token is
+//! accepted when its MAC matches the current key or one of the keys it replaced
+//! ([`TokenKey::verify_any`]), so links already sent keep working.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -128,6 +132,19 @@ impl TokenKey {
     /// Checks a token for `purpose` at `now` (unix seconds). The MAC is compared in constant
     /// time before anything in the token is believed.
     pub fn verify(&self, text: &str, purpose: TokenPurpose, now: i64) -> Result<Token, TokenError> {
+        Self::verify_any(std::slice::from_ref(self), text, purpose, now)
+    }
+
+    /// As [`TokenKey::verify`], accepting a MAC made with any of `keys` (the current key first,
+    /// then the ones it replaced). Each comparison is a full constant-time comparison of the
+    /// tag; the search stops only at a key whose tag matches completely, so a forged token
+    /// costs the same whatever its bytes, and a token of a key not in `keys` is refused.
+    pub fn verify_any(
+        keys: &[TokenKey],
+        text: &str,
+        purpose: TokenPurpose,
+        now: i64,
+    ) -> Result<Token, TokenError> {
         if text.len() > 64 {
             return Err(TokenError::Malformed);
         }
@@ -137,10 +154,14 @@ impl TokenKey {
         if bytes.len() != TOKEN_LEN || bytes[0] != VERSION {
             return Err(TokenError::Malformed);
         }
-        let mut mac = self.mac();
-        mac.update(&bytes[..BODY_LEN]);
-        mac.verify_truncated_left(&bytes[BODY_LEN..])
-            .map_err(|_| TokenError::BadSignature)?;
+        let signed_by_one_of_keys = keys.iter().any(|key| {
+            let mut mac = key.mac();
+            mac.update(&bytes[..BODY_LEN]);
+            mac.verify_truncated_left(&bytes[BODY_LEN..]).is_ok()
+        });
+        if !signed_by_one_of_keys {
+            return Err(TokenError::BadSignature);
+        }
         let word = |range: std::ops::Range<usize>| {
             i64::from_be_bytes(bytes[range].try_into().expect("8 bytes"))
         };
@@ -236,5 +257,55 @@ mod tests {
         assert!(again.verify(&text, TokenPurpose::Confirm, 0).is_ok());
         assert!(TokenKey::from_base64("c2hvcnQ=").is_err());
         assert!(TokenKey::from_base64("not base64!").is_err());
+    }
+
+    #[test]
+    fn after_a_rotation_tokens_of_the_previous_key_still_verify() {
+        let old = TokenKey::generate();
+        let new = TokenKey::generate();
+        let keys = [new.clone(), old.clone()];
+        let before = old.sign(&confirm(0));
+        let after = new.sign(&confirm(0));
+        for text in [&before, &after] {
+            assert_eq!(
+                TokenKey::verify_any(&keys, text, TokenPurpose::Confirm, 0),
+                Ok(confirm(0))
+            );
+        }
+        let stranger = TokenKey::generate().sign(&confirm(0));
+        assert_eq!(
+            TokenKey::verify_any(&keys, &stranger, TokenPurpose::Confirm, 0),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            TokenKey::verify_any(&[], &after, TokenPurpose::Confirm, 0),
+            Err(TokenError::BadSignature)
+        );
+        // Purpose and expiry are checked whichever key signed.
+        assert_eq!(
+            TokenKey::verify_any(&keys, &before, TokenPurpose::Unsubscribe, 0),
+            Err(TokenError::WrongPurpose)
+        );
+        let expiring = old.sign(&confirm(10));
+        assert_eq!(
+            TokenKey::verify_any(&keys, &expiring, TokenPurpose::Confirm, 11),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_tampered_token_of_a_previous_key_is_refused() {
+        let old = TokenKey::generate();
+        let keys = [TokenKey::generate(), old.clone()];
+        let bytes = URL_SAFE_NO_PAD.decode(old.sign(&confirm(0))).unwrap();
+        for i in 0..bytes.len() * 8 {
+            let mut tampered = bytes.clone();
+            tampered[i / 8] ^= 1 << (i % 8);
+            let t = URL_SAFE_NO_PAD.encode(&tampered);
+            assert!(
+                TokenKey::verify_any(&keys, &t, TokenPurpose::Confirm, 0).is_err(),
+                "bit {i}"
+            );
+        }
     }
 }

@@ -27,7 +27,7 @@ pub fn new_message_id(domain: &str) -> String {
 /// `extra` headers are added as given (names are ASCII; values are encoded by lettre).
 pub fn build_message(
     from: &Mailbox,
-    to: Mailbox,
+    mut to: Mailbox,
     message_id: &str,
     content: EmailContent,
     extra: Vec<(&'static str, String)>,
@@ -38,6 +38,12 @@ pub fn build_message(
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
+    // A display name is kept to one line as well: lettre panics on a line break in it.
+    to.name = to.name.map(|name| {
+        name.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    });
     let mut builder = Message::builder();
     for (name, value) in extra {
         let value: String = value.chars().filter(|c| !c.is_control()).collect();

@@ -145,6 +145,8 @@ impl SmtpPool {
     /// `Transient`, and the outbox retries later with the same Message-ID.
     pub async fn send(&self, message: &Message) -> Result<String, SendError> {
         let inner = &self.inner;
+        let envelope = message.envelope();
+        let email = message.formatted();
         if let Some(limiter) = &inner.limiter {
             limiter.until_ready().await;
         }
@@ -153,8 +155,6 @@ impl SmtpPool {
             .acquire()
             .await
             .expect("the pool's semaphore is never closed");
-        let envelope = message.envelope();
-        let email = message.formatted();
 
         let (mut conn, mut reused) = match inner.take_idle() {
             Some(conn) => (conn, true),
@@ -530,7 +530,8 @@ fn reply_text(response: &Response) -> String {
 }
 
 /// An error and its causes on one line, without repeating a cause the error already shows
-/// (lettre's errors print their source themselves).
+/// (lettre's errors print their source themselves, and some wrap an error of the same kind:
+/// "Connection error: Connection error: invalid peer certificate").
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -542,7 +543,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         }
         source = cause.source();
     }
-    text
+    let mut parts: Vec<&str> = text.split(": ").collect();
+    parts.dedup();
+    parts.join(": ")
 }
 
 /// Implicit TLS (`smtp.tls = "tls"`, port 465) over a TCP stream we opened, so it has

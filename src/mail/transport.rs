@@ -3,24 +3,39 @@
 
 use std::path::PathBuf;
 
-use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::Message;
+use rand::RngCore;
 
 use super::smtp::SmtpPool;
 use crate::config::{Config, TransportKind};
 
 #[derive(Clone)]
 pub enum Transport {
-    File(AsyncFileTransport<Tokio1Executor>, PathBuf),
+    /// Writes each message as `<random>.eml` in the folder.
+    File(PathBuf),
     Smtp(SmtpPool),
 }
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Transport::File(_, dir) => write!(f, "Transport::File({})", dir.display()),
+            Transport::File(dir) => write!(f, "Transport::File({})", dir.display()),
             Transport::Smtp(pool) => write!(f, "Transport::Smtp({pool:?})"),
         }
     }
+}
+
+/// Writes a message into the outbox folder atomically: first under a hidden temporary name,
+/// then renamed, so whoever watches the folder never reads half a message.
+async fn write_eml(dir: &std::path::Path, bytes: &[u8]) -> std::io::Result<String> {
+    let mut id = [0u8; 16];
+    rand::rng().fill_bytes(&mut id);
+    let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".{name}.eml.tmp"));
+    let path = dir.join(format!("{name}.eml"));
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, &path).await?;
+    Ok(format!("written to {}", path.display()))
 }
 
 /// Whether trying again later can help.
@@ -49,7 +64,7 @@ impl Transport {
                 std::fs::create_dir_all(&dir).map_err(|e| {
                     anyhow::anyhow!("cannot create outbox folder {}: {e}", dir.display())
                 })?;
-                Ok(Transport::File(AsyncFileTransport::new(&dir), dir))
+                Ok(Transport::File(dir))
             }
             // EHLO announces the Message-ID domain: a name the operator controls and that
             // config validation has checked, where the machine's own hostname is often a
@@ -65,10 +80,14 @@ impl Transport {
     /// Hands one message over. Returns the server's reply (or the file's id).
     pub async fn send(&self, message: Message) -> Result<String, SendError> {
         match self {
-            Transport::File(file, _) => file.send(message).await.map_err(|e| SendError {
-                kind: SendErrorKind::Transient,
-                message: format!("file transport: {e}"),
-            }),
+            Transport::File(dir) => {
+                write_eml(dir, &message.formatted())
+                    .await
+                    .map_err(|e| SendError {
+                        kind: SendErrorKind::Transient,
+                        message: format!("file transport: {e}"),
+                    })
+            }
             Transport::Smtp(pool) => pool.send(&message).await,
         }
     }

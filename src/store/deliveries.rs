@@ -31,6 +31,13 @@ pub struct ClaimedDelivery {
     pub message_id: String,
     /// Claims so far, this one included.
     pub attempts: i64,
+    /// Earlier claims whose worker died before recording a result.
+    pub interrupted: i64,
+    /// When this attempt was due.
+    pub due_at: Millis,
+    /// Part of a send meant for a local time of day (late copies beyond the grace window are
+    /// skipped, not sent at night).
+    pub local_time_send: bool,
     pub email: String,
     pub name: Option<String>,
 }
@@ -89,7 +96,8 @@ impl Store {
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE deliveries SET lease_until = $1, leased_by = $2, attempts = attempts + 1
+            "UPDATE deliveries SET lease_until = $1, leased_by = $2, attempts = attempts + 1,
+                 interrupted = interrupted + CASE WHEN lease_until IS NULL THEN 0 ELSE 1 END
              WHERE id IN (
                  SELECT id FROM deliveries
                  WHERE status = 'pending' AND next_attempt_at <= $3
@@ -113,7 +121,9 @@ impl Store {
         }
         let rows = sqlx::query(
             "SELECT d.id, d.kind, d.subscriber_id, d.consent_id, d.send_id, d.message_id,
-                    d.attempts, s.email, s.name, se.offering_id, sub.status AS subscription_status
+                    d.attempts, d.interrupted, d.next_attempt_at, s.email, s.name, se.offering_id,
+                    CASE WHEN se.local_time IS NULL THEN 0 ELSE 1 END AS local_time_send,
+                    sub.status AS subscription_status
              FROM deliveries d
              JOIN subscribers s ON s.id = d.subscriber_id
              LEFT JOIN sends se ON se.id = d.send_id
@@ -142,6 +152,9 @@ impl Store {
                         .map_err(|e| sqlx::Error::Decode(e.into()))?,
                     message_id: row.try_get("message_id")?,
                     attempts: row.try_get("attempts")?,
+                    interrupted: row.try_get("interrupted")?,
+                    due_at: row.try_get("next_attempt_at")?,
+                    local_time_send: row.try_get::<i64, _>("local_time_send")? != 0,
                     email: row.try_get("email")?,
                     name: row.try_get("name")?,
                 })

@@ -47,8 +47,9 @@ const _: () = assert!(ROWS_PER_STATEMENT * MAX_VALUES_PER_ROW <= 30_000);
 #[derive(Debug, Clone)]
 pub struct ImportedPerson {
     pub email: EmailAddress,
-    /// The suppression-list hash of `email` (`Links::email_hash`).
-    pub email_hash: String,
+    /// The suppression-list hashes of `email` under every token key (`Links::email_hashes`);
+    /// any of them on the list suppresses the person.
+    pub email_hashes: Vec<String>,
     pub name: Option<SubscriberName>,
     pub timezone: Option<Timezone>,
     /// Ids of active offerings, each once.
@@ -140,7 +141,11 @@ impl Store {
 
         let mut writes = Vec::new();
         for person in people {
-            if suppressed.contains(person.email_hash.as_str()) {
+            if person
+                .email_hashes
+                .iter()
+                .any(|hash| suppressed.contains(hash))
+            {
                 counts.suppressed += 1;
                 continue;
             }
@@ -217,19 +222,23 @@ impl Store {
         Ok(counts)
     }
 
-    /// The hashes among `people` that are on the suppression list.
+    /// The hashes among `people` (each under every key) that are on the suppression list.
     async fn suppressed_among(
         &self,
         people: &[ImportedPerson],
     ) -> Result<HashSet<String>, sqlx::Error> {
         let mut found = HashSet::new();
-        for chunk in people.chunks(ROWS_PER_STATEMENT) {
+        let hashes: Vec<&str> = people
+            .iter()
+            .flat_map(|p| p.email_hashes.iter().map(String::as_str))
+            .collect();
+        for chunk in hashes.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from("SELECT email_hash FROM suppressions WHERE email_hash IN (");
             Placeholders::new(self.backend).list(&mut sql, chunk.len());
             sql.push(')');
             let mut query = sqlx::query_scalar::<_, String>(&sql).persistent(reused(chunk.len()));
-            for p in chunk {
-                query = query.bind(p.email_hash.as_str());
+            for hash in chunk {
+                query = query.bind(*hash);
             }
             found.extend(query.fetch_all(&self.pool).await?);
         }

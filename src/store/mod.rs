@@ -2,10 +2,12 @@
 //! runtime sqlx queries written once in the SQL both dialects share (`$1` placeholders, `ON
 //! CONFLICT`, `RETURNING`); the few places that differ branch on [`Backend`].
 
+mod courses;
 mod deliveries;
 mod import;
 mod leaving;
 mod offerings;
+mod schedules;
 mod sends;
 mod subscribers;
 
@@ -16,10 +18,15 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use courses::{
+    CourseStarter, CourseState, CourseStatus, LessonDelivery, NewLesson, Progress, ProgressChange,
+    StoredLesson,
+};
 pub use deliveries::{ClaimedDelivery, ConfirmationEmail, DeliveryCounts};
 pub use import::{ExportLine, ExportSubscription, ImportCounts, ImportTerms, ImportedPerson};
 pub use leaving::{SubscriberRef, SuppressionReason};
 pub use offerings::{Offering, OfferingSummary};
+pub use schedules::{DueSend, Recurrence, ZoneProgress};
 pub use sends::{FailureGroup, NewSend, SendContent, SendStatus, SendSummary};
 pub use subscribers::{
     ConsentMeta, ConsentRecord, NewSignup, PendingConfirmation, SignupOutcome, SubscriberDetail,
@@ -44,6 +51,15 @@ static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/p
 impl Store {
     /// Opens a pool. A SQLite file (and its folder) is created when missing and put in WAL mode.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        Self::connect_with_timeout(url, max_connections, Duration::from_secs(30)).await
+    }
+
+    /// As [`Store::connect`], waiting at most `timeout` for a connection.
+    pub async fn connect_with_timeout(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -57,7 +73,7 @@ impl Store {
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(timeout)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

@@ -30,6 +30,13 @@ pub struct NewSend {
     pub source_path: String,
     pub send_at: Millis,
     pub message_id_prefix: String,
+    /// For a send at a local time of day in each subscriber's zone: ('HH:MM', 'YYYY-MM-DD').
+    pub local: Option<(String, String)>,
+    /// Zones whose local time had passed when it was scheduled get it at once.
+    pub send_late: bool,
+    /// The recurring schedule this send is an occurrence of, and the file it used.
+    pub recurrence_id: Option<i64>,
+    pub content_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -90,6 +97,11 @@ pub struct SendSummary {
     pub finished_at: Option<Millis>,
     pub paused_reason: Option<String>,
     pub counts: DeliveryCounts,
+    /// For a send at a local time in each zone: "HH:MM on YYYY-MM-DD".
+    pub local: Option<String>,
+    /// Attempts cut short by a dying worker: each may have reached the server, so at most
+    /// this many recipients may have the message twice (always with the same Message-ID).
+    pub interrupted: i64,
 }
 
 /// The stored templates of a send, for the workers.
@@ -114,10 +126,23 @@ pub struct FailureGroup {
 
 impl Store {
     pub async fn create_send(&self, send: &NewSend, now: Millis) -> Result<i64, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        insert_send(&mut conn, send, now).await
+    }
+}
+
+/// Writes a send row on `conn` (a pooled connection or a transaction).
+pub(super) async fn insert_send(
+    conn: &mut sqlx::AnyConnection,
+    send: &NewSend,
+    now: Millis,
+) -> Result<i64, sqlx::Error> {
+    {
         sqlx::query_scalar(
             "INSERT INTO sends (offering_id, subject, preheader, html_template, text_template,
-                                source_path, send_at, created_at, message_id_prefix)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                                source_path, send_at, created_at, message_id_prefix,
+                                local_time, local_date, send_late, recurrence_id, content_file)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
         )
         .bind(send.offering_id)
         .bind(&send.subject)
@@ -128,10 +153,17 @@ impl Store {
         .bind(send.send_at)
         .bind(now)
         .bind(&send.message_id_prefix)
-        .fetch_one(&self.pool)
+        .bind(send.local.as_ref().map(|l| l.0.clone()))
+        .bind(send.local.as_ref().map(|l| l.1.clone()))
+        .bind(i64::from(send.send_late))
+        .bind(send.recurrence_id)
+        .bind(send.content_file.clone())
+        .fetch_one(&mut *conn)
         .await
     }
+}
 
+impl Store {
     /// Sends whose time has come and whose fan-out is not finished.
     pub async fn sends_to_fan_out(&self, now: Millis) -> Result<Vec<i64>, sqlx::Error> {
         sqlx::query_scalar(
@@ -323,6 +355,16 @@ impl Store {
         Ok(counts)
     }
 
+    pub async fn send_interruptions(&self, id: i64) -> Result<i64, sqlx::Error> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(SUM(interrupted) AS BIGINT) FROM deliveries WHERE send_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.unwrap_or(0))
+    }
+
     /// The stored content of a send.
     pub async fn send_content(&self, id: i64) -> Result<Option<SendContent>, sqlx::Error> {
         let row = sqlx::query(
@@ -350,7 +392,8 @@ impl Store {
     pub async fn send_summaries(&self, only: Option<i64>) -> Result<Vec<SendSummary>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT s.id, o.slug, o.name, s.status, s.subject, s.source_path, s.send_at,
-                    s.created_at, s.fanout_done_at, s.finished_at, s.paused_reason
+                    s.created_at, s.fanout_done_at, s.finished_at, s.paused_reason,
+                    s.local_time, s.local_date
              FROM sends s JOIN offerings o ON o.id = s.offering_id
              WHERE $1 IS NULL OR s.id = $1
              ORDER BY s.send_at DESC, s.id DESC",
@@ -374,6 +417,11 @@ impl Store {
                 finished_at: r.try_get("finished_at")?,
                 paused_reason: r.try_get("paused_reason")?,
                 counts: self.send_counts(id).await?,
+                interrupted: self.send_interruptions(id).await?,
+                local: r
+                    .try_get::<Option<String>, _>("local_time")?
+                    .zip(r.try_get::<Option<String>, _>("local_date")?)
+                    .map(|(t, d)| format!("{t} on {d}")),
             });
         }
         Ok(out)

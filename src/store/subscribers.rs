@@ -31,6 +31,8 @@ pub struct NewSignup {
     pub message_id: String,
     /// No second confirmation email to one address within this many milliseconds.
     pub cooldown_ms: i64,
+    /// At most this many confirmation emails to the address's domain in the past hour.
+    pub domain_cap_per_hour: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +88,8 @@ pub struct SubscriberDetail {
     #[serde(flatten)]
     pub subscriber: SubscriberRow,
     pub consents: Vec<ConsentRecord>,
+    /// Where the person is in each course they have started.
+    pub courses: Vec<super::CourseStatus>,
 }
 
 fn status_of(word: &str) -> Result<SubscriptionStatus, sqlx::Error> {
@@ -166,7 +170,31 @@ impl Store {
         .await?;
 
         let mut confirmation_queued = false;
-        if pending > 0 {
+        let domain_full = match signup.domain_cap_per_hour {
+            Some(cap) if pending > 0 => {
+                // A soft cap: two signups racing at the limit may both pass, which is fine.
+                let pattern = format!("%@{}", like_escape(signup.email.domain()));
+                let recent: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+                     WHERE d.kind = 'confirmation' AND d.created_at > $1
+                       AND s.email LIKE $2 ESCAPE '\\'",
+                )
+                .bind(now - 3_600_000)
+                .bind(pattern)
+                .fetch_one(&mut *tx)
+                .await?;
+                if recent >= i64::from(cap) {
+                    tracing::warn!(
+                        domain = signup.email.domain(),
+                        recent,
+                        "confirmation cap for this domain reached; no email queued"
+                    );
+                }
+                recent >= i64::from(cap)
+            }
+            _ => false,
+        };
+        if pending > 0 && !domain_full {
             // The cooldown is claimed with a conditional update, so two signups racing for
             // the same address cannot both queue an email.
             let claimed = sqlx::query(
@@ -405,8 +433,21 @@ impl Store {
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()?,
+            courses: self.course_statuses(id).await?,
         }))
     }
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 pub(super) async fn insert_consent(

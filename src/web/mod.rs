@@ -14,10 +14,15 @@ mod unsubscribe;
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderValue, Method, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -138,9 +143,62 @@ pub fn router(state: AppState) -> Router {
         .merge(preferences::routes())
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_oversized_bodies,
+        ))
         .layer(cors)
         .layer(trace)
         .with_state(state)
+}
+
+/// How much of an oversized body is read and dropped before the 413 is sent, and for how long.
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// 413 for a body declared larger than [`MAX_BODY_BYTES`], before any handler runs: the confirm
+/// and unsubscribe handlers act on the token alone, so the body limit (which only extractors
+/// apply) would let an oversized POST confirm or unsubscribe as if it were small.
+///
+/// What the client is still sending is read and dropped first (up to [`LINGER_BYTES`]): closing
+/// a socket with unread data resets the connection, and the client may then lose the answer.
+async fn refuse_oversized_bodies(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let oversized = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64);
+    if !oversized {
+        return next.run(request).await;
+    }
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+    let mut body = request.into_body().into_data_stream();
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut read = 0;
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len();
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+    let message = "The request is too large (the limit is 64 KiB).";
+    let response = if json {
+        Json(json!({ "error": message })).into_response()
+    } else {
+        pages::message(&state, StatusCode::OK, "Too large", message)
+    };
+    (StatusCode::PAYLOAD_TOO_LARGE, response).into_response()
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

@@ -15,7 +15,10 @@ use serde_json::{Value, json};
 
 use super::client::ClientInfo;
 use super::{AppError, AppState, pages};
-use crate::domain::{SubscriberName, SubscriptionStatus, Timezone, TokenPurpose};
+use crate::delivery::courses::Courses;
+use crate::domain::{
+    OfferingKind, Slug, SubscriberName, SubscriptionStatus, Timezone, TokenPurpose,
+};
 use crate::store::{ConsentMeta, Offering, SubscriberRef};
 
 pub fn routes() -> Router<AppState> {
@@ -23,11 +26,14 @@ pub fn routes() -> Router<AppState> {
         .route("/preferences/{token}", get(preferences_page).post(save))
         .route("/preferences/{token}/data", get(download))
         .route("/preferences/{token}/erase", post(erase))
+        .route("/preferences/{token}/course", post(course))
 }
 
 #[derive(serde::Deserialize)]
 struct Saved {
     saved: Option<String>,
+    /// `paused` or `resumed` after a course button.
+    course: Option<String>,
 }
 
 type FieldErrors = BTreeMap<&'static str, String>;
@@ -94,6 +100,7 @@ fn page(
     values: (&str, &str),
     errors: &FieldErrors,
     saved: bool,
+    courses: &CourseViews,
 ) -> Response {
     let error = |field: &str| errors.get(field).map_or(Value::Null, |m| json!(m));
     pages::render(
@@ -105,12 +112,15 @@ fn page(
             "action": format!("/preferences/{token}"),
             "data_url": format!("/preferences/{token}/data"),
             "erase_action": format!("/preferences/{token}/erase"),
+            "course_action": format!("/preferences/{token}/course"),
             "email": who.email.as_str(),
             "saved": saved,
             "offerings": choices.iter().map(|(o, on)| json!({
                 "slug": o.slug, "name": o.name, "description": o.description, "checked": on,
             })).collect::<Vec<_>>(),
             "values": { "name": values.0, "timezone": values.1 },
+            "courses": courses.items,
+            "course_notice": courses.notice,
             "errors": { "name": error("name"), "timezone": error("timezone"), "form": error("form") },
         }),
     )
@@ -129,6 +139,15 @@ async fn preferences_page(
         Ok(c) => c,
         Err(e) => return pages::error_page(&state, e),
     };
+    let mut courses = match course_views(&state, &who).await {
+        Ok(c) => c,
+        Err(e) => return pages::error_page(&state, e),
+    };
+    courses.notice = match saved.course.as_deref() {
+        Some("paused") => Some("Your course is paused. Resume it whenever you are ready."),
+        Some("resumed") => Some("Your course continues with its next lesson."),
+        _ => None,
+    };
     page(
         &state,
         StatusCode::OK,
@@ -141,7 +160,129 @@ async fn preferences_page(
         ),
         &FieldErrors::new(),
         saved.saved.is_some(),
+        &courses,
     )
+}
+
+/// The courses a person follows, with where they are and a pause or resume button.
+#[derive(Default)]
+struct CourseViews {
+    items: Vec<Value>,
+    notice: Option<&'static str>,
+}
+
+async fn course_views(state: &AppState, who: &SubscriberRef) -> Result<CourseViews, AppError> {
+    let Some(detail) = state.store().subscriber_detail(&who.email).await? else {
+        return Ok(CourseViews::default());
+    };
+    let courses = Courses::from_config(state.config());
+    let items = detail
+        .courses
+        .iter()
+        .filter(|c| {
+            detail
+                .subscriber
+                .subscriptions
+                .iter()
+                .any(|s| s.offering == c.offering && s.status == SubscriptionStatus::Confirmed)
+        })
+        .map(|c| {
+            json!({
+                "slug": c.offering,
+                "name": c.offering_name,
+                "text": courses.describe_for_person(c, who.timezone.as_deref()),
+                "can_pause": c.state == crate::store::CourseState::Active,
+                "can_resume": c.state == crate::store::CourseState::Paused,
+            })
+        })
+        .collect();
+    Ok(CourseViews {
+        items,
+        notice: None,
+    })
+}
+
+/// `POST /preferences/{token}/course`: `offering=SLUG&action=pause|resume`.
+async fn course(State(state): State<AppState>, Path(token): Path<String>, body: Bytes) -> Response {
+    let who = match subscriber(&state, &token).await {
+        Ok(who) => who,
+        Err(response) => return response,
+    };
+    let (mut slug, mut action) = (String::new(), String::new());
+    for (k, v) in form_urlencoded::parse(&body) {
+        match k.as_ref() {
+            "offering" => slug = v.into_owned(),
+            "action" => action = v.into_owned(),
+            _ => {}
+        }
+    }
+    let offering = match Slug::parse(&slug) {
+        Ok(slug) => match state.store().offering_by_slug(&slug).await {
+            Ok(o) => o.filter(|o| o.kind == OfferingKind::Course),
+            Err(e) => return pages::error_page(&state, e.into()),
+        },
+        Err(_) => None,
+    };
+    let courses = Courses::from_config(state.config());
+    let now = state.clock().now_ms();
+    let done = match (offering, action.as_str()) {
+        (Some(o), "pause") => courses
+            .pause(state.store(), who.id, o.id, now)
+            .await
+            .map(|r| {
+                matches!(
+                    r,
+                    crate::delivery::courses::PauseOutcome::Paused
+                        | crate::delivery::courses::PauseOutcome::NotActive(
+                            crate::store::CourseState::Paused
+                        )
+                )
+                .then_some("paused")
+            }),
+        (Some(o), "resume") => courses
+            .resume(state.store(), who.id, o.id, now)
+            .await
+            .map(|r| {
+                matches!(r, crate::delivery::courses::ResumeOutcome::Resumed(_))
+                    .then_some("resumed")
+            }),
+        _ => Ok(None),
+    };
+    match done {
+        Ok(Some(word)) => {
+            Redirect::to(&format!("/preferences/{token}?course={word}")).into_response()
+        }
+        Ok(None) => {
+            let choices = match choices(&state, &who).await {
+                Ok(c) => c,
+                Err(e) => return pages::error_page(&state, e),
+            };
+            let courses = match course_views(&state, &who).await {
+                Ok(c) => c,
+                Err(e) => return pages::error_page(&state, e),
+            };
+            let mut errors = FieldErrors::new();
+            errors.insert(
+                "form",
+                "That course cannot be paused or resumed from here just now.".into(),
+            );
+            page(
+                &state,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &token,
+                &who,
+                &choices,
+                (
+                    who.name.as_deref().unwrap_or(""),
+                    who.timezone.as_deref().unwrap_or(""),
+                ),
+                &errors,
+                false,
+                &courses,
+            )
+        }
+        Err(e) => pages::error_page(&state, e.into()),
+    }
 }
 
 fn meta(client: ClientInfo) -> ConsentMeta {
@@ -198,6 +339,10 @@ async fn save(
         *on = wanted.contains(&o.slug);
     }
     if !errors.is_empty() {
+        let courses = match course_views(&state, &who).await {
+            Ok(c) => c,
+            Err(e) => return pages::error_page(&state, e),
+        };
         return page(
             &state,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -207,6 +352,7 @@ async fn save(
             (&name, &timezone),
             &errors,
             false,
+            &courses,
         );
     }
     let ids: Vec<i64> = choices
@@ -272,6 +418,10 @@ async fn erase(State(state): State<AppState>, Path(token): Path<String>, body: B
             "form",
             "To erase your data, tick the box that says you want it erased.".into(),
         );
+        let courses = match course_views(&state, &who).await {
+            Ok(c) => c,
+            Err(e) => return pages::error_page(&state, e),
+        };
         return page(
             &state,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -284,6 +434,7 @@ async fn erase(State(state): State<AppState>, Path(token): Path<String>, body: B
             ),
             &errors,
             false,
+            &courses,
         );
     }
     let hash = state.links().email_hash(&who.email);

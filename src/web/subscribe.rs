@@ -210,6 +210,8 @@ async fn subscribe(
         },
         message_id: new_message_id(&config.mail.message_id_domain),
         cooldown_ms: i64::from(config.signup.confirmation_cooldown_minutes) * 60_000,
+        domain_cap_per_hour: Some(config.signup.confirmations_per_domain_per_hour)
+            .filter(|cap| *cap > 0),
     };
     match state
         .store()

@@ -13,14 +13,13 @@ backend_tests!(
 
 async fn offerings_list_shows_the_practice_offerings_with_counts(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    app.signup("a@example.org", &["morning-meditation"]).await;
+    app.confirmed_subscriber("a@example.org", &["morning-meditation"])
+        .await;
     app.signup(
         "b@example.org",
         &["morning-meditation", "guided-meditations"],
     )
     .await;
-    let path = app.confirm_path(0).await;
-    app.post_form(&path, "").await;
     let out = app.cli(&["offerings", "list"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -48,10 +47,9 @@ async fn offerings_list_shows_the_practice_offerings_with_counts(backend: Backen
 
 async fn subscribers_list_filters_by_offering_and_status(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    app.signup("one@example.org", &["morning-meditation"]).await;
+    app.confirmed_subscriber("one@example.org", &["morning-meditation"])
+        .await;
     app.signup("two@example.org", &["guided-meditations"]).await;
-    let path = app.confirm_path(0).await;
-    app.post_form(&path, "").await;
 
     let all = stdout(&app.cli(&["subscribers", "list"]));
     assert!(

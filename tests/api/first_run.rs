@@ -14,6 +14,17 @@ fn fresh_clone() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::copy(repo.join("config.toml"), dir.path().join("config.toml")).unwrap();
+    // The example course's lessons, which config.toml names, come with a clone too.
+    let lessons = Path::new("courses/orgasmic-queen");
+    std::fs::create_dir_all(dir.path().join(lessons)).unwrap();
+    for entry in std::fs::read_dir(repo.join(lessons)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(
+            &path,
+            dir.path().join(lessons).join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
     dir
 }
 

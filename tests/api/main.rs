@@ -3,13 +3,19 @@
 
 mod support;
 
+mod bombing;
 mod cli;
 mod confirm;
+mod courses;
 mod crash;
+mod faults;
 mod first_run;
+mod hostile;
 mod import;
 mod leaving;
+mod local_time;
 mod outbox;
+mod secrets;
 mod sends;
 mod signup;
 mod smtp_delivery;

@@ -13,11 +13,26 @@
 //! * [`TestSmtpServer::push_drop_after_data`]: the next finished `DATA` is
 //!   recorded in [`TestSmtpServer::ambiguous`] and the connection is closed
 //!   without a reply (the server got the mail, the client never hears so).
+//! * [`TestSmtpServer::push_drop_during_data`]: the next `DATA` is cut off:
+//!   the server reads the first line of the message and closes the
+//!   connection before the final `.` (nothing is recorded: the server never
+//!   had the whole message).
 //! * [`TestSmtpServer::set_greeting_reply`]: new connections get the given
 //!   greeting (e.g. `421 4.3.2 Service not available`) and are closed.
+//! * [`TestSmtpServer::set_random_faults`]: `MAIL FROM`, `RCPT TO` and the end
+//!   of `DATA` fail at random with the given probability, half of the time
+//!   with `421` (and the connection is closed), half with `451`. The random
+//!   numbers come from a seeded xorshift generator, so a run that issues its
+//!   commands in the same order meets the same faults.
+//! * [`TestSmtpServer::pause_accepting`] / [`TestSmtpServer::resume_accepting`]:
+//!   the server goes away (its port refuses connections, open connections are
+//!   cut) and comes back on the same port.
 //!
-//! `DATA` outcomes pushed with `push_data_reply` and `push_drop_after_data`
-//! share one FIFO queue, so they apply in the order they were pushed.
+//! `DATA` outcomes pushed with `push_data_reply`, `push_drop_after_data` and
+//! `push_drop_during_data` share one FIFO queue; each `DATA` command takes the
+//! outcome at the front when it is accepted (`354`), so they apply in the
+//! order they were pushed. A scripted outcome (or a scripted recipient reply)
+//! takes precedence over a random fault.
 //!
 //! # What it implements
 //!
@@ -59,7 +74,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -116,6 +131,66 @@ enum DataOutcome {
     Reply(String),
     /// Record the message as ambiguous and close without replying.
     DropConnection,
+    /// Close the connection while the message is still coming in.
+    DropDuringData,
+}
+
+/// A fault injected at random by [`TestSmtpServer::set_random_faults`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// `421`: the server is closing the transmission channel (RFC 5321 §3.8).
+    Closing,
+    /// `451`: local error in processing; try again later.
+    TryLater,
+}
+
+impl Fault {
+    fn reply(self) -> &'static str {
+        match self {
+            Fault::Closing => "421 4.3.2 smtp.sangha.test closing connection (injected fault)",
+            Fault::TryLater => "451 4.3.0 Temporary local problem (injected fault)",
+        }
+    }
+}
+
+/// The random fault mode: a probability and a seeded xorshift64* generator.
+#[derive(Debug)]
+struct RandomFaults {
+    probability: f64,
+    rng: u64,
+}
+
+impl RandomFaults {
+    fn new(probability: f64, seed: u64) -> Self {
+        // xorshift must never be in the all-zero state.
+        let rng = if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        };
+        Self { probability, rng }
+    }
+
+    /// The next number in `[0, 1)`.
+    fn next_unit(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn roll(&mut self) -> Option<Fault> {
+        if self.next_unit() >= self.probability {
+            return None;
+        }
+        Some(if self.next_unit() < 0.5 {
+            Fault::Closing
+        } else {
+            Fault::TryLater
+        })
+    }
 }
 
 /// Everything the connection tasks share with the test, behind one mutex.
@@ -135,6 +210,23 @@ struct Inner {
     data_outcomes: VecDeque<DataOutcome>,
     /// When set, new connections get this greeting and are closed.
     greeting_reply: Option<String>,
+    /// Lower-cased recipient address -> `RCPT TO` commands naming it.
+    rcpt_attempts: HashMap<String, usize>,
+    /// When set, commands fail at random.
+    random_faults: Option<RandomFaults>,
+    /// Faults injected at random so far.
+    random_faults_injected: usize,
+    /// Connections closed by [`DataOutcome::DropDuringData`].
+    dropped_during_data: usize,
+}
+
+impl Inner {
+    /// Draws a random fault, when the random mode is on.
+    fn roll_fault(&mut self) -> Option<Fault> {
+        let fault = self.random_faults.as_mut()?.roll()?;
+        self.random_faults_injected += 1;
+        Some(fault)
+    }
 }
 
 #[derive(Debug)]
@@ -171,8 +263,7 @@ impl TestSmtpServerBuilder {
 
     /// Binds `127.0.0.1:0` and starts accepting connections.
     pub async fn start(self) -> TestSmtpServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))
             .expect("test SMTP server: failed to bind 127.0.0.1:0");
         let addr = listener
             .local_addr()
@@ -186,9 +277,18 @@ impl TestSmtpServerBuilder {
         TestSmtpServer {
             addr,
             state,
-            accept_task,
+            accept_task: Mutex::new(Some(accept_task)),
         }
     }
+}
+
+/// A listening socket with `SO_REUSEADDR`, so the port of a paused server can
+/// be bound again while connections it closed linger in `TIME_WAIT`.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// A running test SMTP server; see the module documentation.
@@ -196,14 +296,21 @@ impl TestSmtpServerBuilder {
 pub struct TestSmtpServer {
     addr: SocketAddr,
     state: Arc<State>,
-    accept_task: JoinHandle<()>,
+    /// The accept loop; `None` while paused.
+    accept_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for TestSmtpServer {
     fn drop(&mut self) {
         // The accept task owns the listener and the JoinSet of connection
         // tasks, so aborting it closes the port and every open connection.
-        self.accept_task.abort();
+        let task = self
+            .accept_task
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(task) = task.take() {
+            task.abort();
+        }
     }
 }
 
@@ -248,7 +355,7 @@ impl TestSmtpServer {
     }
 
     /// Number of messages whose `DATA` got a non-2xx reply (scripted with
-    /// [`Self::push_data_reply`], or too large). Recipient rejections at
+    /// [`Self::push_data_reply`], a random fault, or too large). Recipient rejections at
     /// `RCPT TO` are not counted here.
     pub fn rejected_count(&self) -> usize {
         self.state.lock().rejected
@@ -345,6 +452,109 @@ impl TestSmtpServer {
             .lock()
             .data_outcomes
             .push_back(DataOutcome::DropConnection);
+    }
+
+    /// Makes the next `DATA` command be cut off: after `354` the server
+    /// reads the first line of the message and closes the connection before
+    /// the final `.`. Nothing is recorded (see [`Self::dropped_during_data`]).
+    pub fn push_drop_during_data(&self) {
+        self.state
+            .lock()
+            .data_outcomes
+            .push_back(DataOutcome::DropDuringData);
+    }
+
+    /// Connections cut off by [`Self::push_drop_during_data`] so far.
+    pub fn dropped_during_data(&self) -> usize {
+        self.state.lock().dropped_during_data
+    }
+
+    /// From now on `MAIL FROM`, `RCPT TO` and the end of `DATA` each fail
+    /// with `probability` (0 to 1): half of the faults are `421` followed by
+    /// closing the connection, half `451`. A message that meets a fault at
+    /// the end of `DATA` is not recorded (it counts in
+    /// [`Self::rejected_count`]). `seed` seeds the xorshift generator, so the
+    /// same sequence of commands meets the same faults. A probability of 0
+    /// turns the mode off.
+    ///
+    /// # Panics
+    ///
+    /// If `probability` is not within 0 to 1.
+    pub fn set_random_faults(&self, probability: f64, seed: u64) {
+        assert!(
+            (0.0..=1.0).contains(&probability),
+            "a probability is within 0 to 1, got {probability}"
+        );
+        self.state.lock().random_faults =
+            (probability > 0.0).then(|| RandomFaults::new(probability, seed));
+    }
+
+    /// Faults injected by [`Self::set_random_faults`] so far.
+    pub fn random_faults_injected(&self) -> usize {
+        self.state.lock().random_faults_injected
+    }
+
+    /// How many `RCPT TO` commands named `email` (case-insensitively),
+    /// whatever the answer.
+    pub fn rcpt_attempts(&self, email: &str) -> usize {
+        self.state
+            .lock()
+            .rcpt_attempts
+            .get(&email.to_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The server goes away: the listening socket is closed, so connecting
+    /// is refused, and every open connection is cut (a message being
+    /// answered at that moment may be recorded without the client hearing
+    /// so). Returns once the port is closed. Does nothing if already paused.
+    pub async fn pause_accepting(&self) {
+        let task = self
+            .accept_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same port after [`Self::pause_accepting`].
+    /// Connection ids keep counting from where they were.
+    ///
+    /// # Panics
+    ///
+    /// If the port cannot be bound again within a few seconds (another
+    /// program took it meanwhile).
+    pub async fn resume_accepting(&self) {
+        if self
+            .accept_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match listen(self.addr) {
+                Ok(listener) => break listener,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!(
+                    "test SMTP server: cannot listen on {} again: {e}",
+                    self.addr
+                ),
+            }
+        };
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&self.state)));
+        *self
+            .accept_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(task);
     }
 
     /// When `Some`, new connections are greeted with that reply line (e.g.
@@ -480,6 +690,13 @@ enum DataRead {
     Complete(Vec<u8>),
     TooBig,
     Disconnected,
+}
+
+/// How a finished `DATA` is answered.
+enum DataReply {
+    Line(String),
+    Fault(Fault),
+    Drop,
 }
 
 /// The envelope of the mail transaction in progress.
@@ -777,11 +994,25 @@ impl Session {
                 }
             }
         }
+        let fault = self.state.lock().roll_fault();
+        if let Some(fault) = fault {
+            return self.fault(fault).await;
+        }
         self.envelope = Some(Envelope {
             mail_from,
             rcpt_to: Vec::new(),
         });
         self.ok("250 2.1.0 Ok").await
+    }
+
+    /// Answers with an injected fault; a `421` ends the session.
+    async fn fault(&mut self, fault: Fault) -> io::Result<Flow> {
+        self.reply(fault.reply()).await?;
+        if fault == Fault::Closing {
+            let _ = self.writer.shutdown().await;
+            return Ok(Flow::Close);
+        }
+        Ok(Flow::Continue)
     }
 
     async fn handle_rcpt(&mut self, args: &str) -> io::Result<Flow> {
@@ -796,14 +1027,20 @@ impl Session {
                 .ok(&format!("555 5.5.4 Unsupported RCPT parameter {param}"))
                 .await;
         }
-        let scripted = self
-            .state
-            .lock()
-            .recipient_replies
-            .get(&recipient.to_lowercase())
-            .cloned();
+        let (scripted, fault) = {
+            let mut inner = self.state.lock();
+            let key = recipient.to_lowercase();
+            *inner.rcpt_attempts.entry(key.clone()).or_default() += 1;
+            match inner.recipient_replies.get(&key).cloned() {
+                Some(reply) => (Some(reply), None),
+                None => (None, inner.roll_fault()),
+            }
+        };
         if let Some(reply) = scripted {
             return self.ok(&reply).await;
+        }
+        if let Some(fault) = fault {
+            return self.fault(fault).await;
         }
         if let Some(envelope) = self.envelope.as_mut() {
             envelope.rcpt_to.push(recipient);
@@ -823,6 +1060,17 @@ impl Session {
             Some(_) => {}
         }
         self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
+        let scripted = self.state.lock().data_outcomes.pop_front();
+        if matches!(scripted, Some(DataOutcome::DropDuringData)) {
+            // Take the first line, so the client is surely sending, then
+            // hang up on it.
+            let mut line = Vec::new();
+            let _ = read_line(&mut self.reader, &mut line, MAX_MESSAGE_SIZE).await?;
+            self.envelope = None;
+            self.state.lock().dropped_during_data += 1;
+            self.state.changed.notify_waiters();
+            return Ok(Flow::Close);
+        }
         let data = self.read_data().await?;
         // Whatever happens next, the transaction is over.
         let Some(Envelope { mail_from, rcpt_to }) = self.envelope.take() else {
@@ -830,8 +1078,14 @@ impl Session {
         };
         let data = match data {
             DataRead::Complete(data) => data,
-            DataRead::Disconnected => return Ok(Flow::Close),
-            DataRead::TooBig => {
+            DataRead::Disconnected | DataRead::TooBig => {
+                // The scripted outcome was not used: keep it for the next one.
+                if let Some(outcome) = scripted {
+                    self.state.lock().data_outcomes.push_front(outcome);
+                }
+                if matches!(data, DataRead::Disconnected) {
+                    return Ok(Flow::Close);
+                }
                 self.state.lock().rejected += 1;
                 self.state.changed.notify_waiters();
                 return self
@@ -849,30 +1103,38 @@ impl Session {
         // real server queues the mail before acknowledging it.
         let reply = {
             let mut inner = self.state.lock();
-            match inner.data_outcomes.pop_front() {
+            match scripted {
                 Some(DataOutcome::DropConnection) => {
                     inner.ambiguous.push(message);
-                    None
+                    DataReply::Drop
                 }
                 Some(DataOutcome::Reply(reply)) if !reply.starts_with('2') => {
                     inner.rejected += 1;
-                    Some(reply)
+                    DataReply::Line(reply)
                 }
                 Some(DataOutcome::Reply(reply)) => {
                     inner.messages.push(message);
-                    Some(reply)
+                    DataReply::Line(reply)
                 }
-                None => {
-                    inner.messages.push(message);
-                    Some(DEFAULT_DATA_REPLY.to_owned())
-                }
+                Some(DataOutcome::DropDuringData) => unreachable!("handled before the data"),
+                None => match inner.roll_fault() {
+                    Some(fault) => {
+                        inner.rejected += 1;
+                        DataReply::Fault(fault)
+                    }
+                    None => {
+                        inner.messages.push(message);
+                        DataReply::Line(DEFAULT_DATA_REPLY.to_owned())
+                    }
+                },
             }
         };
         self.state.changed.notify_waiters();
         match reply {
-            Some(reply) => self.ok(&reply).await,
+            DataReply::Line(reply) => self.ok(&reply).await,
+            DataReply::Fault(fault) => self.fault(fault).await,
             // Close without a word: both halves are dropped by the caller.
-            None => Ok(Flow::Close),
+            DataReply::Drop => Ok(Flow::Close),
         }
     }
 
