@@ -367,6 +367,8 @@ impl Worker {
                 }
             }
         }
+        // Say goodbye (QUIT) on idle SMTP sessions rather than dropping them.
+        self.inner.transport.close().await;
         tracing::info!(worker = %self.inner.id, "delivery worker stopped");
     }
 }
