@@ -199,6 +199,37 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Records many hand-offs of one lease in few statements: `sent` holds (id, reply).
+    /// Rows whose lease was lost meanwhile are left alone. Returns how many were recorded.
+    pub async fn mark_deliveries_sent(
+        &self,
+        lease_id: &str,
+        now: Millis,
+        sent: &[(i64, String)],
+    ) -> Result<u64, sqlx::Error> {
+        let mut done = 0;
+        for chunk in sent.chunks(500) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${})", 3 + 2 * i, 4 + 2 * i))
+                .collect();
+            // VALUES columns are called column1, column2 in both SQLite and PostgreSQL.
+            let sql = format!(
+                "UPDATE deliveries SET status = 'sent', sent_at = $1, smtp_reply = v.column2,
+                     lease_until = NULL, last_error = NULL
+                 FROM (VALUES {}) AS v
+                 WHERE deliveries.id = v.column1 AND deliveries.leased_by = $2
+                   AND deliveries.status = 'pending'",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(now).bind(lease_id);
+            for (id, reply) in chunk {
+                query = query.bind(*id).bind(reply.clone());
+            }
+            done += query.execute(&self.pool).await?.rows_affected();
+        }
+        Ok(done)
+    }
+
     /// Puts the row back for another attempt at `next_attempt_at`.
     pub async fn mark_delivery_retry(
         &self,
