@@ -541,6 +541,10 @@ impl Config {
         if self.worker.lease_seconds == 0 {
             return Err(invalid("worker.lease_seconds", "must be at least 1"));
         }
+        if self.worker.batch_size > 10_000 {
+            // Claimed rows are read back with one bound parameter each.
+            return Err(invalid("worker.batch_size", "must be at most 10000"));
+        }
         if self.worker.fanout_batch_size == 0 {
             return Err(invalid("worker.fanout_batch_size", "must be at least 1"));
         }

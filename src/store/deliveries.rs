@@ -108,18 +108,19 @@ impl Store {
                  ORDER BY next_attempt_at, id
                  LIMIT $4 {lock})"
         );
-        let claimed = sqlx::query(&sql)
+        let sql = format!("{sql} RETURNING id");
+        let ids: Vec<i64> = sqlx::query_scalar(&sql)
             .bind(lease_until)
             .bind(lease_id)
             .bind(now)
             .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if claimed == 0 {
+            .fetch_all(&self.pool)
+            .await?;
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
+        // Read the claimed rows back by primary key (no index serves `leased_by`).
+        let sql = format!(
             "SELECT d.id, d.kind, d.subscriber_id, d.consent_id, d.send_id, d.message_id,
                     d.attempts, d.interrupted, d.next_attempt_at, s.email, s.name, se.offering_id,
                     CASE WHEN se.local_time IS NULL THEN 0 ELSE 1 END AS local_time_send,
@@ -129,12 +130,15 @@ impl Store {
              LEFT JOIN sends se ON se.id = d.send_id
              LEFT JOIN subscriptions sub
                     ON sub.subscriber_id = d.subscriber_id AND sub.offering_id = se.offering_id
-             WHERE d.leased_by = $1 AND d.status = 'pending'
+             WHERE d.leased_by = $1 AND d.status = 'pending' AND d.id IN ({})
              ORDER BY d.id",
-        )
-        .bind(lease_id)
-        .fetch_all(&self.pool)
-        .await?;
+            super::placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query(&sql).bind(lease_id);
+        for id in &ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 let kind: String = row.try_get("kind")?;
