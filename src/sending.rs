@@ -459,7 +459,7 @@ pub async fn print_recurrences(
             r.id, r.offering, r.every, r.local_time, r.status
         );
         if r.status == "active" {
-            line.push_str(&format!(", next {} , {left} piece(s) left", r.next_date));
+            line.push_str(&format!(", next {}, {left} piece(s) left", r.next_date));
             if left < i64::from(runtime.config.worker.recurring_warn_below) {
                 line.push_str(&format!(
                     "  WARNING: running out: add Markdown files to {}",
