@@ -176,7 +176,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     worker: Option<Worker>,
-    scheduler: Scheduler,
+    scheduler: Option<Scheduler>,
     wake: Arc<Notify>,
 }
 
@@ -209,9 +209,16 @@ impl Application {
             listener,
             state,
             worker,
-            scheduler,
+            scheduler: Some(scheduler),
             wake,
         })
+    }
+
+    /// Runs without the scheduler loop: for tests that step a scheduler themselves, so two
+    /// never race over the same moment of a manual clock.
+    pub fn without_scheduler(mut self) -> Self {
+        self.scheduler = None;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -234,11 +241,9 @@ impl Application {
             .map(|w| tokio::spawn(w.run(stop_rx.clone(), self.wake.clone())));
         let interval =
             std::time::Duration::from_millis(self.state.config().worker.poll_interval_ms);
-        let scheduler = tokio::spawn(self.scheduler.run(
-            interval,
-            stop_rx.clone(),
-            self.wake.clone(),
-        ));
+        let scheduler = self.scheduler.map(|scheduler| {
+            tokio::spawn(scheduler.run(interval, stop_rx.clone(), self.wake.clone()))
+        });
         let app = router(self.state.clone());
         let mut server_stop = stop_rx.clone();
         let server = axum::serve(
@@ -257,7 +262,9 @@ impl Application {
         if let Some(worker) = worker {
             let _ = worker.await;
         }
-        let _ = scheduler.await;
+        if let Some(scheduler) = scheduler {
+            let _ = scheduler.await;
+        }
         self.state.store().close().await;
         result.context("web server failed")
     }

@@ -609,7 +609,7 @@ impl Store {
             "INSERT INTO deliveries (kind, subscriber_id, send_id, message_id, status,
                                      next_attempt_at, created_at, last_error, sent_at)
              VALUES ('send', $1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (send_id, subscriber_id) DO NOTHING",
+             ON CONFLICT DO NOTHING",
         )
         .bind(p.subscriber_id)
         .bind(lesson.send_id)

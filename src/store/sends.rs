@@ -232,7 +232,7 @@ impl Store {
              FROM subscriptions
              WHERE offering_id = $5 AND status = 'confirmed'
                AND subscriber_id > $6 AND subscriber_id <= $7
-             ON CONFLICT (send_id, subscriber_id) DO NOTHING",
+             ON CONFLICT DO NOTHING",
         )
         .bind(send_id)
         .bind(&prefix)

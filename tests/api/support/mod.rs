@@ -147,9 +147,13 @@ impl TestApp {
         let mut config = test_config(&backend, dir.path()).await;
         configure(&mut config);
         config.validate().expect("test config is valid");
-        let app = Application::build(config.clone(), options.clock.clone(), options.worker)
+        let mut app = Application::build(config.clone(), options.clock.clone(), options.worker)
             .await
             .expect("application starts");
+        if !options.worker {
+            // Such tests step the scheduler and a worker themselves.
+            app = app.without_scheduler();
+        }
         let address = format!("http://{}", app.local_addr());
         let state = app.state().clone();
         let (tx, rx) = oneshot::channel();
