@@ -1,4 +1,6 @@
 //! Our own small pool of SMTP sessions, built on lettre's `AsyncSmtpConnection`.
+//! Where the server offers PIPELINING (RFC 2920), `MAIL FROM`, `RCPT TO` and `DATA` go out in
+//! one write, and the body with its closing dot in one more: two round trips per message.
 //!
 //! Why not lettre's pooled `AsyncSmtpTransport`: it opens its sockets without `TCP_NODELAY`.
 //! lettre writes the message body and the closing `.` line in two writes; Nagle's algorithm
@@ -34,7 +36,7 @@ use lettre::address::Envelope;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 use tokio::net::TcpStream;
@@ -69,8 +71,16 @@ struct Inner {
 }
 
 struct IdleSession {
-    conn: AsyncSmtpConnection,
+    session: Session,
     since: Instant,
+}
+
+/// An open, authenticated SMTP session.
+struct Session {
+    conn: AsyncSmtpConnection,
+    /// The server offers PIPELINING (RFC 2920): `MAIL FROM`, `RCPT TO` and `DATA` go out in
+    /// one write and their replies are read afterwards, one round trip instead of three.
+    pipelining: bool,
 }
 
 /// How to open a session.
@@ -156,26 +166,26 @@ impl SmtpPool {
             .await
             .expect("the pool's semaphore is never closed");
 
-        let (mut conn, mut reused) = match inner.take_idle() {
-            Some(conn) => (conn, true),
+        let (mut session, mut reused) = match inner.take_idle() {
+            Some(session) => (session, true),
             None => (inner.server.connect().await?, false),
         };
         loop {
             let deadline = Instant::now() + inner.server.timeout;
-            match transact(&mut conn, envelope, &email, deadline).await {
+            match transact(&mut session, envelope, &email, deadline).await {
                 Ok(response) => {
-                    inner.put_back(conn);
+                    inner.put_back(session);
                     return Ok(reply_text(&response));
                 }
                 Err(failure) if failure.fate == Fate::Stale && reused => {
                     tracing::debug!(error = %failure.error, "stale pooled SMTP session; reconnecting");
-                    drop(conn);
-                    conn = inner.server.connect().await?;
+                    drop(session);
+                    session = inner.server.connect().await?;
                     reused = false;
                 }
                 Err(failure) => {
-                    if failure.fate == Fate::InStep && reset(&mut conn).await {
-                        inner.put_back(conn);
+                    if failure.fate == Fate::InStep && reset(&mut session.conn).await {
+                        inner.put_back(session);
                     }
                     return Err(failure.error);
                 }
@@ -187,7 +197,7 @@ impl SmtpPool {
     /// and go back to the pool; the pool stays usable and reconnects when asked to send.
     pub async fn close(&self) {
         let idle = std::mem::take(&mut *self.inner.lock_idle());
-        futures::future::join_all(idle.into_iter().map(|idle| quit(idle.conn))).await;
+        futures::future::join_all(idle.into_iter().map(|idle| quit(idle.session))).await;
     }
 }
 
@@ -200,19 +210,20 @@ impl Inner {
 
     /// The most recently used idle session that is neither broken nor idle for too long;
     /// the ones passed over are dropped without a word (they are likely dead already).
-    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn take_idle(&self) -> Option<Session> {
         let mut discarded = Vec::new();
         let found = {
             let mut idle = self.lock_idle();
             loop {
                 match idle.pop() {
                     None => break None,
-                    Some(session)
-                        if session.since.elapsed() > IDLE_TIMEOUT || session.conn.has_broken() =>
+                    Some(idle)
+                        if idle.since.elapsed() > IDLE_TIMEOUT
+                            || idle.session.conn.has_broken() =>
                     {
-                        discarded.push(session);
+                        discarded.push(idle);
                     }
-                    Some(session) => break Some(session.conn),
+                    Some(idle) => break Some(idle.session),
                 }
             }
         };
@@ -220,24 +231,24 @@ impl Inner {
         found
     }
 
-    fn put_back(&self, conn: AsyncSmtpConnection) {
-        if conn.has_broken() {
+    fn put_back(&self, session: Session) {
+        if session.conn.has_broken() {
             return;
         }
         self.lock_idle().push(IdleSession {
-            conn,
+            session,
             since: Instant::now(),
         });
     }
 
     /// Removes the sessions idle for longer than [`IDLE_TIMEOUT`].
-    fn take_expired(&self) -> Vec<AsyncSmtpConnection> {
+    fn take_expired(&self) -> Vec<Session> {
         let mut idle = self.lock_idle();
         let (expired, kept) = std::mem::take(&mut *idle)
             .into_iter()
             .partition::<Vec<_>, _>(|session| session.since.elapsed() > IDLE_TIMEOUT);
         *idle = kept;
-        expired.into_iter().map(|session| session.conn).collect()
+        expired.into_iter().map(|idle| idle.session).collect()
     }
 }
 
@@ -265,8 +276,8 @@ fn spawn_reaper(inner: &Arc<Inner>) {
 }
 
 /// Ends a session politely, without waiting long for a server that may be gone.
-async fn quit(mut conn: AsyncSmtpConnection) {
-    let _ = tokio::time::timeout(HOUSEKEEPING_TIMEOUT, conn.quit()).await;
+async fn quit(mut session: Session) {
+    let _ = tokio::time::timeout(HOUSEKEEPING_TIMEOUT, session.conn.quit()).await;
 }
 
 /// Clears the transaction after a clean rejection, so the session can be reused.
@@ -285,7 +296,7 @@ impl Server {
     /// Opens, secures and authenticates a session. Every failure here is `Transient`: a refused
     /// connection, a missing STARTTLS or rejected credentials say nothing about the message,
     /// and failing deliveries for good over a configuration mistake would lose them.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+    async fn connect(&self) -> Result<Session, SendError> {
         match tokio::time::timeout(self.timeout, self.open()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(reason)) => Err(SendError {
@@ -306,7 +317,7 @@ impl Server {
         }
     }
 
-    async fn open(&self) -> Result<AsyncSmtpConnection, String> {
+    async fn open(&self) -> Result<Session, String> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("connect: {e}"))?;
@@ -331,12 +342,23 @@ impl Server {
                 .await
                 .map_err(|e| format!("STARTTLS: {}", error_chain(&e)))?;
         }
+        // lettre keeps only the EHLO keywords it knows, and PIPELINING is not one of them:
+        // ask again (EHLO may be repeated, RFC 5321 §4.1.4) and read the keywords ourselves.
+        let ehlo = conn
+            .command(Ehlo::new(self.hello.clone()))
+            .await
+            .map_err(|e| format!("EHLO: {}", error_chain(&e)))?;
+        let pipelining = ehlo.message().skip(1).any(|line| {
+            line.split_whitespace()
+                .next()
+                .is_some_and(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
+        });
         if let Some(credentials) = &self.credentials {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
                 .map_err(|e| format!("AUTH: {}", error_chain(&e)))?;
         }
-        Ok(conn)
+        Ok(Session { conn, pipelining })
     }
 }
 
@@ -379,11 +401,12 @@ struct Failure {
 
 /// One mail transaction on an open session, every step before `deadline`.
 async fn transact(
-    conn: &mut AsyncSmtpConnection,
+    session: &mut Session,
     envelope: &Envelope,
     email: &[u8],
     deadline: Instant,
 ) -> Result<Response, Failure> {
+    let conn = &mut session.conn;
     let parameters = mail_parameters(conn, envelope, email).map_err(|reason| Failure {
         error: SendError {
             kind: SendErrorKind::Permanent,
@@ -391,22 +414,92 @@ async fn transact(
         },
         fate: Fate::InStep,
     })?;
-    step(
-        Stage::MailFrom,
-        deadline,
-        conn.command(Mail::new(envelope.from().cloned(), parameters)),
-    )
-    .await?;
-    for recipient in envelope.to() {
-        step(
-            Stage::RcptTo,
-            deadline,
-            conn.command(Rcpt::new(recipient.clone(), Vec::new())),
-        )
-        .await?;
+    let mail = Mail::new(envelope.from().cloned(), parameters);
+    if session.pipelining {
+        envelope_pipelined(conn, mail, envelope, deadline).await?;
+    } else {
+        step(Stage::MailFrom, deadline, conn.command(mail)).await?;
+        for recipient in envelope.to() {
+            step(
+                Stage::RcptTo,
+                deadline,
+                conn.command(Rcpt::new(recipient.clone(), Vec::new())),
+            )
+            .await?;
+        }
+        step(Stage::Data, deadline, conn.command(Data)).await?;
     }
-    step(Stage::Data, deadline, conn.command(Data)).await?;
-    step(Stage::EndOfData, deadline, conn.message(email)).await
+    match std::str::from_utf8(email) {
+        // The body and the closing dot in one write (lettre writes them in two).
+        Ok(text) => step(Stage::EndOfData, deadline, conn.command(DataBody(text))).await,
+        Err(_) => step(Stage::EndOfData, deadline, conn.message(email)).await,
+    }
+}
+
+/// `MAIL FROM`, every `RCPT TO` and `DATA` in one write, then their replies in order
+/// (RFC 2920). Every reply is read even after a refusal, so the session stays in step; the
+/// first refusal is the one reported. A server that accepts `DATA` after refusing the sender
+/// or a recipient breaks RFC 2920 §3.1, and its session is dropped rather than fed a body.
+async fn envelope_pipelined(
+    conn: &mut AsyncSmtpConnection,
+    mail: Mail,
+    envelope: &Envelope,
+    deadline: Instant,
+) -> Result<(), Failure> {
+    let mut commands = mail.to_string();
+    for recipient in envelope.to() {
+        commands.push_str(&Rcpt::new(recipient.clone(), Vec::new()).to_string());
+    }
+    commands.push_str(&Data.to_string());
+    // `command` writes the whole group and reads the first reply, the one to `MAIL FROM`.
+    let mut refused = match step(Stage::MailFrom, deadline, conn.command(commands)).await {
+        Ok(_) => None,
+        Err(failure) if failure.fate == Fate::InStep => Some(failure),
+        Err(failure) => return Err(failure),
+    };
+    for _ in envelope.to() {
+        match step(Stage::RcptTo, deadline, conn.read_response()).await {
+            Ok(_) => {}
+            Err(failure) if failure.fate == Fate::InStep => {
+                refused.get_or_insert(failure);
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+    match (
+        step(Stage::Data, deadline, conn.read_response()).await,
+        refused,
+    ) {
+        (Ok(_), None) => Ok(()),
+        (Ok(_), Some(mut failure)) => {
+            failure.fate = Fate::Broken;
+            Err(failure)
+        }
+        (Err(failure), None) => Err(failure),
+        (Err(data), Some(failure)) if data.fate == Fate::InStep => Err(failure),
+        (Err(data), Some(_)) => Err(data),
+    }
+}
+
+/// A message as the DATA command carries it: lines that start with a dot get another one
+/// (RFC 5321 §4.5.2), then the closing `CRLF . CRLF`, exactly as lettre's own encoder does.
+struct DataBody<'a>(&'a str);
+
+impl std::fmt::Display for DataBody<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.starts_with('.') {
+            f.write_str(".")?;
+        }
+        let mut lines = self.0.split("\r\n.");
+        if let Some(first) = lines.next() {
+            f.write_str(first)?;
+        }
+        for rest in lines {
+            f.write_str("\r\n..")?;
+            f.write_str(rest)?;
+        }
+        f.write_str("\r\n.\r\n")
+    }
 }
 
 async fn step(

@@ -112,7 +112,16 @@ async fn the_pool_authenticates_and_a_wrong_password_is_a_transient_error() {
 
 #[tokio::test]
 async fn rejections_are_sorted_by_reply_and_the_session_is_kept() {
-    let server = TestSmtpServer::start().await;
+    rejections_are_sorted(TestSmtpServer::start().await).await;
+}
+
+#[tokio::test]
+async fn rejections_are_sorted_the_same_without_pipelining() {
+    let server = TestSmtpServer::builder().without_pipelining().start().await;
+    rejections_are_sorted(server).await;
+}
+
+async fn rejections_are_sorted(server: TestSmtpServer) {
     let transport = transport(&smtp_config(&server, 1));
     server.reject_recipient("gone@example.org", "550 5.1.1 No such user");
 
@@ -142,6 +151,79 @@ async fn rejections_are_sorted_by_reply_and_the_session_is_kept() {
     assert_eq!(message_ids(&server), ["4.pool-test@example.com"]);
     // A clean rejection leaves the session in step (after RSET): no reconnecting.
     assert_eq!(server.connections(), 1);
+    assert_eq!(server.commands_ahead_of_reply(), 0);
+}
+
+#[tokio::test]
+async fn the_envelope_is_pipelined_when_the_server_offers_it() {
+    // This server answers MAIL and RCPT only once DATA has arrived: a client that waited for
+    // each reply would time out.
+    let server = TestSmtpServer::builder()
+        .defer_envelope_replies()
+        .start()
+        .await;
+    let transport = transport(&smtp_config(&server, 2));
+    send_all(&transport, 20, 4).await;
+    assert_eq!(server.messages().len(), 20);
+    assert!(server.connections() <= 2);
+}
+
+#[tokio::test]
+async fn without_pipelining_the_pool_waits_for_every_reply() {
+    let server = TestSmtpServer::builder().without_pipelining().start().await;
+    let transport = transport(&smtp_config(&server, 4));
+    send_all(&transport, 50, 8).await;
+    assert_eq!(server.messages().len(), 50);
+    assert_eq!(server.commands_ahead_of_reply(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_sender_in_a_pipelined_envelope_is_reported_and_the_session_kept() {
+    // The server wants AUTH; the pool has no credentials, so MAIL FROM gets 530, and the
+    // RCPT TO and DATA that were pipelined behind it get 503. All three replies are read.
+    let server = TestSmtpServer::with_credentials("owner", "secret").await;
+    let transport = transport(&smtp_config(&server, 1));
+    for _ in 0..3 {
+        let err = transport.send(message(1)).await.unwrap_err();
+        assert_eq!(err.kind, SendErrorKind::Permanent, "{}", err.message);
+        assert!(
+            err.message.starts_with("MAIL FROM failed"),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("530"), "{}", err.message);
+    }
+    assert!(server.messages().is_empty());
+    assert_eq!(server.connections(), 1, "the session stayed in step");
+}
+
+#[tokio::test]
+async fn lines_that_start_with_a_dot_arrive_intact() {
+    let server = TestSmtpServer::start().await;
+    let transport = transport(&smtp_config(&server, 1));
+    let text = ".first line\r\nmiddle\r\n.\r\n..two dots\r\n. last\r\n";
+    let message = Message::builder()
+        .from("Shakti Temple <hello@example.com>".parse().unwrap())
+        .to("reader@example.org".parse().unwrap())
+        .subject("Dots")
+        .header(lettre::message::header::ContentTransferEncoding::SevenBit)
+        .body(text.to_owned())
+        .unwrap();
+    let formatted = message.formatted();
+    transport.send(message).await.unwrap();
+    let received = server.wait_for_messages(1, DEADLINE).await;
+    assert!(
+        received[0].data.starts_with(&formatted),
+        "sent:\n{}\nreceived:\n{}",
+        String::from_utf8_lossy(&formatted),
+        received[0].data_lossy()
+    );
+    // Like lettre's own encoder, the data ends with CRLF "." CRLF after the message's own
+    // last CRLF, so the body as received has one more empty line.
+    assert_eq!(
+        received[0].parsed().body_text(0).unwrap(),
+        format!("{text}\r\n")
+    );
 }
 
 #[tokio::test]

@@ -44,7 +44,8 @@
 //! [`TestSmtpServer::with_credentials`] or the builder. With credentials
 //! configured, `MAIL` before a successful `AUTH` gets `530`.
 //!
-//! `EHLO` advertises `8BITMIME`, `SMTPUTF8`, `SIZE` and (with credentials)
+//! `EHLO` advertises `PIPELINING` (RFC 2920, as Postfix does; the builder can
+//! turn it off), `8BITMIME`, `SMTPUTF8`, `SIZE` and (with credentials)
 //! `AUTH PLAIN LOGIN`. Client lines may end in CRLF or a bare LF; both count
 //! as a line end everywhere, including in `DATA` (so `.\n` also ends the
 //! data). Every reply the server sends ends in CRLF. Over-long command lines
@@ -53,8 +54,7 @@
 //!
 //! # What it does not implement
 //!
-//! No TLS / `STARTTLS`, no `PIPELINING` (deliberately not advertised, so the
-//! client waits for each reply), no `CHUNKING`/`BDAT`, `VRFY`, `EXPN`, `HELP`
+//! No TLS / `STARTTLS`, no `CHUNKING`/`BDAT`, `VRFY`, `EXPN`, `HELP`
 //! or `DSN` parameters (all answered with `502` / `555`), no source-route
 //! parsing, no address syntax validation, and no timeouts on idle clients.
 //! Multi-line scripted replies are not supported.
@@ -218,6 +218,9 @@ struct Inner {
     random_faults_injected: usize,
     /// Connections closed by [`DataOutcome::DropDuringData`].
     dropped_during_data: usize,
+    /// Commands that had already arrived when the previous one was read,
+    /// while `PIPELINING` was not offered: a client breaking RFC 2920.
+    commands_ahead_of_reply: usize,
 }
 
 impl Inner {
@@ -233,6 +236,12 @@ impl Inner {
 struct State {
     /// `(username, password)`; when set, `AUTH` is offered and required.
     credentials: Option<(String, String)>,
+    /// `PIPELINING` is not offered: a client must wait for each reply.
+    without_pipelining: bool,
+    /// Replies to `MAIL` and `RCPT` are held back and sent with the reply to
+    /// `DATA` (RFC 2920 lets a server batch its replies): only a client that
+    /// pipelines gets through; one that waits for each reply times out.
+    defer_envelope_replies: bool,
     inner: Mutex<Inner>,
     /// Woken whenever a message is recorded (accepted, rejected or ambiguous).
     changed: Notify,
@@ -251,6 +260,8 @@ impl State {
 #[derive(Debug, Default)]
 pub struct TestSmtpServerBuilder {
     credentials: Option<(String, String)>,
+    without_pipelining: bool,
+    defer_envelope_replies: bool,
 }
 
 impl TestSmtpServerBuilder {
@@ -258,6 +269,19 @@ impl TestSmtpServerBuilder {
     /// credentials before `MAIL`.
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.credentials = Some((username.into(), password.into()));
+        self
+    }
+
+    /// Do not offer `PIPELINING`, and count commands a client sends before
+    /// the reply to the previous one ([`TestSmtpServer::commands_ahead_of_reply`]).
+    pub fn without_pipelining(mut self) -> Self {
+        self.without_pipelining = true;
+        self
+    }
+
+    /// Hold the replies to `MAIL` and `RCPT` back until `DATA` arrives.
+    pub fn defer_envelope_replies(mut self) -> Self {
+        self.defer_envelope_replies = true;
         self
     }
 
@@ -270,6 +294,8 @@ impl TestSmtpServerBuilder {
             .expect("test SMTP server: no local address");
         let state = Arc::new(State {
             credentials: self.credentials,
+            without_pipelining: self.without_pipelining,
+            defer_envelope_replies: self.defer_envelope_replies,
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
         });
@@ -341,6 +367,12 @@ impl TestSmtpServer {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// Commands received ahead of the previous reply on a server built
+    /// [`TestSmtpServerBuilder::without_pipelining`].
+    pub fn commands_ahead_of_reply(&self) -> usize {
+        self.state.lock().commands_ahead_of_reply
     }
 
     /// All messages accepted (2xx after `DATA`) so far, in arrival order.
@@ -717,6 +749,10 @@ struct Session {
     extended: bool,
     authenticated: bool,
     envelope: Option<Envelope>,
+    /// The command being answered is `MAIL` or `RCPT` and replies are deferred.
+    holding: bool,
+    /// Replies held back by [`State::defer_envelope_replies`].
+    held: String,
 }
 
 impl Session {
@@ -732,6 +768,8 @@ impl Session {
             extended: false,
             authenticated: false,
             envelope: None,
+            holding: false,
+            held: String::new(),
         }
     }
 
@@ -754,6 +792,9 @@ impl Session {
                     continue;
                 }
                 LineRead::Line => {}
+            }
+            if self.state.without_pipelining && !self.reader.buffer().is_empty() {
+                self.state.lock().commands_ahead_of_reply += 1;
             }
             let command = String::from_utf8_lossy(trim_line_ending(&line)).into_owned();
             if self.handle_command(&command).await? == Flow::Close {
@@ -788,6 +829,13 @@ impl Session {
             out.push_str(text);
             out.push_str("\r\n");
         }
+        if self.holding {
+            self.held.push_str(&out);
+            return Ok(());
+        }
+        if !self.held.is_empty() {
+            out.insert_str(0, &std::mem::take(&mut self.held));
+        }
         self.writer.write_all(out.as_bytes()).await?;
         self.writer.flush().await
     }
@@ -798,7 +846,9 @@ impl Session {
             Some((verb, args)) => (verb, args.trim()),
             None => (command, ""),
         };
-        match verb.to_ascii_uppercase().as_str() {
+        let verb = verb.to_ascii_uppercase();
+        self.holding = self.state.defer_envelope_replies && (verb == "MAIL" || verb == "RCPT");
+        match verb.as_str() {
             "EHLO" => self.handle_hello(args, true).await,
             "HELO" => self.handle_hello(args, false).await,
             "AUTH" => self.handle_auth(args).await,
@@ -838,12 +888,15 @@ impl Session {
         if !extended {
             return self.ok(&format!("250 {SERVER_NAME}")).await;
         }
-        let mut lines = vec![
-            format!("250 {SERVER_NAME} greets {domain}"),
+        let mut lines = vec![format!("250 {SERVER_NAME} greets {domain}")];
+        if !self.state.without_pipelining {
+            lines.push("PIPELINING".to_owned());
+        }
+        lines.extend([
             "8BITMIME".to_owned(),
             "SMTPUTF8".to_owned(),
             format!("SIZE {MAX_MESSAGE_SIZE}"),
-        ];
+        ]);
         if self.state.credentials.is_some() {
             lines.push("AUTH PLAIN LOGIN".to_owned());
         }
