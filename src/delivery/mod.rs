@@ -7,4 +7,4 @@ mod scheduler;
 mod worker;
 
 pub use scheduler::{ScheduleOutcome, Scheduler};
-pub use worker::{StepOutcome, Worker, backoff_ms};
+pub use worker::{LANES, StepOutcome, Worker, backoff_ms};

@@ -30,6 +30,9 @@ pub struct Scheduler {
     warn_below: u32,
     /// Moves each person through the courses (see `delivery::courses`).
     courses: super::courses::Courses,
+    /// Woken after every fan-out batch, so workers start on a big send while the rest of
+    /// its deliveries are still being created (set by [`Scheduler::run`]).
+    wake_workers: Option<Arc<Notify>>,
 }
 
 impl Scheduler {
@@ -43,6 +46,7 @@ impl Scheduler {
             grace_ms: i64::from(config.worker.grace_minutes) * 60_000,
             warn_below: config.worker.recurring_warn_below,
             courses: super::courses::Courses::from_config(config),
+            wake_workers: None,
         }
     }
 
@@ -62,6 +66,7 @@ impl Scheduler {
                         .await?
                     {
                         created += n;
+                        self.wake_workers();
                     }
                     created
                 }
@@ -231,13 +236,20 @@ impl Scheduler {
         Ok(moved)
     }
 
+    fn wake_workers(&self) {
+        if let Some(wake) = &self.wake_workers {
+            wake.notify_waiters();
+        }
+    }
+
     /// Steps every `interval` until `shutdown`, waking the workers when deliveries appear.
     pub async fn run(
-        self,
+        mut self,
         interval: Duration,
         mut shutdown: watch::Receiver<bool>,
         wake_workers: Arc<Notify>,
     ) {
+        self.wake_workers = Some(wake_workers.clone());
         while !*shutdown.borrow() {
             match self.step().await {
                 Ok(outcome) if outcome.deliveries_created > 0 => {

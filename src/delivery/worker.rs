@@ -115,12 +115,24 @@ impl Worker {
             claimed: batch.len(),
             ..StepOutcome::default()
         };
+        // Each delivery is a task of its own, so rendering (most of the CPU a message costs)
+        // spreads over every core instead of running inside this one task.
+        let lease = Arc::<str>::from(lease_id.as_str());
         let results: Vec<(Result1, Option<i64>)> = futures::stream::iter(batch)
-            .map(|d| async {
-                let send_id = d.send_id;
-                (self.deliver(d, &lease_id).await, send_id)
+            .map(|d| {
+                let worker = self.clone();
+                let lease = lease.clone();
+                tokio::spawn(async move {
+                    let send_id = d.send_id;
+                    (worker.deliver(d, &lease).await, send_id)
+                })
             })
             .buffer_unordered(inner.settings.concurrency as usize)
+            .filter_map(|joined| async move {
+                joined
+                    .inspect_err(|e| tracing::error!(error = %e, "a delivery task failed"))
+                    .ok()
+            })
             .collect()
             .await;
         let mut failing_sends = Vec::new();
@@ -352,9 +364,26 @@ impl Worker {
 
     /// Runs steps until `shutdown` turns true. Sleeps `poll_interval_ms` when idle, or until
     /// `wake` is notified (a signup in the same process just queued a delivery).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>, wake: Arc<Notify>) {
-        let idle = Duration::from_millis(self.inner.settings.poll_interval_ms);
+    ///
+    /// [`LANES`] loops run side by side, each claiming, delivering and recording its own
+    /// batches: while one waits on the database (a claim, the record of a batch) or on the last
+    /// slow messages of its batch, the others keep the SMTP sessions busy. The SMTP pool still
+    /// bounds the sessions, and each lane at most `worker.concurrency` messages.
+    pub async fn run(self, shutdown: watch::Receiver<bool>, wake: Arc<Notify>) {
         tracing::info!(worker = %self.inner.id, "delivery worker started");
+        let lanes: Vec<_> = (0..LANES)
+            .map(|_| tokio::spawn(self.clone().lane(shutdown.clone(), wake.clone())))
+            .collect();
+        for lane in lanes {
+            let _ = lane.await;
+        }
+        // Say goodbye (QUIT) on idle SMTP sessions rather than dropping them.
+        self.inner.transport.close().await;
+        tracing::info!(worker = %self.inner.id, "delivery worker stopped");
+    }
+
+    async fn lane(self, mut shutdown: watch::Receiver<bool>, wake: Arc<Notify>) {
+        let idle = Duration::from_millis(self.inner.settings.poll_interval_ms);
         while !*shutdown.borrow() {
             let pause = match self.step().await {
                 Ok(outcome) if !outcome.is_idle() => continue,
@@ -375,11 +404,14 @@ impl Worker {
                 }
             }
         }
-        // Say goodbye (QUIT) on idle SMTP sessions rather than dropping them.
-        self.inner.transport.close().await;
-        tracing::info!(worker = %self.inner.id, "delivery worker stopped");
     }
 }
+
+/// Batches a worker has in flight at once (see [`Worker::run`]). On PostgreSQL, where a claim
+/// and the record of a batch of 200 took 12 and 20 ms, one lane left the SMTP sessions idle
+/// while it waited: 2,700-2,900 msg/s with one, 2,900-3,900 with two, 3,600-3,900 with four
+/// (20k recipients). SQLite was the same with two or four.
+pub const LANES: usize = 4;
 
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
