@@ -123,9 +123,13 @@ fn outbox_with(config: &Config, needle: &str) -> Vec<Vec<u8>> {
     let Ok(entries) = std::fs::read_dir(config.outbox_dir()) else {
         return Vec::new();
     };
+    // Only finished messages: the transport writes a hidden temporary file first and renames
+    // it, so a temporary file seen here may be gone a moment later.
     entries
         .filter_map(|e| e.ok())
-        .map(|e| std::fs::read(e.path()).unwrap())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .map(|p| std::fs::read(p).unwrap())
         .filter(|raw| String::from_utf8_lossy(raw).contains(needle))
         .collect()
 }
