@@ -1,0 +1,7 @@
+-- Workers claim the oldest due deliveries first: ORDER BY next_attempt_at, id. With the
+-- index on next_attempt_at alone, PostgreSQL had to sort every pending row of a send (they
+-- all share one next_attempt_at) to find the first 200: 156 ms per claim at 100k
+-- recipients. With id in the index the claim reads the first rows in order and stops.
+DROP INDEX deliveries_due;
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at, id) WHERE status = 'pending';
+

@@ -1,0 +1,5 @@
+-- Workers claim the oldest due deliveries first: ORDER BY next_attempt_at, id. SQLite's
+-- index on next_attempt_at already ends in the rowid (id), so this changes nothing here but
+-- says so, and keeps the two dialects' indexes alike (see the PostgreSQL migration).
+DROP INDEX deliveries_due;
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at, id) WHERE status = 'pending';
