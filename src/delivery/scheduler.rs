@@ -11,6 +11,9 @@ use crate::clock::{Clock, Millis};
 use crate::config::Config;
 use crate::store::{DueSend, Store};
 
+/// How often the scheduler loop looks for a send that just fell due.
+const DUE_CHECK: Duration = Duration::from_millis(100);
+
 /// What one scheduler step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScheduleOutcome {
@@ -243,6 +246,9 @@ impl Scheduler {
     }
 
     /// Steps every `interval` until `shutdown`, waking the workers when deliveries appear.
+    /// Between steps it looks for a send that just fell due every [`DUE_CHECK`] (one indexed
+    /// query) and steps at once when there is one, so `sangha schedule --now` starts within
+    /// a tenth of a second rather than up to a whole `interval` later.
     pub async fn run(
         mut self,
         interval: Duration,
@@ -250,16 +256,37 @@ impl Scheduler {
         wake_workers: Arc<Notify>,
     ) {
         self.wake_workers = Some(wake_workers.clone());
+        let mut last_step: Option<tokio::time::Instant> = None;
+        // After a failed step, wait the whole interval (no retry ten times a second).
+        let mut failed = false;
         while !*shutdown.borrow() {
-            match self.step().await {
-                Ok(outcome) if outcome.deliveries_created > 0 => {
-                    wake_workers.notify_waiters();
+            let step_now = match last_step {
+                Some(at) if at.elapsed() < interval && failed => false,
+                Some(at) if at.elapsed() < interval => {
+                    match self.store.has_due_send(self.clock.now_ms()).await {
+                        Ok(due) => due,
+                        Err(e) => {
+                            tracing::error!(error = %e, "scheduler check failed; retrying");
+                            false
+                        }
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "scheduler step failed; retrying"),
+                _ => true,
+            };
+            if step_now {
+                last_step = Some(tokio::time::Instant::now());
+                let outcome = self.step().await;
+                failed = outcome.is_err();
+                match outcome {
+                    Ok(outcome) if outcome.deliveries_created > 0 => {
+                        wake_workers.notify_waiters();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "scheduler step failed; retrying"),
+                }
             }
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(interval.min(DUE_CHECK)) => {}
                 changed = shutdown.changed() => if changed.is_err() { break },
             }
         }

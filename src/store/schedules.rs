@@ -75,6 +75,18 @@ impl Store {
             .collect()
     }
 
+    /// Whether a scheduled send's time has come: one indexed lookup (`sends_due`), cheap
+    /// enough for the scheduler to ask ten times a second.
+    pub async fn has_due_send(&self, now: Millis) -> Result<bool, sqlx::Error> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM sends WHERE status = 'scheduled' AND send_at <= $1 LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(due.is_some())
+    }
+
     /// The zones of the confirmed subscribers of a send's offering (`default` for those with
     /// none), with how many people each.
     pub async fn send_zones(

@@ -9,7 +9,7 @@ use sangha::delivery::Worker;
 use sangha::store::SendStatus;
 
 use crate::backend_tests;
-use crate::support::{Backend, Options, TestApp, stderr, stdout};
+use crate::support::{Backend, DEADLINE, Options, TestApp, eventually_async, stderr, stdout};
 
 backend_tests!(
     a_send_reaches_every_confirmed_subscriber_exactly_once,
@@ -21,6 +21,7 @@ backend_tests!(
     every_line_stays_within_rfc_5322_limits_whatever_the_content,
     sends_list_and_show_explain_each_send,
     watch_follows_a_send_until_it_is_done,
+    a_send_scheduled_while_serving_starts_without_waiting_for_the_poll_interval,
 );
 
 pub const MORNING: &str = "---\n\
@@ -38,6 +39,29 @@ async fn manual_worker(app: &TestApp, clock: Clock) -> Worker {
     runtime
         .worker(runtime.templates().unwrap(), runtime.links().unwrap())
         .unwrap()
+}
+
+async fn a_send_scheduled_while_serving_starts_without_waiting_for_the_poll_interval(
+    backend: Backend,
+) {
+    // The scheduler steps fully once an hour here; only its quick look for a send that just
+    // fell due can start this one within the test's deadline.
+    let app = TestApp::spawn_with(backend, Options::default(), |config| {
+        config.worker.poll_interval_ms = 3_600_000;
+    })
+    .await;
+    app.confirmed_subscriber("a@example.org", &["morning-meditation"])
+        .await;
+    let before = app.outbox().len();
+    let path = app.write_content("morning.md", MORNING);
+    let id = app.schedule_now("morning-meditation", &path);
+    let sent = eventually_async(DEADLINE, || async {
+        let s = app.store().send_summaries(Some(id)).await.unwrap().pop()?;
+        (s.counts.sent == 1).then_some(s)
+    })
+    .await;
+    assert!(sent.is_some(), "the send went out without waiting an hour");
+    assert_eq!(app.outbox().len(), before + 1);
 }
 
 async fn a_send_reaches_every_confirmed_subscriber_exactly_once(backend: Backend) {
