@@ -109,6 +109,7 @@ impl Store {
                  LIMIT $4 {lock})"
         );
         let sql = format!("{sql} RETURNING id");
+        let turn = self.write_turn().await;
         let ids: Vec<i64> = sqlx::query_scalar(&sql)
             .bind(lease_until)
             .bind(lease_id)
@@ -116,6 +117,7 @@ impl Store {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
+        drop(turn);
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -216,6 +218,7 @@ impl Store {
         sent: &[(i64, String)],
     ) -> Result<u64, sqlx::Error> {
         let mut done = 0;
+        let _turn = self.write_turn().await;
         for chunk in sent.chunks(500) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| format!("(${}, ${})", 3 + 2 * i, 4 + 2 * i))

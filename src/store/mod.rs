@@ -43,6 +43,10 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite has one write lock per file. Connections of this process that want it at the
+    /// same moment take turns here, in order, instead of in SQLite's busy handler, which
+    /// sleeps in growing steps (up to 100 ms) and put p99 of signups under load at 250-370 ms.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -94,7 +98,11 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            writer: Default::default(),
+        })
     }
 
     /// Applies pending migrations of this backend's dialect.
@@ -102,6 +110,15 @@ impl Store {
         match self.backend {
             Backend::Sqlite => SQLITE_MIGRATOR.run(&self.pool).await,
             Backend::Postgres => POSTGRES_MIGRATOR.run(&self.pool).await,
+        }
+    }
+
+    /// On SQLite, waits for this process's turn to write (see `writer`); hold the guard over
+    /// the write transaction. PostgreSQL has row locks and needs no turn.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.writer.lock().await),
+            Backend::Postgres => None,
         }
     }
 

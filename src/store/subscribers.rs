@@ -114,6 +114,7 @@ impl Store {
         signup: &NewSignup,
         now: Millis,
     ) -> Result<SignupOutcome, sqlx::Error> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let subscriber_id: i64 = sqlx::query_scalar(
             "INSERT INTO subscribers (email, name, timezone, created_at) VALUES ($1, $2, $3, $4)
