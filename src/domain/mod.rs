@@ -11,6 +11,8 @@ mod token;
 pub use email::EmailAddress;
 pub use name::SubscriberName;
 pub use slug::Slug;
-pub use status::{DeliveryKind, DeliveryStatus, OfferingKind, SubscriptionStatus};
+pub use status::{
+    CourseState, DeliveryKind, DeliveryStatus, OfferingKind, SendStatus, SubscriptionStatus,
+};
 pub use timezone::Timezone;
 pub use token::{Token, TokenError, TokenKey, TokenPurpose};

@@ -2,11 +2,13 @@ use serde::{Deserialize, Serialize};
 
 /// Defines a closed set of states stored as lowercase words in the database.
 macro_rules! word_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident {
+        $($(#[$vmeta:meta])* $variant:ident => $word:literal),+ $(,)?
+    }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "lowercase")]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -64,5 +66,31 @@ word_enum!(
         Suppressed => "suppressed",
         Skipped => "skipped",
         Cancelled => "cancelled",
+    }
+);
+
+word_enum!(
+    /// Where a send is: `scheduled` until its time, `sending` once fanned out, `done` when every
+    /// delivery is final; `paused` and `cancelled` by the owner (or a failing send itself).
+    SendStatus {
+        Scheduled => "scheduled",
+        Sending => "sending",
+        Paused => "paused",
+        Cancelled => "cancelled",
+        Done => "done",
+    }
+);
+
+word_enum!(
+    /// Where a person is in a course.
+    CourseState {
+        /// Lessons come as their days come.
+        Active => "active",
+        /// Paused by the person or the owner: nothing comes until resumed.
+        Paused => "paused",
+        /// The subscription is no longer confirmed; confirming again continues the course.
+        Left => "left",
+        /// No lesson left.
+        Finished => "finished",
     }
 );

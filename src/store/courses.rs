@@ -24,50 +24,7 @@ use sqlx::Row;
 use super::Store;
 use crate::clock::Millis;
 
-/// Where a person is in a course.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CourseState {
-    /// Lessons come as their days come.
-    Active,
-    /// Paused by the person or the owner: nothing comes until resumed.
-    Paused,
-    /// The subscription is no longer confirmed; confirming again continues the course.
-    Left,
-    /// No lesson left.
-    Finished,
-}
-
-impl CourseState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CourseState::Active => "active",
-            CourseState::Paused => "paused",
-            CourseState::Left => "left",
-            CourseState::Finished => "finished",
-        }
-    }
-
-    fn parse(word: &str) -> Result<Self, sqlx::Error> {
-        Ok(match word {
-            "active" => CourseState::Active,
-            "paused" => CourseState::Paused,
-            "left" => CourseState::Left,
-            "finished" => CourseState::Finished,
-            other => {
-                return Err(sqlx::Error::Decode(
-                    format!("unknown course state `{other}`").into(),
-                ));
-            }
-        })
-    }
-}
-
-impl std::fmt::Display for CourseState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
+pub use crate::domain::CourseState;
 
 /// The current version of one lesson of a course.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,7 +182,8 @@ fn progress_from_row(r: &sqlx::any::AnyRow) -> Result<Progress, sqlx::Error> {
     Ok(Progress {
         subscriber_id: r.try_get("subscriber_id")?,
         offering_id: r.try_get("offering_id")?,
-        state: CourseState::parse(&r.try_get::<String, _>("state")?)?,
+        state: CourseState::parse(&r.try_get::<String, _>("state")?)
+            .map_err(|e| sqlx::Error::Decode(e.into()))?,
         started_at: r.try_get("started_at")?,
         anchor_date: r.try_get("anchor_date")?,
         last_day: r.try_get("last_day")?,
@@ -701,7 +659,8 @@ impl Store {
             out.push(CourseStatus {
                 offering: r.try_get("slug")?,
                 offering_name: r.try_get("name")?,
-                state: CourseState::parse(&r.try_get::<String, _>("state")?)?,
+                state: CourseState::parse(&r.try_get::<String, _>("state")?)
+                    .map_err(|e| sqlx::Error::Decode(e.into()))?,
                 subscribed: r
                     .try_get::<Option<String>, _>("subscription_status")?
                     .as_deref()

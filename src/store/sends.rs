@@ -39,48 +39,7 @@ pub struct NewSend {
     pub content_file: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SendStatus {
-    Scheduled,
-    Sending,
-    Paused,
-    Cancelled,
-    Done,
-}
-
-impl SendStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SendStatus::Scheduled => "scheduled",
-            SendStatus::Sending => "sending",
-            SendStatus::Paused => "paused",
-            SendStatus::Cancelled => "cancelled",
-            SendStatus::Done => "done",
-        }
-    }
-
-    fn parse(word: &str) -> Result<Self, sqlx::Error> {
-        Ok(match word {
-            "scheduled" => SendStatus::Scheduled,
-            "sending" => SendStatus::Sending,
-            "paused" => SendStatus::Paused,
-            "cancelled" => SendStatus::Cancelled,
-            "done" => SendStatus::Done,
-            other => {
-                return Err(sqlx::Error::Decode(
-                    format!("unknown send status `{other}`").into(),
-                ));
-            }
-        })
-    }
-}
-
-impl std::fmt::Display for SendStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
+pub use crate::domain::SendStatus;
 
 /// A send as `sends list` and `sends show` print it.
 #[derive(Debug, Clone, Serialize)]
@@ -408,7 +367,8 @@ impl Store {
                 id,
                 offering: r.try_get("slug")?,
                 offering_name: r.try_get("name")?,
-                status: SendStatus::parse(&r.try_get::<String, _>("status")?)?,
+                status: SendStatus::parse(&r.try_get::<String, _>("status")?)
+                    .map_err(|e| sqlx::Error::Decode(e.into()))?,
                 subject: r.try_get("subject")?,
                 source_path: r.try_get("source_path")?,
                 send_at: r.try_get("send_at")?,
