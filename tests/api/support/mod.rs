@@ -316,6 +316,21 @@ impl TestApp {
     }
 
     /// Waits until the send is done (every delivery final).
+    /// Waits until `n` deliveries (of `kind`, or any) are recorded as sent. A message reaches
+    /// the outbox a moment before its batch is recorded, so seeing the file is not enough.
+    pub async fn wait_for_sent(
+        &self,
+        kind: Option<sangha::domain::DeliveryKind>,
+        n: i64,
+    ) -> sangha::store::DeliveryCounts {
+        eventually_async(DEADLINE, || async {
+            let counts = self.store().delivery_counts(kind).await.unwrap();
+            (counts.sent >= n).then_some(counts)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{n} deliveries were not recorded as sent"))
+    }
+
     pub async fn wait_for_send_done(&self, id: i64) -> sangha::store::SendSummary {
         eventually_async(DEADLINE, || async {
             let s = self.store().send_summaries(Some(id)).await.unwrap().pop()?;
