@@ -612,9 +612,11 @@ async fn postgres_restarted_during_a_send_the_worker_reconnects_and_misses_nobod
         "every recipient got the send"
     );
     let duplicates: usize = got.values().map(|ids| ids.len() - 1).sum();
+    // Each lane may have a batch on the wire whose record fails while the server is down.
+    let in_flight = RESTART_BATCH * sangha::delivery::LANES;
     assert!(
-        duplicates <= RESTART_BATCH,
-        "{duplicates} duplicates, more than one claimed batch ({RESTART_BATCH})"
+        duplicates <= in_flight,
+        "{duplicates} duplicates, more than the batches in flight ({in_flight})"
     );
     for (who, ids) in &got {
         assert!(
