@@ -239,6 +239,17 @@ impl Scheduler {
         Ok(moved)
     }
 
+    /// The quick look between full steps; an error counts as "nothing due" and is logged.
+    async fn send_fell_due(&self) -> bool {
+        self.store
+            .has_due_send(self.clock.now_ms())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "scheduler check failed; retrying");
+                false
+            })
+    }
+
     fn wake_workers(&self) {
         if let Some(wake) = &self.wake_workers {
             wake.notify_waiters();
@@ -255,34 +266,25 @@ impl Scheduler {
         mut shutdown: watch::Receiver<bool>,
         wake_workers: Arc<Notify>,
     ) {
-        self.wake_workers = Some(wake_workers.clone());
+        self.wake_workers = Some(wake_workers);
         let mut last_step: Option<tokio::time::Instant> = None;
         // After a failed step, wait the whole interval (no retry ten times a second).
         let mut failed = false;
         while !*shutdown.borrow() {
-            let step_now = match last_step {
-                Some(at) if at.elapsed() < interval && failed => false,
-                Some(at) if at.elapsed() < interval => {
-                    match self.store.has_due_send(self.clock.now_ms()).await {
-                        Ok(due) => due,
-                        Err(e) => {
-                            tracing::error!(error = %e, "scheduler check failed; retrying");
-                            false
+            let interval_over = last_step.is_none_or(|at| at.elapsed() >= interval);
+            if interval_over || (!failed && self.send_fell_due().await) {
+                last_step = Some(tokio::time::Instant::now());
+                match self.step().await {
+                    Ok(outcome) => {
+                        failed = false;
+                        if outcome.deliveries_created > 0 {
+                            self.wake_workers();
                         }
                     }
-                }
-                _ => true,
-            };
-            if step_now {
-                last_step = Some(tokio::time::Instant::now());
-                let outcome = self.step().await;
-                failed = outcome.is_err();
-                match outcome {
-                    Ok(outcome) if outcome.deliveries_created > 0 => {
-                        wake_workers.notify_waiters();
+                    Err(e) => {
+                        failed = true;
+                        tracing::error!(error = %e, "scheduler step failed; retrying");
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "scheduler step failed; retrying"),
                 }
             }
             tokio::select! {
