@@ -338,6 +338,7 @@ async fn render_for(
         local_time_send: false,
         email: address,
         name,
+        signup: None,
     };
     let composer = runtime.composer(runtime.templates()?, runtime.links()?)?;
     let (content, _) = composer.render_send(&delivery, send, offering)?;

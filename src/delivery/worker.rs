@@ -325,10 +325,7 @@ impl Worker {
                 ))
             }
             DeliveryKind::Confirmation => {
-                let Some(consent_id) = delivery.consent_id else {
-                    return Ok(None);
-                };
-                let Some(signup) = self.inner.store.confirmation_email(consent_id).await? else {
+                let Some(signup) = self.inner.store.confirmation_email(delivery).await? else {
                     return Ok(None);
                 };
                 Ok(Some(self.inner.composer.confirmation(delivery, &signup)?))

@@ -40,6 +40,17 @@ pub struct ClaimedDelivery {
     pub local_time_send: bool,
     pub email: String,
     pub name: Option<String>,
+    /// For a confirmation, the signup it confirms (read with the claim; `None` once the
+    /// signup is gone).
+    pub signup: Option<ClaimedSignup>,
+}
+
+/// The signup behind a claimed confirmation delivery, as its consent record has it.
+#[derive(Debug, Clone)]
+pub struct ClaimedSignup {
+    pub at: Millis,
+    /// Slugs of the offerings signed up for.
+    pub offerings: Vec<String>,
 }
 
 /// What a confirmation email needs beyond the recipient.
@@ -132,10 +143,12 @@ impl Store {
                     CASE WHEN se.local_time IS NULL THEN 0 ELSE 1 END AS local_time_send,
                     (SELECT sub.status FROM subscriptions sub
                       WHERE sub.subscriber_id = d.subscriber_id
-                        AND sub.offering_id = se.offering_id) AS subscription_status
+                        AND sub.offering_id = se.offering_id) AS subscription_status,
+                    c.at AS signed_up_at, c.offerings AS signup_offerings
              FROM deliveries d
              JOIN subscribers s ON s.id = d.subscriber_id
              LEFT JOIN sends se ON se.id = d.send_id
+             LEFT JOIN consents c ON c.id = d.consent_id AND c.action = 'signup'
              WHERE d.id IN ({}) AND d.leased_by = $1
              ORDER BY d.id",
             super::placeholders(1, ids.len())
@@ -167,24 +180,40 @@ impl Store {
                     local_time_send: row.try_get::<i64, _>("local_time_send")? != 0,
                     email: row.try_get("email")?,
                     name: row.try_get("name")?,
+                    signup: match row.try_get::<Option<Millis>, _>("signed_up_at")? {
+                        Some(at) => Some(ClaimedSignup {
+                            at,
+                            offerings: super::subscribers::split_slugs(
+                                &row.try_get::<String, _>("signup_offerings")?,
+                            ),
+                        }),
+                        None => None,
+                    },
                 })
             })
             .collect()
     }
 
-    /// The signup behind a confirmation delivery.
+    /// What the confirmation email of a claimed delivery needs, or `None` when its signup is
+    /// gone. The offerings are the ones still active.
     pub async fn confirmation_email(
         &self,
-        consent_id: i64,
+        delivery: &ClaimedDelivery,
     ) -> Result<Option<ConfirmationEmail>, sqlx::Error> {
-        Ok(self
-            .pending_confirmation(consent_id)
+        let (Some(consent_id), Some(signup)) = (delivery.consent_id, &delivery.signup) else {
+            return Ok(None);
+        };
+        let offerings = self
+            .active_offerings()
             .await?
-            .map(|p| ConfirmationEmail {
-                consent_id,
-                signed_up_at: p.at,
-                offerings: p.offerings,
-            }))
+            .into_iter()
+            .filter(|o| signup.offerings.contains(&o.slug))
+            .collect();
+        Ok(Some(ConfirmationEmail {
+            consent_id,
+            signed_up_at: signup.at,
+            offerings,
+        }))
     }
 
     /// Records a hand-off to the transport. Ignored if the lease was lost meanwhile.

@@ -9,6 +9,7 @@ mod leaving;
 mod offerings;
 mod schedules;
 mod sends;
+mod signup_writer;
 mod subscribers;
 
 use std::path::Path;
@@ -22,12 +23,13 @@ pub use courses::{
     CourseStarter, CourseState, CourseStatus, LessonDelivery, NewLesson, Progress, ProgressChange,
     StoredLesson,
 };
-pub use deliveries::{ClaimedDelivery, ConfirmationEmail, DeliveryCounts};
+pub use deliveries::{ClaimedDelivery, ClaimedSignup, ConfirmationEmail, DeliveryCounts};
 pub use import::{ExportLine, ExportSubscription, ImportCounts, ImportTerms, ImportedPerson};
 pub use leaving::{SubscriberRef, SuppressionReason};
 pub use offerings::{Offering, OfferingSummary};
 pub use schedules::{DueSend, Recurrence, ZoneProgress};
 pub use sends::{FailureGroup, NewSend, SendContent, SendStatus, SendSummary};
+pub use signup_writer::SignupWriter;
 pub use subscribers::{
     ConsentMeta, ConsentRecord, NewSignup, PendingConfirmation, SignupOutcome, SubscriberDetail,
     SubscriberRow, SubscriptionRow,
@@ -47,6 +49,8 @@ pub struct Store {
     /// same moment take turns here, in order, instead of in SQLite's busy handler, which
     /// sleeps in growing steps (up to 100 ms) and put p99 of signups under load at 250-370 ms.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The active offerings as last read (see [`Store::active_offerings`]).
+    offerings: std::sync::Arc<std::sync::Mutex<Option<offerings::Cached>>>,
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -102,6 +106,7 @@ impl Store {
             pool,
             backend,
             writer: Default::default(),
+            offerings: Default::default(),
         })
     }
 

@@ -1,6 +1,8 @@
 //! Offerings: declared in `config.toml`, mirrored into the database so subscriptions can refer
 //! to them and history survives an offering's removal.
 
+use std::time::{Duration, Instant};
+
 use sqlx::Row;
 
 use super::{Store, placeholders};
@@ -27,6 +29,17 @@ pub struct OfferingSummary {
     pub pending: i64,
     pub confirmed: i64,
     pub unsubscribed: i64,
+}
+
+/// How long [`Store::active_offerings`] answers from what it last read. Another process that
+/// syncs a changed configuration is seen by this one within this time.
+pub const OFFERINGS_FRESH: Duration = Duration::from_secs(1);
+
+/// The active offerings and when they were read.
+#[derive(Debug)]
+pub(super) struct Cached {
+    read_at: Instant,
+    offerings: Vec<Offering>,
 }
 
 fn offering_from_row(row: &sqlx::any::AnyRow) -> Result<Offering, sqlx::Error> {
@@ -81,18 +94,42 @@ impl Store {
             query = query.bind(*slug);
         }
         query.execute(&mut *tx).await?;
-        tx.commit().await
+        tx.commit().await?;
+        *self.offerings.lock().expect("offerings cache lock") = None;
+        Ok(())
     }
 
     /// Active offerings in the order they were declared.
+    ///
+    /// Every signup and every confirmation email needs them, and they change only when a
+    /// process syncs its configuration, so they are read at most once per [`OFFERINGS_FRESH`]
+    /// (and again at once after this store synced them).
     pub async fn active_offerings(&self) -> Result<Vec<Offering>, sqlx::Error> {
+        if let Some(cached) = self
+            .offerings
+            .lock()
+            .expect("offerings cache lock")
+            .as_ref()
+            && cached.read_at.elapsed() < OFFERINGS_FRESH
+        {
+            return Ok(cached.offerings.clone());
+        }
+        let read_at = Instant::now();
         let rows = sqlx::query(
             "SELECT id, slug, name, description, kind, public FROM offerings
              WHERE active = 1 ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(offering_from_row).collect()
+        let offerings = rows
+            .iter()
+            .map(offering_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        *self.offerings.lock().expect("offerings cache lock") = Some(Cached {
+            read_at,
+            offerings: offerings.clone(),
+        });
+        Ok(offerings)
     }
 
     pub async fn offering_by_slug(&self, slug: &Slug) -> Result<Option<Offering>, sqlx::Error> {

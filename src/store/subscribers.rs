@@ -1,5 +1,7 @@
 //! Subscribers, their subscriptions and the consent records of signup and confirmation.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use serde::Serialize;
 use sqlx::Row;
 
@@ -96,7 +98,7 @@ fn status_of(word: &str) -> Result<SubscriptionStatus, sqlx::Error> {
     SubscriptionStatus::parse(word).map_err(|e| sqlx::Error::Decode(e.into()))
 }
 
-fn split_slugs(joined: &str) -> Vec<String> {
+pub(super) fn split_slugs(joined: &str) -> Vec<String> {
     joined
         .split(';')
         .filter(|s| !s.is_empty())
@@ -105,130 +107,76 @@ fn split_slugs(joined: &str) -> Vec<String> {
 }
 
 impl Store {
-    /// Writes a signup in one transaction: the subscriber (an existing one keeps the name and
-    /// zone they had), a pending subscription per offering not already confirmed, the consent
-    /// record, and — unless the address had a confirmation within the cooldown — the
-    /// confirmation delivery. No mail is sent here; a worker picks the delivery up.
+    /// Writes one signup; see [`Store::record_signups`].
     pub async fn record_signup(
         &self,
         signup: &NewSignup,
         now: Millis,
     ) -> Result<SignupOutcome, sqlx::Error> {
+        self.record_signups(std::slice::from_ref(signup), now)
+            .await?
+            .pop()
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// Writes signups in one transaction, each as if alone and in order: for each, the
+    /// subscriber (an existing one keeps the name and zone they had), a pending subscription
+    /// per offering not already confirmed, the consent record, and — unless the address had a
+    /// confirmation within the cooldown, or its domain reached the hourly cap — the
+    /// confirmation delivery. No mail is sent here; a worker picks the deliveries up.
+    ///
+    /// The signups are written a round at a time, a few statements per round whatever its
+    /// size (group commit: [`super::SignupWriter`] hands over the signups that arrived while
+    /// the last transaction ran). A round holds each address once, so an address signed up
+    /// twice in one batch is written twice, the second time seeing the first.
+    pub async fn record_signups(
+        &self,
+        signups: &[NewSignup],
+        now: Millis,
+    ) -> Result<Vec<SignupOutcome>, sqlx::Error> {
+        let mut outcomes: Vec<Option<SignupOutcome>> = vec![None; signups.len()];
         let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
-        let subscriber_id: i64 = sqlx::query_scalar(
-            "INSERT INTO subscribers (email, name, timezone, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (email) DO UPDATE SET
-                 name = COALESCE(subscribers.name, excluded.name),
-                 timezone = COALESCE(subscribers.timezone, excluded.timezone)
-             RETURNING id",
-        )
-        .bind(signup.email.as_str())
-        .bind(signup.name.as_ref().map(|n| n.as_str().to_owned()))
-        .bind(signup.timezone.as_ref().map(|t| t.as_str().to_owned()))
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-
-        for offering in &signup.offerings {
-            // A new subscription starts pending; one that was left starts over; a pending or
-            // confirmed one stays as it is.
-            sqlx::query(
-                "INSERT INTO subscriptions (subscriber_id, offering_id, status, created_at, updated_at)
-                 VALUES ($1, $2, 'pending', $3, $3)
-                 ON CONFLICT (subscriber_id, offering_id) DO UPDATE SET
-                     status = 'pending', updated_at = excluded.updated_at, unsubscribed_at = NULL
-                 WHERE subscriptions.status = 'unsubscribed'",
-            )
-            .bind(subscriber_id)
-            .bind(offering.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-
-        let ids: Vec<i64> = signup.offerings.iter().map(|o| o.id).collect();
-        let sql = format!(
-            "SELECT COUNT(*) FROM subscriptions
-             WHERE subscriber_id = $1 AND status = 'pending' AND offering_id IN ({})",
-            placeholders(1, ids.len())
-        );
-        let mut query = sqlx::query_scalar::<_, i64>(&sql).bind(subscriber_id);
-        for id in &ids {
-            query = query.bind(*id);
-        }
-        let pending = query.fetch_one(&mut *tx).await?;
-
-        let slugs: Vec<&str> = signup.offerings.iter().map(|o| o.slug.as_str()).collect();
-        let consent_id = insert_consent(
-            &mut tx,
-            subscriber_id,
-            "signup",
-            now,
-            &signup.consent,
-            &slugs.join(";"),
-        )
-        .await?;
-
-        let mut confirmation_queued = false;
-        let domain_full = match signup.domain_cap_per_hour {
-            Some(cap) if pending > 0 => {
-                // A soft cap: two signups racing at the limit may both pass, which is fine.
-                let pattern = format!("%@{}", like_escape(signup.email.domain()));
-                let recent: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
-                     WHERE d.kind = 'confirmation' AND d.created_at > $1
-                       AND s.email LIKE $2 ESCAPE '\\'",
-                )
-                .bind(now - 3_600_000)
-                .bind(pattern)
-                .fetch_one(&mut *tx)
-                .await?;
-                if recent >= i64::from(cap) {
-                    tracing::warn!(
-                        domain = signup.email.domain(),
-                        recent,
-                        "confirmation cap for this domain reached; no email queued"
-                    );
+        for round in rounds(signups) {
+            for chunk in round.chunks(ROUND_MAX) {
+                let batch: Vec<&NewSignup> = chunk.iter().map(|&i| &signups[i]).collect();
+                let written = write_round(&mut tx, &batch, now).await?;
+                for (&i, outcome) in chunk.iter().zip(written) {
+                    outcomes[i] = Some(outcome);
                 }
-                recent >= i64::from(cap)
-            }
-            _ => false,
-        };
-        if pending > 0 && !domain_full {
-            // The cooldown is claimed with a conditional update, so two signups racing for
-            // the same address cannot both queue an email.
-            let claimed = sqlx::query(
-                "UPDATE subscribers SET confirmation_sent_at = $2
-                 WHERE id = $1 AND (confirmation_sent_at IS NULL OR confirmation_sent_at <= $3)",
-            )
-            .bind(subscriber_id)
-            .bind(now)
-            .bind(now - signup.cooldown_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if claimed == 1 {
-                sqlx::query(
-                    "INSERT INTO deliveries
-                         (kind, subscriber_id, consent_id, message_id, next_attempt_at, created_at)
-                     VALUES ('confirmation', $1, $2, $3, $4, $4)",
-                )
-                .bind(subscriber_id)
-                .bind(consent_id)
-                .bind(&signup.message_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                confirmation_queued = true;
             }
         }
         tx.commit().await?;
-        Ok(SignupOutcome {
-            subscriber_id,
-            consent_id,
-            confirmation_queued,
-        })
+        outcomes
+            .into_iter()
+            .map(|o| o.ok_or(sqlx::Error::RowNotFound))
+            .collect()
+    }
+
+    /// As [`Store::record_signups`], with one answer per signup: when the batch fails as a
+    /// whole, each signup is written again on its own, so one that cannot be written fails
+    /// alone and the others still get through.
+    pub async fn record_signups_or_each(
+        &self,
+        signups: &[NewSignup],
+        now: Millis,
+    ) -> Vec<Result<SignupOutcome, sqlx::Error>> {
+        match self.record_signups(signups, now).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) if signups.len() > 1 => {
+                tracing::warn!(
+                    error = %e,
+                    signups = signups.len(),
+                    "a batch of signups failed; writing each alone"
+                );
+                let mut answers = Vec::with_capacity(signups.len());
+                for signup in signups {
+                    answers.push(self.record_signup(signup, now).await);
+                }
+                answers
+            }
+            Err(e) => vec![Err(e)],
+        }
     }
 
     /// The signup a confirmation token points at, if it still exists.
@@ -437,6 +385,254 @@ impl Store {
             courses: self.course_statuses(id).await?,
         }))
     }
+}
+
+/// At most this many signups in one statement: with every offering chosen, a statement stays
+/// far below both databases' limits on bound parameters.
+const ROUND_MAX: usize = 128;
+
+/// Positions of `signups` grouped so that no address appears twice in a group, in order: an
+/// address's second signup goes to the second group, and so on.
+fn rounds(signups: &[NewSignup]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, signup) in signups.iter().enumerate() {
+        let count = seen.entry(signup.email.as_str()).or_insert(0);
+        if rounds.len() <= *count {
+            rounds.push(Vec::new());
+        }
+        rounds[*count].push(i);
+        *count += 1;
+    }
+    rounds
+}
+
+/// `(…), (…)` for `count` rows of `width` parameters each, numbered after `offset`; `shape`
+/// places one row's parameters among its constants.
+fn value_rows(
+    count: usize,
+    width: usize,
+    offset: usize,
+    shape: impl Fn(&[String]) -> String,
+) -> String {
+    (0..count)
+        .map(|row| {
+            let params: Vec<String> = (0..width)
+                .map(|col| format!("${}", offset + row * width + col + 1))
+                .collect();
+            shape(&params)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Writes signups of distinct addresses with one statement per step; see
+/// [`Store::record_signups`].
+async fn write_round(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    signups: &[&NewSignup],
+    now: Millis,
+) -> Result<Vec<SignupOutcome>, sqlx::Error> {
+    if signups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "INSERT INTO subscribers (email, name, timezone, created_at) VALUES {}
+         ON CONFLICT (email) DO UPDATE SET
+             name = COALESCE(subscribers.name, excluded.name),
+             timezone = COALESCE(subscribers.timezone, excluded.timezone)
+         RETURNING id, email",
+        value_rows(signups.len(), 3, 1, |p| {
+            format!("({}, {}, {}, $1)", p[0], p[1], p[2])
+        })
+    );
+    let mut query = sqlx::query(&sql).bind(now);
+    for signup in signups {
+        query = query
+            .bind(signup.email.as_str())
+            .bind(signup.name.as_ref().map(|n| n.as_str().to_owned()))
+            .bind(signup.timezone.as_ref().map(|t| t.as_str().to_owned()));
+    }
+    let mut ids: HashMap<String, i64> = HashMap::new();
+    for row in query.fetch_all(&mut **tx).await? {
+        ids.insert(row.try_get("email")?, row.try_get("id")?);
+    }
+    let subscriber_ids: Vec<i64> = signups
+        .iter()
+        .map(|s| ids.get(s.email.as_str()).copied())
+        .collect::<Option<_>>()
+        .ok_or(sqlx::Error::RowNotFound)?;
+
+    // A new subscription starts pending; one that was left starts over; a pending or
+    // confirmed one stays as it is.
+    let pairs: Vec<(i64, i64)> = signups
+        .iter()
+        .zip(&subscriber_ids)
+        .flat_map(|(s, &id)| s.offerings.iter().map(move |o| (id, o.id)))
+        .collect();
+    let mut pending: HashSet<(i64, i64)> = HashSet::new();
+    if !pairs.is_empty() {
+        let sql = format!(
+            "INSERT INTO subscriptions (subscriber_id, offering_id, status, created_at, updated_at)
+             VALUES {}
+             ON CONFLICT (subscriber_id, offering_id) DO UPDATE SET
+                 status = 'pending', updated_at = excluded.updated_at, unsubscribed_at = NULL
+             WHERE subscriptions.status = 'unsubscribed'",
+            value_rows(pairs.len(), 2, 1, |p| {
+                format!("({}, {}, 'pending', $1, $1)", p[0], p[1])
+            })
+        );
+        let mut query = sqlx::query(&sql).bind(now);
+        for (subscriber, offering) in &pairs {
+            query = query.bind(*subscriber).bind(*offering);
+        }
+        query.execute(&mut **tx).await?;
+
+        let sql = format!(
+            "SELECT subscriber_id, offering_id FROM subscriptions
+             WHERE status = 'pending' AND subscriber_id IN ({})",
+            placeholders(0, subscriber_ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in &subscriber_ids {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            pending.insert((row.try_get("subscriber_id")?, row.try_get("offering_id")?));
+        }
+    }
+
+    let sql = format!(
+        "INSERT INTO consents (subscriber_id, action, at, ip, user_agent, offerings, text_hash, source)
+         VALUES {} RETURNING id, subscriber_id",
+        value_rows(signups.len(), 6, 1, |p| {
+            format!(
+                "({}, 'signup', $1, {}, {}, {}, {}, {})",
+                p[0], p[1], p[2], p[3], p[4], p[5]
+            )
+        })
+    );
+    let mut query = sqlx::query(&sql).bind(now);
+    for (signup, id) in signups.iter().zip(&subscriber_ids) {
+        let slugs: Vec<&str> = signup.offerings.iter().map(|o| o.slug.as_str()).collect();
+        query = query
+            .bind(*id)
+            .bind(signup.consent.ip.clone())
+            .bind(signup.consent.user_agent.clone())
+            .bind(slugs.join(";"))
+            .bind(signup.consent.text_hash.clone())
+            .bind(signup.consent.source);
+    }
+    let mut consents: HashMap<i64, i64> = HashMap::new();
+    for row in query.fetch_all(&mut **tx).await? {
+        consents.insert(row.try_get("subscriber_id")?, row.try_get("id")?);
+    }
+    let consent_ids: Vec<i64> = subscriber_ids
+        .iter()
+        .map(|id| consents.get(id).copied())
+        .collect::<Option<_>>()
+        .ok_or(sqlx::Error::RowNotFound)?;
+
+    // Who may get a confirmation: a pending offering, and the domain under its cap. The cap is
+    // soft: two transactions racing at the limit may both pass, which is fine. Within this
+    // round, the ones queued before count.
+    let mut recent_by_domain: HashMap<&str, i64> = HashMap::new();
+    let mut by_cooldown: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (k, signup) in signups.iter().enumerate() {
+        let id = subscriber_ids[k];
+        if !signup
+            .offerings
+            .iter()
+            .any(|o| pending.contains(&(id, o.id)))
+        {
+            continue;
+        }
+        if let Some(cap) = signup.domain_cap_per_hour {
+            let domain = signup.email.domain();
+            let recent = match recent_by_domain.get(domain) {
+                Some(n) => *n,
+                None => confirmations_to_domain_since(tx, domain, now - 3_600_000).await?,
+            };
+            if recent >= i64::from(cap) {
+                tracing::warn!(
+                    domain,
+                    recent,
+                    "confirmation cap for this domain reached; no email queued"
+                );
+                recent_by_domain.insert(domain, recent);
+                continue;
+            }
+            recent_by_domain.insert(domain, recent + 1);
+        }
+        by_cooldown.entry(signup.cooldown_ms).or_default().push(k);
+    }
+
+    // The cooldown is claimed with a conditional update, so two signups racing for the same
+    // address cannot both queue an email.
+    let mut claimed: Vec<usize> = Vec::new();
+    for (cooldown_ms, candidates) in &by_cooldown {
+        let sql = format!(
+            "UPDATE subscribers SET confirmation_sent_at = $1
+             WHERE (confirmation_sent_at IS NULL OR confirmation_sent_at <= $2) AND id IN ({})
+             RETURNING id",
+            placeholders(2, candidates.len())
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(&sql)
+            .bind(now)
+            .bind(now - cooldown_ms);
+        for &k in candidates {
+            query = query.bind(subscriber_ids[k]);
+        }
+        let ids: HashSet<i64> = query.fetch_all(&mut **tx).await?.into_iter().collect();
+        claimed.extend(
+            candidates
+                .iter()
+                .filter(|&&k| ids.contains(&subscriber_ids[k])),
+        );
+    }
+    claimed.sort_unstable();
+    if !claimed.is_empty() {
+        let sql = format!(
+            "INSERT INTO deliveries
+                 (kind, subscriber_id, consent_id, message_id, next_attempt_at, created_at)
+             VALUES {}",
+            value_rows(claimed.len(), 3, 1, |p| {
+                format!("('confirmation', {}, {}, {}, $1, $1)", p[0], p[1], p[2])
+            })
+        );
+        let mut query = sqlx::query(&sql).bind(now);
+        for &k in &claimed {
+            query = query
+                .bind(subscriber_ids[k])
+                .bind(consent_ids[k])
+                .bind(signups[k].message_id.as_str());
+        }
+        query.execute(&mut **tx).await?;
+    }
+
+    Ok((0..signups.len())
+        .map(|k| SignupOutcome {
+            subscriber_id: subscriber_ids[k],
+            consent_id: consent_ids[k],
+            confirmation_queued: claimed.binary_search(&k).is_ok(),
+        })
+        .collect())
+}
+
+/// Confirmation emails queued to addresses at `domain` since `since`.
+async fn confirmations_to_domain_since(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    domain: &str,
+    since: Millis,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+         WHERE d.kind = 'confirmation' AND d.created_at > $1 AND s.email LIKE $2 ESCAPE '\\'",
+    )
+    .bind(since)
+    .bind(format!("%@{}", like_escape(domain)))
+    .fetch_one(&mut **tx)
+    .await
 }
 
 /// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.

@@ -35,7 +35,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::links::Links;
 use crate::mail::Templates;
-use crate::store::Store;
+use crate::store::{SignupWriter, Store};
 
 /// Largest request body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -49,6 +49,8 @@ pub struct AppState {
 struct StateInner {
     config: Config,
     store: Store,
+    /// Writes signups in groups (see [`SignupWriter`]).
+    signups: SignupWriter,
     templates: Arc<Templates>,
     links: Links,
     clock: Clock,
@@ -73,9 +75,11 @@ impl AppState {
             config.signup.rate_limit_burst,
         );
         let consent_hash = hex_digest(&Sha256::digest(config.signup.consent_text.as_bytes()));
+        let signups = SignupWriter::spawn(store.clone(), clock.clone());
         Self {
             inner: Arc::new(StateInner {
                 config,
+                signups,
                 store,
                 templates,
                 links,
@@ -92,6 +96,9 @@ impl AppState {
     }
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+    pub fn signups(&self) -> &SignupWriter {
+        &self.inner.signups
     }
     pub fn templates(&self) -> &Templates {
         &self.inner.templates

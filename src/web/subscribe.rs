@@ -213,11 +213,7 @@ async fn subscribe(
         domain_cap_per_hour: Some(config.signup.confirmations_per_domain_per_hour)
             .filter(|cap| *cap > 0),
     };
-    match state
-        .store()
-        .record_signup(&new, state.clock().now_ms())
-        .await
-    {
+    match state.signups().record(new).await {
         Ok(outcome) => {
             if outcome.confirmation_queued {
                 state.wake_workers();

@@ -1,8 +1,12 @@
 //! Signing up: the page, the form, the JSON API, validation, and abuse handling.
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
+
 use reqwest::StatusCode;
 use sangha::clock::Clock;
-use sangha::domain::DeliveryKind;
+use sangha::domain::{DeliveryKind, EmailAddress};
+use sangha::store::{ConsentMeta, NewSignup, Offering};
 use serde_json::json;
 
 use crate::backend_tests;
@@ -25,6 +29,9 @@ backend_tests!(
     bad_bodies_get_4xx_with_a_reason,
     cors_allows_only_configured_origins,
     an_invalid_timezone_is_refused_and_a_valid_one_kept,
+    signups_written_together_each_behave_as_if_written_alone,
+    a_signup_that_cannot_be_written_fails_alone_in_its_batch,
+    concurrent_signups_each_get_an_answer_and_one_confirmation_per_address,
 );
 
 async fn the_signup_page_lists_public_offerings_with_every_field(backend: Backend) {
@@ -450,4 +457,217 @@ async fn an_invalid_timezone_is_refused_and_a_valid_one_kept(backend: Backend) {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let rows = app.store().list_subscribers(None, None).await.unwrap();
     assert_eq!(rows[0].timezone.as_deref(), Some("Asia/Kathmandu"));
+}
+
+static NEXT_MESSAGE: AtomicUsize = AtomicUsize::new(0);
+
+/// A signup as the form would make it, to `offerings` (slugs), through the store.
+async fn new_signup(app: &TestApp, email: &str, offerings: &[&str]) -> NewSignup {
+    let all = app.store().active_offerings().await.unwrap();
+    NewSignup {
+        email: EmailAddress::parse(email).unwrap(),
+        name: None,
+        timezone: None,
+        offerings: offerings
+            .iter()
+            .map(|slug| all.iter().find(|o| o.slug == *slug).unwrap().clone())
+            .collect(),
+        consent: ConsentMeta {
+            ip: Some("192.0.2.7".into()),
+            user_agent: None,
+            text_hash: "0".repeat(64),
+            source: "api",
+        },
+        message_id: format!(
+            "<{}.{email}@test.example>",
+            NEXT_MESSAGE.fetch_add(1, SeqCst)
+        ),
+        cooldown_ms: 3_600_000,
+        domain_cap_per_hour: None,
+    }
+}
+
+async fn subscription_states(app: &TestApp, email: &str) -> Vec<(String, String)> {
+    let detail = app
+        .store()
+        .subscriber_detail(&EmailAddress::parse(email).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    detail
+        .subscriber
+        .subscriptions
+        .iter()
+        .map(|s| (s.offering.clone(), s.status.as_str().to_owned()))
+        .collect()
+}
+
+async fn signups_written_together_each_behave_as_if_written_alone(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        Options {
+            worker: false,
+            clock: Clock::manual(1_800_000_000_000),
+        },
+        |_| {},
+    )
+    .await;
+    let store = app.store();
+    let now = 1_800_000_000_000;
+    let known = new_signup(&app, "known@example.org", &["morning-meditation"]).await;
+    let earlier = store.record_signup(&known, now - 7_200_000).await.unwrap();
+    store
+        .confirm_signup(earlier.consent_id, &known.consent, now - 7_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let batch = vec![
+        new_signup(&app, "first@example.org", &["morning-meditation"]).await,
+        new_signup(&app, "twice@example.org", &["morning-meditation"]).await,
+        new_signup(&app, "twice@example.org", &["guided-meditations"]).await,
+        new_signup(&app, "known@example.org", &["morning-meditation"]).await,
+        new_signup(
+            &app,
+            "both@example.org",
+            &["morning-meditation", "guided-meditations"],
+        )
+        .await,
+    ];
+    let outcomes = store.record_signups(&batch, now).await.unwrap();
+    let queued: Vec<bool> = outcomes.iter().map(|o| o.confirmation_queued).collect();
+    // The second signup of `twice` sees the first one's email within its cooldown; `known`
+    // is confirmed already and gets none.
+    assert_eq!(queued, [true, true, false, false, true]);
+    assert_eq!(outcomes[1].subscriber_id, outcomes[2].subscriber_id);
+    assert_ne!(outcomes[1].consent_id, outcomes[2].consent_id);
+    assert_eq!(outcomes[3].subscriber_id, earlier.subscriber_id);
+    assert_eq!(
+        subscription_states(&app, "twice@example.org").await,
+        [
+            ("guided-meditations".to_owned(), "pending".to_owned()),
+            ("morning-meditation".to_owned(), "pending".to_owned()),
+        ]
+    );
+    assert_eq!(
+        subscription_states(&app, "known@example.org").await,
+        [("morning-meditation".to_owned(), "confirmed".to_owned())]
+    );
+    assert_eq!(subscription_states(&app, "both@example.org").await.len(), 2);
+    let counts = store
+        .delivery_counts(Some(DeliveryKind::Confirmation))
+        .await
+        .unwrap();
+    assert_eq!(counts.pending, 4, "one from before, three from the batch");
+    // Each queued confirmation points at its own signup.
+    for (signup, outcome) in batch.iter().zip(&outcomes) {
+        let consent: Option<i64> =
+            sqlx::query_scalar("SELECT consent_id FROM deliveries WHERE message_id = $1")
+                .bind(&signup.message_id)
+                .fetch_optional(store.pool())
+                .await
+                .unwrap()
+                .flatten();
+        let expected = outcome.confirmation_queued.then_some(outcome.consent_id);
+        assert_eq!(consent, expected, "{}", signup.email.as_str());
+    }
+
+    // The domain cap counts the confirmations queued earlier in the same batch.
+    let mut capped = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut signup = new_signup(
+            &app,
+            &format!("{name}@cap.example"),
+            &["morning-meditation"],
+        )
+        .await;
+        signup.domain_cap_per_hour = Some(2);
+        capped.push(signup);
+    }
+    let outcomes = store.record_signups(&capped, now).await.unwrap();
+    let queued: Vec<bool> = outcomes.iter().map(|o| o.confirmation_queued).collect();
+    assert_eq!(queued, [true, true, false]);
+}
+
+async fn a_signup_that_cannot_be_written_fails_alone_in_its_batch(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        Options {
+            worker: false,
+            ..Options::default()
+        },
+        |_| {},
+    )
+    .await;
+    let mut broken = new_signup(&app, "broken@example.org", &["morning-meditation"]).await;
+    broken.offerings = vec![Offering {
+        id: 999_999,
+        ..broken.offerings[0].clone()
+    }];
+    let batch = vec![
+        new_signup(&app, "before@example.org", &["morning-meditation"]).await,
+        broken,
+        new_signup(&app, "after@example.org", &["guided-meditations"]).await,
+    ];
+    let answers = app
+        .store()
+        .record_signups_or_each(&batch, 1_800_000_000_000)
+        .await;
+    assert_eq!(answers.len(), 3);
+    assert!(answers[0].as_ref().is_ok_and(|o| o.confirmation_queued));
+    assert!(answers[1].is_err(), "an unknown offering cannot be written");
+    assert!(answers[2].as_ref().is_ok_and(|o| o.confirmation_queued));
+    assert_eq!(
+        subscription_states(&app, "after@example.org").await,
+        [("guided-meditations".to_owned(), "pending".to_owned())]
+    );
+    let broken = app
+        .store()
+        .subscriber_detail(&EmailAddress::parse("broken@example.org").unwrap())
+        .await
+        .unwrap();
+    assert!(broken.is_none(), "nothing of the failed signup is kept");
+}
+
+async fn concurrent_signups_each_get_an_answer_and_one_confirmation_per_address(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        Options {
+            worker: false,
+            ..Options::default()
+        },
+        |_| {},
+    )
+    .await;
+    // 40 addresses, and one more signed up 20 times, all at once.
+    let emails: Vec<String> = (0..40)
+        .map(|i| format!("crowd{i}@example.org"))
+        .chain((0..20).map(|_| "again@example.org".to_owned()))
+        .collect();
+    let bodies: Vec<serde_json::Value> = emails
+        .iter()
+        .map(|email| json!({"email": email, "offerings": ["morning-meditation"]}))
+        .collect();
+    let answers =
+        futures::future::join_all(bodies.iter().map(|body| app.post_json("/subscribe", body)))
+            .await;
+    for answer in &answers {
+        assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    }
+    let counts = app
+        .store()
+        .delivery_counts(Some(DeliveryKind::Confirmation))
+        .await
+        .unwrap();
+    assert_eq!(counts.pending, 41, "one confirmation per address");
+    let subscribers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subscribers")
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(subscribers, 41);
+    let consents: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consents WHERE action = 'signup'")
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(consents, 60, "every signup is on record");
 }
