@@ -16,7 +16,9 @@
 //! If a batch fails as a whole, each of its signups is written again on its own
 //! ([`Store::record_signups_or_each`]), so one bad signup fails alone.
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{NewSignup, SignupOutcome, Store};
 use crate::clock::Clock;
@@ -38,10 +40,11 @@ pub struct SignupWriter {
 }
 
 impl SignupWriter {
-    /// Starts the writer task on the current tokio runtime.
-    pub fn spawn(store: Store, clock: Clock) -> Self {
+    /// Starts the writer task on the current tokio runtime. `wake` is notified once per batch
+    /// that queued confirmation emails, so one idle delivery lane picks them all up.
+    pub fn spawn(store: Store, clock: Clock, wake: Arc<Notify>) -> Self {
         let (jobs, queue) = mpsc::channel(BATCH_MAX * 4);
-        tokio::spawn(run(store, clock, queue));
+        tokio::spawn(run(store, clock, wake, queue));
         Self { jobs }
     }
 
@@ -57,24 +60,37 @@ impl SignupWriter {
     }
 }
 
-async fn run(store: Store, clock: Clock, mut queue: mpsc::Receiver<Job>) {
+async fn run(store: Store, clock: Clock, wake: Arc<Notify>, mut queue: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(BATCH_MAX);
     while queue.recv_many(&mut jobs, BATCH_MAX).await > 0 {
         let batch = std::mem::take(&mut jobs);
         // Written in a task of its own: a panic there fails this batch's signups (their
         // handlers see the answers dropped), not every signup after it.
-        let written = tokio::spawn(write_batch(store.clone(), clock.clone(), batch)).await;
+        let written = tokio::spawn(write_batch(
+            store.clone(),
+            clock.clone(),
+            wake.clone(),
+            batch,
+        ))
+        .await;
         if let Err(e) = written {
             tracing::error!(error = %e, "a batch of signups was not written");
         }
     }
 }
 
-async fn write_batch(store: Store, clock: Clock, batch: Vec<Job>) {
+async fn write_batch(store: Store, clock: Clock, wake: Arc<Notify>, batch: Vec<Job>) {
     let (signups, answers): (Vec<NewSignup>, Vec<oneshot::Sender<Answer>>) =
         batch.into_iter().map(|j| (j.signup, j.answer)).unzip();
     let written = store.record_signups_or_each(&signups, clock.now_ms()).await;
-    tracing::debug!(signups = signups.len(), "signups written");
+    let queued = written
+        .iter()
+        .filter(|w| w.as_ref().is_ok_and(|o| o.confirmation_queued))
+        .count();
+    tracing::debug!(signups = signups.len(), queued, "signups written");
+    if queued > 0 {
+        wake.notify_one();
+    }
     for (answer, outcome) in answers.into_iter().zip(written) {
         // A handler that is gone (its client hung up) needs no answer.
         let _ = answer.send(outcome);

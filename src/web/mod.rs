@@ -54,8 +54,6 @@ struct StateInner {
     templates: Arc<Templates>,
     links: Links,
     clock: Clock,
-    /// Notified when a request queued a delivery, so an idle worker starts at once.
-    wake: Arc<Notify>,
     limiter: Option<RateLimiter>,
     /// Hex SHA-256 of the consent text on the signup page.
     consent_hash: String,
@@ -75,7 +73,8 @@ impl AppState {
             config.signup.rate_limit_burst,
         );
         let consent_hash = hex_digest(&Sha256::digest(config.signup.consent_text.as_bytes()));
-        let signups = SignupWriter::spawn(store.clone(), clock.clone());
+        // The signup writer wakes a delivery worker when it queued confirmation emails.
+        let signups = SignupWriter::spawn(store.clone(), clock.clone(), wake);
         Self {
             inner: Arc::new(StateInner {
                 config,
@@ -84,7 +83,6 @@ impl AppState {
                 templates,
                 links,
                 clock,
-                wake,
                 limiter,
                 consent_hash,
             }),
@@ -108,10 +106,6 @@ impl AppState {
     }
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
-    }
-    pub fn wake_workers(&self) {
-        self.inner.wake.notify_waiters();
-        self.inner.wake.notify_one();
     }
     pub fn limiter(&self) -> Option<&RateLimiter> {
         self.inner.limiter.as_ref()

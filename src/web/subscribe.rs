@@ -215,10 +215,7 @@ async fn subscribe(
     };
     match state.signups().record(new).await {
         Ok(outcome) => {
-            if outcome.confirmation_queued {
-                state.wake_workers();
-            }
-            tracing::info!(
+            tracing::debug!(
                 subscriber = outcome.subscriber_id,
                 queued = outcome.confirmation_queued,
                 "signup recorded"
