@@ -136,7 +136,8 @@ impl Store {
         // is chosen so that no plan can go wrong with stale statistics: no `status` predicate
         // (it invited PostgreSQL to scan the partial index of every pending row) and the
         // subscription looked up by its full primary key (a join on it was once planned as a
-        // scan of the offering's whole subscriber list per row: 160 ms per batch of 200).
+        // scan of the offering's whole subscriber list per row: 160 ms per batch of 200). The
+        // signup of a confirmation is looked up the same way.
         let sql = format!(
             "SELECT d.id, d.kind, d.subscriber_id, d.consent_id, d.send_id, d.message_id,
                     d.attempts, d.interrupted, d.next_attempt_at, s.email, s.name, se.offering_id,
@@ -144,11 +145,13 @@ impl Store {
                     (SELECT sub.status FROM subscriptions sub
                       WHERE sub.subscriber_id = d.subscriber_id
                         AND sub.offering_id = se.offering_id) AS subscription_status,
-                    c.at AS signed_up_at, c.offerings AS signup_offerings
+                    (SELECT c.at FROM consents c
+                      WHERE c.id = d.consent_id AND c.action = 'signup') AS signed_up_at,
+                    (SELECT c.offerings FROM consents c
+                      WHERE c.id = d.consent_id AND c.action = 'signup') AS signup_offerings
              FROM deliveries d
              JOIN subscribers s ON s.id = d.subscriber_id
              LEFT JOIN sends se ON se.id = d.send_id
-             LEFT JOIN consents c ON c.id = d.consent_id AND c.action = 'signup'
              WHERE d.id IN ({}) AND d.leased_by = $1
              ORDER BY d.id",
             super::placeholders(1, ids.len())
