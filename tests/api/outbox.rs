@@ -26,15 +26,7 @@ async fn worker_for(app: &TestApp, clock: Clock) -> Worker {
 }
 
 async fn a_signup_only_writes_rows_and_a_worker_sends_them(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Options {
-            worker: false,
-            ..Options::default()
-        },
-        |_| {},
-    )
-    .await;
+    let app = TestApp::spawn_without_worker(backend).await;
     let r = app.signup("o@example.org", &["morning-meditation"]).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     // Subscriber, pending subscription, consent and delivery were written together...

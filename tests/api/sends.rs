@@ -230,15 +230,7 @@ async fn a_send_at_a_later_time_waits_for_its_time(backend: Backend) {
 }
 
 async fn pause_stops_new_claims_resume_continues_and_cancel_ends_the_rest(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Options {
-            worker: false,
-            ..Options::default()
-        },
-        |_| {},
-    )
-    .await;
+    let app = TestApp::spawn_without_worker(backend).await;
     let worker = manual_worker(&app, Clock::System).await;
     for i in 0..3 {
         app.signup(&format!("p{i}@example.org"), &["morning-meditation"])
@@ -303,15 +295,7 @@ async fn pause_stops_new_claims_resume_continues_and_cancel_ends_the_rest(backen
 }
 
 async fn a_person_who_leaves_after_the_fan_out_is_skipped(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Options {
-            worker: false,
-            ..Options::default()
-        },
-        |_| {},
-    )
-    .await;
+    let app = TestApp::spawn_without_worker(backend).await;
     let worker = manual_worker(&app, Clock::System).await;
     for who in ["stays@example.org", "leaves@example.org"] {
         app.signup(who, &["morning-meditation"]).await;

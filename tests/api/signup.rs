@@ -590,15 +590,7 @@ async fn signups_written_together_each_behave_as_if_written_alone(backend: Backe
 }
 
 async fn a_signup_that_cannot_be_written_fails_alone_in_its_batch(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Options {
-            worker: false,
-            ..Options::default()
-        },
-        |_| {},
-    )
-    .await;
+    let app = TestApp::spawn_without_worker(backend).await;
     let mut broken = new_signup(&app, "broken@example.org", &["morning-meditation"]).await;
     broken.offerings = vec![Offering {
         id: 999_999,
@@ -630,15 +622,7 @@ async fn a_signup_that_cannot_be_written_fails_alone_in_its_batch(backend: Backe
 }
 
 async fn concurrent_signups_each_get_an_answer_and_one_confirmation_per_address(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Options {
-            worker: false,
-            ..Options::default()
-        },
-        |_| {},
-    )
-    .await;
+    let app = TestApp::spawn_without_worker(backend).await;
     // 40 addresses, and one more signed up 20 times, all at once.
     let emails: Vec<String> = (0..40)
         .map(|i| format!("crowd{i}@example.org"))

@@ -138,6 +138,19 @@ impl TestApp {
         Self::spawn_with(backend, Options::default(), |_| {}).await
     }
 
+    /// An app whose tests step the scheduler and a worker themselves.
+    pub async fn spawn_without_worker(backend: Backend) -> Self {
+        Self::spawn_with(
+            backend,
+            Options {
+                worker: false,
+                ..Options::default()
+            },
+            |_| {},
+        )
+        .await
+    }
+
     pub async fn spawn_with(
         backend: Backend,
         options: Options,
