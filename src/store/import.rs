@@ -127,6 +127,15 @@ pub struct ExportSubscription {
 }
 
 impl Store {
+    /// How many import batches to write at once: two on PostgreSQL (one connection each; the
+    /// server's work then uses two cores), one on SQLite, which has a single writer.
+    pub fn import_lanes(&self) -> usize {
+        match self.backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 2,
+        }
+    }
+
     /// Writes one batch of imported people in one transaction (see the module comment). The
     /// addresses in `people` must be distinct.
     pub async fn import_people(

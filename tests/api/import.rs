@@ -21,6 +21,7 @@ backend_tests!(
     existing_people_keep_their_name_confirmation_and_unsubscriptions,
     an_export_imports_into_a_fresh_app_as_the_same_people,
     twenty_thousand_rows_import_in_batches,
+    an_address_repeated_in_a_later_batch_counts_as_one_person,
 );
 
 /// A CSV header line and the rows after it, as a spreadsheet saves them (`\r\n`).
@@ -647,5 +648,48 @@ async fn twenty_thousand_rows_import_in_batches(backend: Backend) {
             "conscious-awakening:confirmed",
             "guided-meditations:confirmed"
         ]
+    );
+}
+
+/// Batches are written while the next ones are read, two at once on PostgreSQL. A batch that
+/// repeats an address of one still being written waits for it, so the report and the records
+/// are the same as if every batch were written after the one before.
+async fn an_address_repeated_in_a_later_batch_counts_as_one_person(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let csv = format!(
+        "{HEADER}\n\
+         a@example.org,,,morning-meditation\n\
+         b@example.org,,,morning-meditation\n\
+         c@example.org,,,morning-meditation\n\
+         a@example.org,,,guided-meditations\n\
+         d@example.org,,,morning-meditation\n\
+         e@example.org,,,morning-meditation\n\
+         b@example.org,,,morning-meditation\n\
+         f@example.org,,,morning-meditation\n\
+         a@example.org,Radha,,morning-meditation\n\
+         g@example.org,,,morning-meditation\n"
+    );
+    let path = write_file(&app, "repeats.csv", csv.as_bytes());
+    // Batches of two: (a b) (c a) (d e) (b f) (a g).
+    let out = import(&app, &path, &["--batch-size", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("10 row(s) read"), "{text}");
+    assert!(text.contains("7 new subscriber(s)"), "{text}");
+    // a got an offering, then a name; b had nothing new.
+    assert!(
+        text.contains("2 existing subscriber(s) updated, 1 unchanged"),
+        "{text}"
+    );
+    assert!(!text.contains("merged"), "{text}");
+    assert_eq!(count(&app, "subscribers").await, 7);
+    assert_eq!(count(&app, "subscriptions").await, 8);
+    // One consent per new person and one per update.
+    assert_eq!(count(&app, "consents").await, 9);
+    let a = detail(&app, "a@example.org").await.unwrap();
+    assert_eq!(a.subscriber.name.as_deref(), Some("Radha"));
+    assert_eq!(
+        statuses(&app, "a@example.org").await,
+        ["guided-meditations:pending", "morning-meditation:pending"]
     );
 }
