@@ -256,12 +256,19 @@ impl Store {
                 .map(|i| format!("(${}, ${})", 3 + 2 * i, 4 + 2 * i))
                 .collect();
             // VALUES columns are called column1, column2 in both SQLite and PostgreSQL.
+            //
+            // A row still leased is pending: only a claim sets `lease_until`, and every
+            // statement that records an outcome or cancels clears it. The status is not named
+            // here on purpose: `status = 'pending'` let PostgreSQL read the rows through the
+            // partial index `deliveries_due`, every pending row of the send filtered by lease,
+            // and statistics taken while the table was nearly empty priced that as nothing.
+            // At 100k recipients that took 40 ms per 200 rows instead of 3 by primary key.
             let sql = format!(
                 "UPDATE deliveries SET status = 'sent', sent_at = $1, smtp_reply = v.column2,
                      lease_until = NULL, last_error = NULL
                  FROM (VALUES {}) AS v
                  WHERE deliveries.id = v.column1 AND deliveries.leased_by = $2
-                   AND deliveries.status = 'pending'",
+                   AND deliveries.lease_until IS NOT NULL",
                 values.join(", ")
             );
             let mut query = sqlx::query(&sql).bind(now).bind(lease_id);
