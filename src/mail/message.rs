@@ -75,25 +75,28 @@ pub fn build_message(
 
 /// `text` with every line ending as CRLF, in one pass. lettre makes the same change, but by
 /// inserting each `\r` in place, which moves the rest of the body once per line: 20% of its
-/// encoding time for a 4 KB email. Given CRLF already, it finds nothing to insert.
+/// encoding time for a 4 KB email. Given CRLF already, it copies nothing. Lines are copied
+/// whole between the `\n`s that `match_indices` finds with `memchr` (a loop over `char`s
+/// took 7.7% of the CPU of a send).
 fn crlf_line_endings(text: String) -> String {
-    let bare = text
-        .bytes()
-        .enumerate()
-        .any(|(i, b)| b == b'\n' && (i == 0 || text.as_bytes()[i - 1] != b'\r'));
-    if !bare {
-        return text;
-    }
-    let mut out = String::with_capacity(text.len() + text.len() / 32);
-    let mut previous = '\0';
-    for c in text.chars() {
-        if c == '\n' && previous != '\r' {
-            out.push('\r');
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    for (i, _) in text.match_indices('\n') {
+        if i > 0 && text.as_bytes()[i - 1] == b'\r' {
+            continue;
         }
-        out.push(c);
-        previous = c;
+        let out = out.get_or_insert_with(|| String::with_capacity(text.len() + text.len() / 32));
+        out.push_str(&text[copied..i]);
+        out.push_str("\r\n");
+        copied = i + 1;
     }
-    out
+    match out {
+        None => text,
+        Some(mut out) => {
+            out.push_str(&text[copied..]);
+            out
+        }
+    }
 }
 
 #[cfg(test)]
@@ -106,5 +109,7 @@ mod tests {
         assert_eq!(crlf_line_endings("\n\nä\n".into()), "\r\n\r\nä\r\n");
         assert_eq!(crlf_line_endings("no break".into()), "no break");
         assert_eq!(crlf_line_endings("a\r\n".into()), "a\r\n");
+        assert_eq!(crlf_line_endings("\r\nx\ny".into()), "\r\nx\r\ny");
+        assert_eq!(crlf_line_endings(String::new()), "");
     }
 }
