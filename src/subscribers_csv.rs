@@ -238,52 +238,58 @@ pub async fn import(
         ..ImportReport::default()
     };
     let mut writes = Writes::new(store.import_lanes());
-    let mut rows = Rows::open(path, &offerings)?;
-    let mut batch: Vec<ImportedPerson> = Vec::with_capacity(options.batch_size);
-    let mut in_batch: HashMap<EmailAddress, usize> = HashMap::with_capacity(options.batch_size);
-    while let Some(row) = rows.next_row()? {
-        report.read += 1;
-        match row {
-            Row::Invalid(message) => {
-                if options.strict {
-                    writes.finish(&mut report).await?;
-                    bail!("{message} (the file changed while it was imported)");
+    let read = async {
+        let mut rows = Rows::open(path, &offerings)?;
+        let mut batch: Vec<ImportedPerson> = Vec::with_capacity(options.batch_size);
+        let mut in_batch: HashMap<EmailAddress, usize> = HashMap::with_capacity(options.batch_size);
+        while let Some(row) = rows.next_row()? {
+            report.read += 1;
+            match row {
+                Row::Invalid(message) => {
+                    if options.strict {
+                        bail!("{message} (the file changed while it was imported)");
+                    }
+                    writeln!(errors, "{message}")?;
+                    report.skipped_invalid += 1;
                 }
-                writeln!(errors, "{message}")?;
-                report.skipped_invalid += 1;
-            }
-            Row::Left => report.skipped_left += 1,
-            Row::Valid(person) => {
-                if let Some(&i) = in_batch.get(&person.email) {
-                    merge(&mut batch[i], person);
-                    report.merged += 1;
-                    continue;
-                }
-                in_batch.insert(person.email.clone(), batch.len());
-                batch.push(ImportedPerson {
-                    email_hashes: links.email_hashes(&person.email),
-                    email: person.email,
-                    name: person.name,
-                    timezone: person.timezone,
-                    offering_ids: person.offering_ids,
-                });
-                if batch.len() >= options.batch_size {
-                    let full =
-                        std::mem::replace(&mut batch, Vec::with_capacity(options.batch_size));
-                    let emails = std::mem::take(&mut in_batch);
-                    writes
-                        .start(store, &terms, full, emails, now, &mut report)
-                        .await?;
+                Row::Left => report.skipped_left += 1,
+                Row::Valid(person) => {
+                    if let Some(&i) = in_batch.get(&person.email) {
+                        merge(&mut batch[i], person);
+                        report.merged += 1;
+                        continue;
+                    }
+                    in_batch.insert(person.email.clone(), batch.len());
+                    batch.push(ImportedPerson {
+                        email_hashes: links.email_hashes(&person.email),
+                        email: person.email,
+                        name: person.name,
+                        timezone: person.timezone,
+                        offering_ids: person.offering_ids,
+                    });
+                    if batch.len() >= options.batch_size {
+                        let full =
+                            std::mem::replace(&mut batch, Vec::with_capacity(options.batch_size));
+                        let emails = std::mem::take(&mut in_batch);
+                        writes
+                            .start(store, &terms, full, emails, now, &mut report)
+                            .await?;
+                    }
                 }
             }
         }
+        if !batch.is_empty() {
+            writes
+                .start(store, &terms, batch, in_batch, now, &mut report)
+                .await?;
+        }
+        anyhow::Ok(())
     }
-    if !batch.is_empty() {
-        writes
-            .start(store, &terms, batch, in_batch, now, &mut report)
-            .await?;
-    }
-    writes.finish(&mut report).await?;
+    .await;
+    // However the reading ended, the batches handed over are waited for: none is cut off
+    // mid-transaction when the command exits.
+    let written = writes.finish(&mut report).await;
+    read.and(written)?;
     Ok(report)
 }
 
