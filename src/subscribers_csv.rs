@@ -209,7 +209,7 @@ pub async fn import(
         ),
     };
     let text_hash = crate::web::hex_digest(&Sha256::digest(source.as_bytes()));
-    let terms = Arc::new(OwnedTerms {
+    let terms = Arc::new(ImportTerms {
         confirmed: options.confirmed,
         source,
         text_hash,
@@ -293,14 +293,6 @@ pub async fn import(
     Ok(report)
 }
 
-/// [`ImportTerms`] owned, for the tasks that write batches.
-struct OwnedTerms {
-    confirmed: bool,
-    source: String,
-    text_hash: String,
-    offerings: Vec<Offering>,
-}
-
 /// A batch being written by its own task.
 struct BatchWrite {
     task: tokio::task::JoinHandle<Result<ImportCounts, sqlx::Error>>,
@@ -336,7 +328,7 @@ impl Writes {
     async fn start(
         &mut self,
         store: &Store,
-        terms: &Arc<OwnedTerms>,
+        terms: &Arc<ImportTerms>,
         batch: Vec<ImportedPerson>,
         emails: HashMap<EmailAddress, usize>,
         now: Millis,
@@ -351,15 +343,7 @@ impl Writes {
             self.finish_first(report).await?;
         }
         let (store, terms) = (store.clone(), Arc::clone(terms));
-        let task = tokio::spawn(async move {
-            let terms = ImportTerms {
-                confirmed: terms.confirmed,
-                source: &terms.source,
-                text_hash: &terms.text_hash,
-                offerings: &terms.offerings,
-            };
-            store.import_people(&batch, &terms, now).await
-        });
+        let task = tokio::spawn(async move { store.import_people(&batch, &terms, now).await });
         self.running.push_back(BatchWrite {
             task,
             emails,

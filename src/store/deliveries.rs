@@ -102,6 +102,11 @@ impl Store {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+        if self.backend == Backend::Sqlite && !self.any_due(now).await? {
+            // An empty claim would still take the write turn and SQLite's write lock, and
+            // make a signup batch wait behind it: during signups half the claims find nothing.
+            return Ok(Vec::new());
+        }
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -120,11 +125,6 @@ impl Store {
                  LIMIT $4 {lock})"
         );
         let sql = format!("{sql} RETURNING id");
-        if self.backend == Backend::Sqlite && !self.any_due(now).await? {
-            // An empty claim would still take the write turn and SQLite's write lock, and
-            // make a signup batch wait behind it: during signups half the claims find nothing.
-            return Ok(Vec::new());
-        }
         let turn = self.write_turn().await;
         let ids: Vec<i64> = sqlx::query_scalar(&sql)
             .bind(lease_until)

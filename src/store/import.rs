@@ -57,17 +57,17 @@ pub struct ImportedPerson {
 }
 
 /// What the owner states about the people of an import.
-#[derive(Debug, Clone, Copy)]
-pub struct ImportTerms<'a> {
+#[derive(Debug, Clone)]
+pub struct ImportTerms {
     /// True: they consented elsewhere and are confirmed. False: they are pending and get no
     /// email until they sign up themselves.
     pub confirmed: bool,
     /// Where the consent was given, as the owner said it; recorded with each person.
-    pub source: &'a str,
+    pub source: String,
     /// Hex SHA-256 of `source`.
-    pub text_hash: &'a str,
+    pub text_hash: String,
     /// The active offerings, to name them in consent records.
-    pub offerings: &'a [Offering],
+    pub offerings: Vec<Offering>,
 }
 
 /// What one batch did, counted in people except `kept_unsubscribed`.
@@ -141,7 +141,7 @@ impl Store {
     pub async fn import_people(
         &self,
         people: &[ImportedPerson],
-        terms: &ImportTerms<'_>,
+        terms: &ImportTerms,
         now: Millis,
     ) -> Result<ImportCounts, sqlx::Error> {
         let mut counts = ImportCounts::default();
@@ -488,7 +488,7 @@ async fn insert_import_consents(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     backend: Backend,
     consents: &[(i64, String)],
-    terms: &ImportTerms<'_>,
+    terms: &ImportTerms,
     now: Millis,
 ) -> Result<(), sqlx::Error> {
     for chunk in consents.chunks(ROWS_PER_STATEMENT) {
@@ -507,8 +507,8 @@ async fn insert_import_consents(
                 .bind(*subscriber)
                 .bind(now)
                 .bind(slugs.as_str())
-                .bind(terms.text_hash)
-                .bind(terms.source);
+                .bind(terms.text_hash.as_str())
+                .bind(terms.source.as_str());
         }
         query.execute(&mut **tx).await?;
     }
