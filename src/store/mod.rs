@@ -6,6 +6,8 @@ mod courses;
 mod deliveries;
 mod import;
 mod leaving;
+#[cfg(test)]
+mod migration_tests;
 mod offerings;
 mod schedules;
 mod sends;

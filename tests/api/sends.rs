@@ -6,13 +6,14 @@ use std::time::Duration;
 use sangha::app::Runtime;
 use sangha::clock::Clock;
 use sangha::delivery::Worker;
-use sangha::store::SendStatus;
+use sangha::store::{NewSend, SendStatus};
 
 use crate::backend_tests;
 use crate::support::{Backend, DEADLINE, Options, TestApp, eventually_async, stderr, stdout};
 
 backend_tests!(
     a_send_reaches_every_confirmed_subscriber_exactly_once,
+    every_delivery_has_a_message_id_of_its_own,
     content_errors_name_the_file_and_line_at_scheduling_time,
     a_send_at_a_later_time_waits_for_its_time,
     pause_stops_new_claims_resume_continues_and_cancel_ends_the_rest,
@@ -111,6 +112,55 @@ async fn a_send_reaches_every_confirmed_subscriber_exactly_once(backend: Backend
         .unwrap();
     assert_eq!(again, None);
     assert_eq!(app.store().send_counts(id).await.unwrap().total(), 3);
+}
+
+/// The table does not check Message-IDs (migration 0007): they are unique by how they are made,
+/// and the database refuses the one thing that could repeat them, a send prefix used twice.
+async fn every_delivery_has_a_message_id_of_its_own(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for who in ["a@example.org", "b@example.org"] {
+        app.confirmed_subscriber(who, &["morning-meditation"]).await;
+    }
+    let path = app.write_content("morning.md", MORNING);
+    let first = app.schedule_now("morning-meditation", &path);
+    let second = app.schedule_now("morning-meditation", &path);
+    app.wait_for_send_done(first).await;
+    app.wait_for_send_done(second).await;
+
+    // Two confirmations and two sends to the same two people.
+    let ids: Vec<String> = sqlx::query_scalar("SELECT message_id FROM deliveries")
+        .fetch_all(app.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 6, "{ids:?}");
+
+    let (offering_id, prefix): (i64, String) =
+        sqlx::query_as("SELECT offering_id, message_id_prefix FROM sends WHERE id = $1")
+            .bind(first)
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap();
+    let repeat = NewSend {
+        offering_id,
+        subject: "Again".into(),
+        preheader: None,
+        html_template: "<p>x</p>".into(),
+        text_template: "x".into(),
+        source_path: "again.md".into(),
+        send_at: 0,
+        message_id_prefix: prefix,
+        local: None,
+        send_late: false,
+        recurrence_id: None,
+        content_file: None,
+    };
+    let refused = app.store().create_send(&repeat, 0).await;
+    assert!(
+        refused.is_err(),
+        "a repeated prefix was stored: {refused:?}"
+    );
 }
 
 async fn content_errors_name_the_file_and_line_at_scheduling_time(backend: Backend) {
