@@ -236,6 +236,12 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let checkpoints = self
+            .state
+            .store()
+            .checkpoint_in_background(stop_rx.clone())
+            .await
+            .context("cannot set up WAL checkpoints")?;
         let worker = self
             .worker
             .map(|w| tokio::spawn(w.run(stop_rx.clone(), self.wake.clone())));
@@ -264,6 +270,9 @@ impl Application {
         }
         if let Some(scheduler) = scheduler {
             let _ = scheduler.await;
+        }
+        if let Some(checkpoints) = checkpoints {
+            let _ = checkpoints.await;
         }
         self.state.store().close().await;
         result.context("web server failed")

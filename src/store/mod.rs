@@ -16,6 +16,8 @@ mod subscribers;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -53,7 +55,18 @@ pub struct Store {
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// The active offerings as last read (see [`Store::active_offerings`]).
     offerings: std::sync::Arc<std::sync::Mutex<Option<offerings::Cached>>>,
+    /// Whether SQLite connections checkpoint the WAL themselves, inside the commit that
+    /// crosses 1,000 pages; off once [`Store::checkpoint_in_background`] does it instead.
+    inline_checkpoints: Arc<AtomicBool>,
 }
+
+/// How often `sangha serve` copies SQLite's WAL into the database file (see
+/// [`Store::checkpoint_in_background`]). At the signup benchmark's ~6,000 signups a second
+/// the WAL grows ~3 MB in this time, under the 1,000 pages (4 MB) of SQLite's own trigger.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// WAL size (4 KB pages) past which a background checkpoint finishes during a write turn.
+const WAL_RESTART_PAGES: i64 = 4096;
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -81,6 +94,8 @@ impl Store {
             Backend::Postgres => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url)?;
+        let inline_checkpoints = Arc::new(AtomicBool::new(true));
+        let inline = inline_checkpoints.clone();
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
@@ -89,15 +104,21 @@ impl Store {
             // thread on every query (3% of the CPU of a signup benchmark).
             .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _| {
+                let inline = inline.load(Ordering::Relaxed);
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         // WAL lets readers work while a writer commits; busy_timeout makes a
-                        // writer wait for the lock instead of failing at once.
+                        // writer wait for the lock instead of failing at once. The WAL file
+                        // is cut back to 64 MB when it starts over after a burst.
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
+                             PRAGMA journal_size_limit = 67108864;",
                         )
                         .await?;
+                        if !inline {
+                            conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+                        }
                     }
                     Ok(())
                 })
@@ -109,6 +130,7 @@ impl Store {
             backend,
             writer: Default::default(),
             offerings: Default::default(),
+            inline_checkpoints,
         })
     }
 
@@ -139,6 +161,67 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// On SQLite, takes WAL checkpoints off the connections that write, for a long-running
+    /// process (`sangha serve`): a task copies the WAL into the database file every 100 ms
+    /// until `stop` turns true, and no commit does it any more. SQLite's own checkpoint runs
+    /// inside the commit that crosses 1,000 pages of WAL, and that commit (often a batch of
+    /// signups, all waiting for their answer) waited for the copy and its fsync: 80–210 ms
+    /// now and then, which set p99 of the signup benchmark. A passive checkpoint on another
+    /// connection blocks no writer. Returns the task; `None` on PostgreSQL.
+    pub async fn checkpoint_in_background(
+        &self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, sqlx::Error> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        self.inline_checkpoints.store(false, Ordering::Relaxed);
+        // Connections opened from now on start without; the open ones are visited here, all
+        // held at once so that each is visited once.
+        let mut open = Vec::new();
+        for _ in 0..self.pool.size() {
+            open.push(self.pool.acquire().await?);
+        }
+        for conn in &mut open {
+            conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+        }
+        drop(open);
+        let store = self.clone();
+        Ok(Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|stop| *stop) => break,
+                }
+                if let Err(error) = store.checkpoint().await {
+                    tracing::warn!(%error, "WAL checkpoint failed; trying again");
+                }
+            }
+        })))
+    }
+
+    /// One passive checkpoint. Under constant writes it never catches up with the end of
+    /// the WAL, and SQLite starts the WAL over only once a checkpoint has copied all of it:
+    /// it grew to 350 MB in a 10-second signup benchmark. So past `WAL_RESTART_PAGES` the
+    /// rest is copied during a write turn, when nothing is appended, and the next write
+    /// starts the WAL from the beginning. That short pause comes once per ~16 MB of WAL
+    /// instead of in every commit that crossed 4 MB.
+    async fn checkpoint(&self) -> Result<(), sqlx::Error> {
+        let (_busy, wal_pages, _copied): (i64, i64, i64) =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&self.pool)
+                .await?;
+        if wal_pages > WAL_RESTART_PAGES {
+            let _turn = self.write_turn().await;
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// SQLite's journal mode, for checks (`wal` once connected).

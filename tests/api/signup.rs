@@ -655,3 +655,40 @@ async fn concurrent_signups_each_get_an_answer_and_one_confirmation_per_address(
         .unwrap();
     assert_eq!(consents, 60, "every signup is on record");
 }
+
+/// `serve` copies SQLite's WAL into the database file from a task of its own, so no commit
+/// (a batch of signups waiting for their answer) pauses to do it.
+#[tokio::test]
+async fn serve_checkpoints_sqlite_outside_the_commits() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    // The server task turns it off as it starts.
+    let off = crate::support::eventually_async(crate::support::DEADLINE, || async {
+        let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap();
+        (pages == 0).then_some(())
+    })
+    .await;
+    assert!(off.is_some(), "commits still checkpoint");
+
+    // A signup is written to the WAL; only a checkpoint copies it into the database file,
+    // and nothing here writes 1,000 pages, so SQLite's own trigger would never have fired.
+    let response = app
+        .signup("wal-probe@example.org", &["morning-meditation"])
+        .await;
+    assert!(response.status().is_redirection(), "{}", response.status());
+    let file = app.dir.path().join("sangha.db");
+    let copied = crate::support::eventually(crate::support::DEADLINE, || {
+        let bytes = std::fs::read(&file).ok()?;
+        bytes
+            .windows(b"wal-probe@example.org".len())
+            .any(|w| w == b"wal-probe@example.org")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        copied.is_some(),
+        "the signup never reached the database file"
+    );
+}
