@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use rand::RngCore;
 
 use crate::app::Runtime;
 use crate::clock::{Millis, format_ms};
@@ -117,12 +116,6 @@ async fn offering(runtime: &Runtime, slug: &str) -> anyhow::Result<Offering> {
         .ok_or_else(|| anyhow::anyhow!("--offering: there is no offering `{slug}`"))
 }
 
-fn random_prefix() -> String {
-    let mut bytes = [0u8; 10];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Checks the content (rendering it once) and records the send. Returns its id.
 pub async fn schedule(
     runtime: &Runtime,
@@ -161,7 +154,7 @@ pub fn new_send(offering: &Offering, content: Content, path: &Path, send_at: Mil
         text_template: content.text,
         source_path: path.display().to_string(),
         send_at,
-        message_id_prefix: random_prefix(),
+        message_id_prefix: crate::mail::new_message_id_prefix(),
         local: None,
         send_late: false,
         recurrence_id: None,

@@ -407,7 +407,7 @@ impl Courses {
                 text_template: file.content.text.clone(),
                 source_path: file.content.source.display().to_string(),
                 hash: file.hash.clone(),
-                message_id_prefix: random_prefix(),
+                message_id_prefix: crate::mail::new_message_id_prefix(),
             };
             let id = store
                 .store_lesson(&lesson, before.map(|s| s.send_id), now)
@@ -810,11 +810,6 @@ fn current(mut lessons: Vec<StoredLesson>) -> Vec<StoredLesson> {
     lessons.sort_by_key(|l| (l.day, std::cmp::Reverse(l.send_id)));
     lessons.dedup_by_key(|l| l.day);
     lessons
-}
-
-fn random_prefix() -> String {
-    let bytes: [u8; 10] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn is_lesson_file(name: &str) -> bool {

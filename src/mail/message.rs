@@ -23,6 +23,15 @@ pub fn new_message_id(domain: &str) -> String {
     format!("<{hex}@{domain}>")
 }
 
+/// The first part of every Message-ID of one send, `<prefix.subscriber_id@domain>`: 80 random
+/// bits as 20 hex digits. The database checks that no two sends share one (migration 0007), so
+/// with one delivery per send and person no two deliveries share a Message-ID.
+pub fn new_message_id_prefix() -> String {
+    let mut bytes = [0u8; 10];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Builds the message. The Date header is stamped now, at hand-off to the transport.
 /// `extra` headers are added as given (names are ASCII; values are encoded by lettre).
 pub fn build_message(
@@ -101,7 +110,15 @@ fn crlf_line_endings(text: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::crlf_line_endings;
+    use super::{crlf_line_endings, new_message_id_prefix};
+
+    #[test]
+    fn a_message_id_prefix_is_20_random_hex_digits() {
+        let a = new_message_id_prefix();
+        assert_eq!(a.len(), 20, "{a}");
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, new_message_id_prefix());
+    }
 
     #[test]
     fn line_endings_become_crlf_once() {

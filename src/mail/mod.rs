@@ -7,6 +7,6 @@ mod templates;
 mod transport;
 
 pub use compose::{CompiledSend, ComposeError, Composer};
-pub use message::{EmailContent, build_message, new_message_id};
+pub use message::{EmailContent, build_message, new_message_id, new_message_id_prefix};
 pub use templates::{TemplateError, Templates};
 pub use transport::{SendError, SendErrorKind, Transport};
