@@ -167,7 +167,7 @@ impl Store {
     /// process (`sangha serve`): a task copies the WAL into the database file every 100 ms
     /// until `stop` turns true, and no commit does it any more. SQLite's own checkpoint runs
     /// inside the commit that crosses 1,000 pages of WAL, and that commit (often a batch of
-    /// signups, all waiting for their answer) waited for the copy and its fsync: 80–210 ms
+    /// signups, all waiting for their answer) waited for the copy and its fsync: 80–470 ms
     /// now and then, which set p99 of the signup benchmark. A passive checkpoint on another
     /// connection blocks no writer. Returns the task; `None` on PostgreSQL.
     pub async fn checkpoint_in_background(
