@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::clock::Clock;
-use crate::config::{Config, redact_url_password};
+use crate::config::{Config, TransportKind, redact_url_password};
 use crate::delivery::{Scheduler, Worker};
 use crate::domain::TokenKey;
 use crate::links::Links;
@@ -34,6 +34,7 @@ impl Runtime {
     pub async fn open(config: Config, clock: Clock) -> anyhow::Result<Self> {
         create_private_dir(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
+        warn_if_open_to_others(&config.data_dir);
         let store = Store::connect_with_timeout(
             &config.database.url,
             config.database.max_connections,
@@ -131,6 +132,10 @@ impl Runtime {
             transport,
             self.clock.clone(),
             self.config.worker.clone(),
+            match self.config.mail.transport {
+                TransportKind::Smtp => self.config.smtp.rate_per_second,
+                TransportKind::File => 0,
+            },
         ))
     }
 }
@@ -144,6 +149,25 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(path)
+}
+
+/// Warns when other users can enter the data folder (it existed before with wide permissions:
+/// an existing folder keeps them). The files Sangha creates in it are its owner's only.
+fn warn_if_open_to_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                "the data folder {} is open to other users of this machine (mode {:o}); \
+                 run `chmod 700` on it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
+    }
 }
 
 /// Reads the key file, or writes a new random key with owner-only permissions. Two processes
@@ -229,53 +253,93 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests and the current
-    /// delivery batch finish.
+    /// Serves until `shutdown` completes, then stops within `worker.shutdown_grace_seconds`:
+    ///
+    /// ```text
+    ///  shutdown ──► no new claims, no new fan-out ──► in-flight messages finish (or are
+    ///     │                                            dropped when the grace ends)
+    ///     └──── the site keeps answering ────────────────────────────┴──► stops answering,
+    ///                                                     requests in flight finish within
+    ///                                                     what is left of the grace
+    /// ```
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let grace =
+            std::time::Duration::from_secs(self.state.config().worker.shutdown_grace_seconds);
+        // Two stops: taking work ends at the signal, answering the site only at the end.
+        let (stop_work_tx, stop_work) = watch::channel(false);
+        let (stop_site_tx, stop_site) = watch::channel(false);
         let checkpoints = self
             .state
             .store()
-            .checkpoint_in_background(stop_rx.clone())
+            .checkpoint_in_background(stop_site.clone())
             .await
             .context("cannot set up WAL checkpoints")?;
         let worker = self
             .worker
-            .map(|w| tokio::spawn(w.run(stop_rx.clone(), self.wake.clone())));
+            .map(|w| tokio::spawn(w.run(stop_work.clone(), self.wake.clone())));
         let interval =
             std::time::Duration::from_millis(self.state.config().worker.poll_interval_ms);
         let scheduler = self.scheduler.map(|scheduler| {
-            tokio::spawn(scheduler.run(interval, stop_rx.clone(), self.wake.clone()))
+            tokio::spawn(scheduler.run(interval, stop_work.clone(), self.wake.clone()))
         });
         let app = router(self.state.clone());
-        let mut server_stop = stop_rx.clone();
-        let server = axum::serve(
+        let mut server_stop = stop_site.clone();
+        let timeouts = crate::web::ConnectionTimeouts::from_config(&self.state.config().server);
+        let mut server = tokio::spawn(crate::web::serve(
             self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = server_stop.wait_for(|stop| *stop).await;
-        });
-        let signal = tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let result = server.await;
-        signal.abort();
+            app,
+            timeouts,
+            async move {
+                let _ = server_stop.wait_for(|stop| *stop).await;
+            },
+        ));
+        let server_ended = tokio::select! {
+            _ = shutdown => None,
+            ended = &mut server => Some(ended),
+        };
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = stop_work_tx.send(true);
+        // The worker bounds its own stop by the grace.
         if let Some(worker) = worker {
             let _ = worker.await;
         }
-        if let Some(scheduler) = scheduler {
-            let _ = scheduler.await;
+        if let Some(mut scheduler) = scheduler
+            && tokio::time::timeout_at(deadline, &mut scheduler)
+                .await
+                .is_err()
+        {
+            // Its fan-out is one transaction per batch: what it had not committed is redone.
+            scheduler.abort();
         }
+        let _ = stop_site_tx.send(true);
+        let result = match server_ended {
+            Some(ended) => ended,
+            None => match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    tracing::warn!(
+                        "requests still in flight when the shutdown grace ended were cut off"
+                    );
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
         if let Some(checkpoints) = checkpoints {
             let _ = checkpoints.await;
         }
-        self.state.store().close().await;
-        result.context("web server failed")
+        // Connections an aborted request still holds are dropped with the process.
+        let _ = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
+            self.state.store().close(),
+        )
+        .await;
+        result
+            .context("web server task failed")?
+            .context("web server failed")
     }
 }
 

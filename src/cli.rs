@@ -704,6 +704,7 @@ async fn serve(
     let outbox = config.outbox_dir();
     let transport = config.mail.transport;
     let base = config.base_url().to_owned();
+    crate::web::raise_open_file_limit();
     let app = Application::build(config, Clock::System, with_worker).await?;
     writeln!(out, "Sangha is listening on http://{}", app.local_addr())?;
     writeln!(out, "  signup page: {base}/subscribe")?;

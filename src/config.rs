@@ -54,6 +54,12 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// Origins allowed to call the JSON API from a browser (CORS). Empty: none.
     pub cors_origins: Vec<String>,
+    /// A request's head (request line and headers) must arrive within this many seconds of the
+    /// server starting to wait for it: on a new connection and between kept-alive requests.
+    pub header_read_timeout_seconds: u64,
+    /// A connection on which nothing is read or written for this many seconds is closed (a
+    /// stalled body, a client that stops reading the answer).
+    pub idle_timeout_seconds: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -77,18 +83,59 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
-/// `postgres://user:secret@host/db` becomes `postgres://user:[redacted]@host/db`.
-pub fn redact_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+/// A database URL as it may be shown: every password in it replaced by `[redacted]`. The one
+/// function for printing a URL, in `config check`, `Debug` and error messages.
+///
+/// The password forms: the userinfo (`postgres://user:secret@host/db`), and any query parameter
+/// whose name holds `password` (`?password=…`, which sqlx reads; `?sslpassword=…`, which libpq
+/// reads). The URL is read with the `url` crate, as sqlx reads it, so what sqlx would take as a
+/// password is what is hidden. A URL that cannot be read but could hold a secret (an `@` or
+/// the word `password`) is not shown at all beyond its scheme.
+pub fn redact_url_password(raw: &str) -> String {
+    const REDACTED: &str = "[redacted]";
+    let Ok(url) = url::Url::parse(raw) else {
+        let lower = raw.to_ascii_lowercase();
+        if raw.contains('@') || lower.contains("password") {
+            let scheme = raw.split_once(':').map_or("", |(scheme, _)| scheme);
+            return format!("{scheme}:[not shown: not a URL that can be read]");
+        }
+        return raw.to_owned();
     };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
-        None => url.to_owned(),
+    let secret_key = |key: &str| key.to_ascii_lowercase().contains("password");
+    let query_secret = url.query_pairs().any(|(key, _)| secret_key(&key));
+    if url.password().is_none() && !query_secret {
+        return raw.to_owned();
     }
+    let mut shown = url[..url::Position::BeforeUsername].to_owned();
+    if url.password().is_some() {
+        shown.push_str(&format!("{}:{REDACTED}@", url.username()));
+    } else if !url.username().is_empty() {
+        shown.push_str(&format!("{}@", url.username()));
+    }
+    shown.push_str(&url[url::Position::BeforeHost..url::Position::AfterPath]);
+    if let Some(query) = url.query() {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+                let decoded: String = form_urlencoded::parse(key.as_bytes())
+                    .map(|(k, v)| format!("{k}{v}"))
+                    .collect();
+                if secret_key(&decoded) {
+                    format!("{key}={REDACTED}")
+                } else {
+                    pair.to_owned()
+                }
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    if let Some(fragment) = url.fragment() {
+        shown.push('#');
+        shown.push_str(fragment);
+    }
+    shown
 }
 
 fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -137,6 +184,89 @@ pub struct SmtpConfig {
     /// Messages per second across all connections; 0 means unlimited.
     pub rate_per_second: u32,
     pub timeout_seconds: u64,
+    /// Which certificate authorities a TLS relay's certificate may come from.
+    pub trust: TrustStore,
+    /// A PEM file of CA certificates trusted besides `trust` (a private CA); relative paths
+    /// are read from the folder of the config file.
+    pub ca_file: Option<PathBuf>,
+    /// When set, the relay's own (end-entity) certificate must have this SHA-256, and only
+    /// that is checked: no CA, no host name (as Postfix's `fingerprint` security level).
+    pub certificate_sha256: Option<CertificateSha256>,
+    /// Accepts any certificate: encryption without knowing who is at the other end.
+    pub danger_accept_invalid_certs: bool,
+}
+
+/// The certificate authorities trusted for SMTP over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustStore {
+    /// The Mozilla roots built into the binary (webpki-roots): the same on every machine.
+    Builtin,
+    /// The operating system's store, or `SSL_CERT_FILE` / `SSL_CERT_DIR` when set.
+    System,
+    /// Both of them.
+    Both,
+}
+
+/// The SHA-256 of a DER certificate, written as 64 hex digits, with or without colons
+/// (as `openssl x509 -noout -fingerprint -sha256` prints it).
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CertificateSha256([u8; 32]);
+
+impl CertificateSha256 {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let text = text.split_once('=').map_or(text, |(label, hex)| {
+            if label.to_ascii_lowercase().contains("sha256") {
+                hex
+            } else {
+                text
+            }
+        });
+        let hex: String = text.chars().filter(|c| *c != ':').collect();
+        let mut bytes = [0u8; 32];
+        if hex.len() != 64 || !hex.is_ascii() {
+            return Err("must be 64 hex digits (a SHA-256), colons allowed".to_owned());
+        }
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| "must be 64 hex digits (a SHA-256), colons allowed".to_owned())?;
+        }
+        Ok(CertificateSha256(bytes))
+    }
+
+    /// The fingerprint of a DER-encoded certificate.
+    pub fn of_der(der: &[u8]) -> Self {
+        use sha2::Digest;
+        CertificateSha256(sha2::Sha256::digest(der).into())
+    }
+}
+
+impl fmt::Display for CertificateSha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex: Vec<String> = self.0.iter().map(|b| format!("{b:02X}")).collect();
+        f.write_str(&hex.join(":"))
+    }
+}
+
+impl fmt::Debug for CertificateSha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CertificateSha256({self})")
+    }
+}
+
+impl TryFrom<String> for CertificateSha256 {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
+    }
+}
+
+impl From<CertificateSha256> for String {
+    fn from(sha: CertificateSha256) -> String {
+        sha.to_string()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,8 +291,13 @@ pub struct SignupConfig {
     /// At most one confirmation email per address in this many minutes.
     pub confirmation_cooldown_minutes: u32,
     /// At most this many confirmation emails per recipient domain per hour (0 = no cap), so
-    /// a flood of signups cannot make one mail provider see us as a spammer.
+    /// a flood of signups cannot make one mail provider see us as a spammer. Confirmations
+    /// over the cap are queued for a later hour, never dropped.
     pub confirmations_per_domain_per_hour: u32,
+    /// Signups for addresses at one domain accepted per hour from one network (an IPv4 /24 or
+    /// an IPv6 /48) (0 = no limit): what one source can do to a domain, so that a flood from
+    /// one place cannot use up the domain's hour for everyone else.
+    pub signups_per_domain_per_network_per_hour: u32,
     /// Signup requests allowed per client IP per minute (0 = no limit).
     pub rate_limit_per_minute: u32,
     /// Requests a client IP may make in a burst before the per-minute rate applies.
@@ -178,7 +313,8 @@ pub struct WorkerConfig {
     pub poll_interval_ms: u64,
     /// Deliveries claimed per round trip.
     pub batch_size: u32,
-    /// How long a claim holds before another worker may take the row.
+    /// How long a claim holds before another worker may take the row. A worker claims no more
+    /// than it can send within half of it, and extends it for a batch that runs longer.
     pub lease_seconds: u64,
     /// Messages in flight at once per worker process.
     pub concurrency: u32,
@@ -196,6 +332,10 @@ pub struct WorkerConfig {
     pub grace_minutes: u32,
     /// `sends list` and the log warn when a recurring schedule has fewer unused pieces left.
     pub recurring_warn_below: u32,
+    /// On SIGTERM or Ctrl-C, how long messages already being handed over may take to finish
+    /// (the site keeps answering meanwhile). Those still unfinished are dropped; their rows stay
+    /// claimed and are sent again once the lease runs out, as after a crash.
+    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +477,8 @@ impl Default for Config {
                 base_url: "http://localhost:3000".into(),
                 trusted_proxies: Vec::new(),
                 cors_origins: Vec::new(),
+                header_read_timeout_seconds: 10,
+                idle_timeout_seconds: 60,
             },
             database: DatabaseConfig {
                 url: "sqlite://data/sangha.db".into(),
@@ -359,6 +501,10 @@ impl Default for Config {
                 pool_size: 8,
                 rate_per_second: 0,
                 timeout_seconds: 30,
+                trust: TrustStore::Builtin,
+                ca_file: None,
+                certificate_sha256: None,
+                danger_accept_invalid_certs: false,
             },
             tokens: TokenConfig {
                 key: Secret::default(),
@@ -371,6 +517,7 @@ impl Default for Config {
                     .into(),
                 confirmation_cooldown_minutes: 60,
                 confirmations_per_domain_per_hour: 60,
+                signups_per_domain_per_network_per_hour: 10,
                 rate_limit_per_minute: 10,
                 rate_limit_burst: 5,
                 honeypot_field: "website".into(),
@@ -386,6 +533,7 @@ impl Default for Config {
                 fanout_batch_size: 5000,
                 grace_minutes: 720,
                 recurring_warn_below: 3,
+                shutdown_grace_seconds: 20,
             },
             offerings: Vec::new(),
             config_dir: None,
@@ -467,6 +615,20 @@ impl Config {
                 ));
             }
         }
+        for (key, seconds) in [
+            (
+                "server.header_read_timeout_seconds",
+                self.server.header_read_timeout_seconds,
+            ),
+            (
+                "server.idle_timeout_seconds",
+                self.server.idle_timeout_seconds,
+            ),
+        ] {
+            if !(1..=86_400).contains(&seconds) {
+                return Err(invalid(key, "must be between 1 and 86400 seconds"));
+            }
+        }
         let url = self.database.url.as_str();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -508,6 +670,9 @@ impl Config {
                      (better in the environment as SANGHA__SMTP__PASSWORD)",
                 ));
             }
+        }
+        if let Some(path) = self.smtp_ca_file() {
+            read_ca_file(&path).map_err(|e| invalid("smtp.ca_file", e))?;
         }
         if self.smtp.pool_size == 0 {
             return Err(invalid("smtp.pool_size", "must be at least 1"));
@@ -635,6 +800,16 @@ impl Config {
         })
     }
 
+    /// `smtp.ca_file` as given when absolute, else next to the config file (or in the working
+    /// directory without one).
+    pub fn smtp_ca_file(&self) -> Option<PathBuf> {
+        let file = self.smtp.ca_file.as_ref()?;
+        Some(match &self.config_dir {
+            Some(base) if file.is_relative() => base.join(file),
+            _ => file.clone(),
+        })
+    }
+
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.server
             .bind
@@ -667,6 +842,25 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+}
+
+/// The DER certificates of a PEM file (`smtp.ca_file`); an error names the file and says
+/// what is wrong with it: missing, unreadable, not PEM, or without any certificate.
+pub fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certificates = CertificateDer::pem_slice_iter(&bytes)
+        .map(|cert| cert.map(|cert| cert.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM file of certificates: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "{} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certificates)
 }
 
 /// Keys whose values are secret (or contain one): never shown in an error message.
@@ -872,6 +1066,43 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_or_invalid_ca_file_stops_start_naming_the_key_and_the_file() {
+        let err = load("[smtp]\nca_file = \"no-such-ca.pem\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("smtp.ca_file"), "{err}");
+        assert!(err.contains("no-such-ca.pem"), "{err}");
+        let dir = tempfile_dir();
+        let not_pem = dir.join("not-a-ca.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let err = load(&format!("[smtp]\nca_file = {:?}\n", not_pem), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("smtp.ca_file"), "{err}");
+        assert!(
+            err.contains("not-a-ca.pem") && err.contains("no certificate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_fingerprint_is_read_with_or_without_colons() {
+        let hex = "ab".repeat(32);
+        let colons = vec!["AB"; 32].join(":");
+        let a = CertificateSha256::parse(&hex).unwrap();
+        assert_eq!(a, CertificateSha256::parse(&colons).unwrap());
+        assert_eq!(
+            a,
+            CertificateSha256::parse(&format!("sha256 Fingerprint={colons}")).unwrap()
+        );
+        assert_eq!(a.to_string(), colons);
+        let err = load("[smtp]\ncertificate_sha256 = \"abc\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("smtp.certificate_sha256"), "{err}");
+    }
+
+    #[test]
     fn a_missing_smtp_password_stops_start() {
         let err = load(
             "[mail]\ntransport = \"smtp\"\n[smtp]\nusername = \"me\"\n",
@@ -899,6 +1130,44 @@ mod tests {
             assert!(!text.contains("dbpass"), "{text}");
         }
         assert!(printed.contains("[redacted]"));
+    }
+
+    #[test]
+    fn every_password_form_of_a_database_url_is_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://u:dbpass@localhost/x",
+                "postgres://u:[redacted]@localhost/x",
+            ),
+            (
+                "postgres://u@localhost/x?password=dbpass&sslmode=require",
+                "postgres://u@localhost/x?password=[redacted]&sslmode=require",
+            ),
+            (
+                "postgresql://localhost:5433/x?sslpassword=dbpass&Password=dbpass",
+                "postgresql://localhost:5433/x?sslpassword=[redacted]&Password=[redacted]",
+            ),
+            (
+                "postgres://u:p%40ss@h/x?pass%77ord=dbpass",
+                "postgres://u:[redacted]@h/x?pass%77ord=[redacted]",
+            ),
+            ("postgres://u:dbp@ss@h/x", "postgres://u:[redacted]@h/x"),
+            (
+                "postgres://u:dbpass@h:port/x",
+                "postgres:[not shown: not a URL that can be read]",
+            ),
+            ("sqlite://data/sangha.db", "sqlite://data/sangha.db"),
+            (
+                "sqlite:data/sangha.db?mode=rwc",
+                "sqlite:data/sangha.db?mode=rwc",
+            ),
+            (
+                "postgres://u@h/x?sslmode=require",
+                "postgres://u@h/x?sslmode=require",
+            ),
+        ] {
+            assert_eq!(redact_url_password(url), shown, "{url}");
+        }
     }
 
     #[test]

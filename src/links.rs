@@ -7,7 +7,7 @@
 //! ([`Links::email_hashes`]), so an address erased before a rotation stays suppressed after it.
 
 use crate::clock::Millis;
-use crate::domain::{EmailAddress, Token, TokenError, TokenKey, TokenPurpose};
+use crate::domain::{EmailAddress, LinkTarget, Token, TokenError, TokenKey, TokenPurpose};
 
 #[derive(Debug, Clone)]
 pub struct Links {
@@ -47,52 +47,55 @@ impl Links {
         (self.confirm_ttl_secs + 86_399) / 86_400
     }
 
-    /// The confirmation token of a signup; it expires a fixed time after the signup, so a
-    /// retried email carries the same link.
-    pub fn confirm_token(&self, consent_id: i64, signed_up_at: Millis) -> String {
+    /// The confirmation token of a signup (its consent record); it expires a fixed time after
+    /// the signup, so a retried email carries the same link.
+    pub fn confirm_token(&self, consent: LinkTarget, signed_up_at: Millis) -> String {
         self.key().sign(&Token {
             purpose: TokenPurpose::Confirm,
-            subject: consent_id,
+            subject: consent.id,
             scope: 0,
             expires: signed_up_at.div_euclid(1000) + self.confirm_ttl_secs,
+            binding: consent.secret,
         })
     }
 
-    pub fn confirm_url(&self, consent_id: i64, signed_up_at: Millis) -> String {
+    pub fn confirm_url(&self, consent: LinkTarget, signed_up_at: Millis) -> String {
         format!(
             "{}/confirm/{}",
             self.base_url,
-            self.confirm_token(consent_id, signed_up_at)
+            self.confirm_token(consent, signed_up_at)
         )
     }
 
     /// The one-click unsubscribe link of one offering for one person. It never expires: a
     /// person must be able to leave from an email of any age.
-    pub fn unsubscribe_url(&self, subscriber_id: i64, offering_id: i64) -> String {
+    pub fn unsubscribe_url(&self, subscriber: LinkTarget, offering_id: i64) -> String {
         let token = self.key().sign(&Token {
             purpose: TokenPurpose::Unsubscribe,
-            subject: subscriber_id,
+            subject: subscriber.id,
             scope: offering_id,
             expires: 0,
+            binding: subscriber.secret,
         });
         format!("{}/unsubscribe/{token}", self.base_url)
     }
 
     /// The preferences page of one person (does not expire either).
-    pub fn preferences_url(&self, subscriber_id: i64) -> String {
+    pub fn preferences_url(&self, subscriber: LinkTarget) -> String {
         format!(
             "{}/preferences/{}",
             self.base_url,
-            self.preferences_token(subscriber_id)
+            self.preferences_token(subscriber)
         )
     }
 
-    pub fn preferences_token(&self, subscriber_id: i64) -> String {
+    pub fn preferences_token(&self, subscriber: LinkTarget) -> String {
         self.key().sign(&Token {
             purpose: TokenPurpose::Preferences,
-            subject: subscriber_id,
+            subject: subscriber.id,
             scope: 0,
             expires: 0,
+            binding: subscriber.secret,
         })
     }
 
@@ -100,6 +103,13 @@ impl Links {
     /// someone is erased or suppressed.
     pub fn email_hash(&self, email: &EmailAddress) -> String {
         self.key().email_hash(email.as_str())
+    }
+
+    /// The key of an address's confirmation cooldown: a keyed hash of its mailbox (lowercased,
+    /// without a `+tag`), so that spellings of one inbox share one cooldown and nothing
+    /// readable is kept about whoever asked.
+    pub fn mailbox_key(&self, email: &EmailAddress) -> String {
+        self.key().email_hash(&email.mailbox())
     }
 
     /// The hash of an address under every configured key, current first: what a suppression
@@ -141,15 +151,16 @@ mod tests {
         let new = TokenKey::generate();
         let before = Links::new("https://example.org/", old.clone(), 1);
         let after = Links::new("https://example.org", new.clone(), 1).with_previous_keys(vec![old]);
-        let token = before.preferences_token(7);
+        let person = LinkTarget { id: 7, secret: 99 };
+        let token = before.preferences_token(person);
         assert_eq!(
             after
                 .verify(&token, TokenPurpose::Preferences, 0)
                 .unwrap()
-                .subject,
-            7
+                .target(),
+            person
         );
-        let fresh = after.preferences_token(7);
+        let fresh = after.preferences_token(person);
         assert!(new.verify(&fresh, TokenPurpose::Preferences, 0).is_ok());
         assert!(
             before.verify(&fresh, TokenPurpose::Preferences, 0).is_err(),

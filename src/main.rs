@@ -1,5 +1,7 @@
 //! `sangha`: parse the command line, start logging, run the command.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -15,10 +17,23 @@ async fn main() -> std::process::ExitCode {
         // Whatever RUST_LOG says: handlebars logs the values given to block helpers at debug
         // (`{{#if name}}` in an owner's template would log subscribers' names, a helper over a
         // link would log its token).
-        .add_directive("handlebars=warn".parse().expect("a valid directive"));
+        .add_directive("handlebars=warn".parse().expect("a valid directive"))
+        // sqlx warns about a connect parameter it does not know with its value: that is how
+        // `?sslpassword=…` (a libpq parameter) reached the log. The URL is shown redacted in
+        // the error when the database cannot be opened.
+        .add_directive(
+            "sqlx_postgres::options::parse=error"
+                .parse()
+                .expect("a valid directive"),
+        );
+    // Colour only for a person at a terminal: a log file or journald would keep the escape
+    // codes as text. NO_COLOR (https://no-color.org) turns it off there too.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     let mut stdout = std::io::stdout();
     match sangha::cli::run(cli, &mut stdout).await {

@@ -56,8 +56,12 @@ pub fn local_instant(
     time: jiff::civil::Time,
     zone: &str,
 ) -> anyhow::Result<Millis> {
-    let tz = jiff::tz::TimeZone::get(zone)
-        .map_err(|_| anyhow::anyhow!("`{zone}` is not a known IANA time zone"))?;
+    let tz = jiff::tz::TimeZone::get(zone).map_err(|_| {
+        anyhow::anyhow!(
+            "`{}` is not a known IANA time zone",
+            crate::domain::Timezone::excerpt(zone)
+        )
+    })?;
     let zoned = date.to_datetime(time).to_zoned(tz)?;
     Ok(zoned.timestamp().as_millisecond())
 }
@@ -65,8 +69,12 @@ pub fn local_instant(
 impl When {
     /// Parses `--at "YYYY-MM-DD HH:MM"` in `zone`.
     pub fn parse_at(at: &str, zone: &str) -> anyhow::Result<Self> {
-        let tz = jiff::tz::TimeZone::get(zone)
-            .map_err(|_| anyhow::anyhow!("--timezone: `{zone}` is not a known IANA time zone"))?;
+        let tz = jiff::tz::TimeZone::get(zone).map_err(|_| {
+            anyhow::anyhow!(
+                "--timezone: `{}` is not a known IANA time zone",
+                crate::domain::Timezone::excerpt(zone)
+            )
+        })?;
         let local: jiff::civil::DateTime =
             at.trim().replacen(' ', "T", 1).parse().map_err(|_| {
                 anyhow::anyhow!("--at: `{at}` is not a time like \"2026-12-01 06:30\"")
@@ -309,12 +317,17 @@ async fn render_for(
     offering: &Offering,
     email: Option<&EmailAddress>,
 ) -> anyhow::Result<(EmailContent, lettre::Message)> {
-    let (subscriber_id, address, name) = match email {
+    let (subscriber_id, subscriber_secret, address, name) = match email {
         Some(email) => match runtime.store.subscriber_detail(email).await? {
-            Some(d) => (d.subscriber.id, d.subscriber.email, d.subscriber.name),
-            None => (0, email.to_string(), None),
+            Some(d) => (
+                d.link.id,
+                d.link.secret,
+                d.subscriber.email,
+                d.subscriber.name,
+            ),
+            None => (0, 0, email.to_string(), None),
         },
-        None => (0, "friend@example.org".to_owned(), None),
+        None => (0, 0, "friend@example.org".to_owned(), None),
     };
     let delivery = ClaimedDelivery {
         id: 0,
@@ -331,6 +344,7 @@ async fn render_for(
         local_time_send: false,
         email: address,
         name,
+        subscriber_secret,
         signup: None,
     };
     let composer = runtime.composer(runtime.templates()?, runtime.links()?)?;
@@ -499,8 +513,9 @@ pub async fn print_send(
     if s.interrupted > 0 {
         writeln!(
             out,
-            "interrupted: {} attempt(s) cut short by a stopped worker; those recipients may \
-             have it twice (same Message-ID)",
+            "interrupted: {} attempt(s) whose result was never recorded (a worker stopped \
+             midway, or the database refused the write: see the worker's log); those \
+             recipients may have it twice (same Message-ID)",
             s.interrupted
         )?;
     }

@@ -37,6 +37,11 @@ pub const EXPORT_COLUMNS: [&str; 5] = [
     "consent_source",
 ];
 
+/// Longest row an import reads, in bytes. A real row is under 2 KiB (an address, a name of 100
+/// characters, a zone, some offerings); without a cap csv grows its buffer for as long as a row
+/// goes on, and a file with one line of 1 GB took 3 GB of memory.
+const MAX_ROW_BYTES: u64 = 1 << 20;
+
 /// Longest `--source` text kept in consent records.
 const MAX_SOURCE_CHARS: usize = 200;
 
@@ -219,7 +224,7 @@ pub async fn import(
     if options.strict {
         let mut rows = Rows::open(path, &offerings)?;
         let mut bad = 0u64;
-        while let Some(row) = rows.next_row()? {
+        while let Some(row) = rows.next_row().context("nothing was imported (--strict)")? {
             if let Row::Invalid(message) = row {
                 writeln!(errors, "{message}")?;
                 bad += 1;
@@ -242,7 +247,13 @@ pub async fn import(
         let mut rows = Rows::open(path, &offerings)?;
         let mut batch: Vec<ImportedPerson> = Vec::with_capacity(options.batch_size);
         let mut in_batch: HashMap<EmailAddress, usize> = HashMap::with_capacity(options.batch_size);
-        while let Some(row) = rows.next_row()? {
+        // A file that cannot be read on stops the import there, after the rows before it.
+        let stopped = loop {
+            let row = match rows.next_row() {
+                Ok(Some(row)) => row,
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            };
             report.read += 1;
             match row {
                 Row::Invalid(message) => {
@@ -277,13 +288,20 @@ pub async fn import(
                     }
                 }
             }
-        }
+        };
         if !batch.is_empty() {
             writes
                 .start(store, &terms, batch, in_batch, now, &mut report)
                 .await?;
         }
-        anyhow::Ok(())
+        match stopped {
+            Some(e) => Err(e.context(format!(
+                "the import stopped after {} row(s), which were imported (those not valid \
+                 skipped); running it again after fixing the file is safe",
+                report.read
+            ))),
+            None => anyhow::Ok(()),
+        }
     }
     .await;
     // However the reading ended, the batches handed over are waited for: none is cut off
@@ -414,8 +432,8 @@ fn merge(into: &mut ImportedPerson, row: ValidRow) {
 /// first four columns can be imported again; `offerings` holds the active offerings the person
 /// has not left, `statuses` every subscription as `slug:status`. Times are RFC 3339 UTC.
 ///
-/// A name that a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`) is
-/// written with a leading `'`, which an import takes off again.
+/// A cell that a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`) is
+/// written with a leading `'`, which an import takes off again (see [`defuse_formula`]).
 pub async fn export(store: &Store, out: &mut (dyn Write + Send)) -> anyhow::Result<u64> {
     let mut writer = csv::Writer::from_writer(out);
     writer.write_record(HEADER.iter().chain(EXPORT_COLUMNS.iter()))?;
@@ -498,9 +516,11 @@ impl Exported {
 
     fn write<W: Write>(self, writer: &mut csv::Writer<W>) -> anyhow::Result<()> {
         let time = |t: Option<Millis>| t.map(format_ms).unwrap_or_default();
-        writer.write_record([
+        // Every cell, not only the name: an address such as `=cmd|'/Ccalc'!A0@csv.test` is
+        // valid, and so is a consent source the owner typed.
+        let cells = [
             self.email,
-            self.name.as_deref().map(defuse_formula).unwrap_or_default(),
+            self.name.unwrap_or_default(),
             self.timezone.unwrap_or_default(),
             self.offerings.join(";"),
             self.statuses.join(";"),
@@ -508,28 +528,35 @@ impl Exported {
             time(self.confirmed_at),
             time(self.consent_at),
             self.consent_source.unwrap_or_default(),
-        ])?;
+        ];
+        writer.write_record(cells.iter().map(|cell| defuse_formula(cell)))?;
         Ok(())
     }
 }
 
-/// Characters that make a spreadsheet cell a formula (OWASP "CSV injection").
+/// Whether a spreadsheet would run the cell as a formula (OWASP "CSV injection": `=`, `+`, `-`,
+/// `@`, tab, carriage return), or it would after [`restore_formula`] took a `'` off.
 fn starts_a_formula(text: &str) -> bool {
-    text.starts_with(['=', '+', '-', '@'])
+    text.trim_start_matches('\'')
+        .starts_with(['=', '+', '-', '@', '\t', '\r'])
 }
 
-fn defuse_formula(name: &str) -> String {
-    if starts_a_formula(name) {
-        format!("'{name}")
+/// A cell as an export writes it: text that starts a formula, after any number of `'`, gets one
+/// more `'` in front. So `=SUM(A1)` is written `'=SUM(A1)` and `'=SUM(A1)` as typed is written
+/// `''=SUM(A1)`, while `'Radha` stays as it is: [`restore_formula`] undoes exactly this.
+fn defuse_formula(text: &str) -> String {
+    if starts_a_formula(text) {
+        format!("'{text}")
     } else {
-        name.to_owned()
+        text.to_owned()
     }
 }
 
-fn restore_formula(name: &str) -> &str {
-    match name.strip_prefix('\'') {
+/// A cell as an import reads it: the `'` that [`defuse_formula`] added, taken off.
+fn restore_formula(text: &str) -> &str {
+    match text.strip_prefix('\'') {
         Some(rest) if starts_a_formula(rest) => rest,
-        _ => name,
+        _ => text,
     }
 }
 
@@ -604,12 +631,17 @@ impl<'o> Rows<'o> {
 
     /// The next row, or `None` at the end of the file. Only reading the file can fail here.
     fn next_row(&mut self) -> anyhow::Result<Option<Row>> {
-        if !self
-            .reader
-            .read_byte_record(&mut self.record)
-            .context("cannot read the file")?
-        {
-            return Ok(None);
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) => {
+                if let csv::ErrorKind::Io(io) = e.kind()
+                    && let Some(long) = io.get_ref().and_then(|e| e.downcast_ref::<RowTooLong>())
+                {
+                    bail!("{long}");
+                }
+                return Err(anyhow::Error::new(e).context("cannot read the file"));
+            }
         }
         let line = record_line(&mut self.reader, &self.record);
         Ok(Some(match self.check_row() {
@@ -631,11 +663,13 @@ impl<'o> Rows<'o> {
             std::str::from_utf8(&self.record[i])
                 .map_err(|_| "not valid UTF-8 text (save the file as UTF-8)".to_owned())
         };
+        // Each cell as it was before an export defused it (see `defuse_formula`).
+        let cell = |i: usize| text(i).map(|t| restore_formula(t.trim()));
         let (email, name, timezone, offerings) = (
-            text(columns.email)?,
-            text(columns.name)?,
-            text(columns.timezone)?,
-            text(columns.offerings)?,
+            cell(columns.email)?,
+            cell(columns.name)?,
+            cell(columns.timezone)?,
+            cell(columns.offerings)?,
         );
         let left_everything = match columns.statuses {
             Some(i) => !text(i)?.trim().is_empty(),
@@ -651,7 +685,7 @@ impl<'o> Rows<'o> {
                 .map_err(|e| problems.push(format!("email: {e}")))
                 .ok()
         };
-        let name = SubscriberName::parse(restore_formula(name.trim()))
+        let name = SubscriberName::parse(name)
             .map_err(|e| problems.push(format!("name: {e}")))
             .ok()
             .flatten();
@@ -768,6 +802,7 @@ fn columns_of(header: &csv::ByteRecord) -> Result<Columns, String> {
 /// line breaks inside quoted fields.
 fn record_line(reader: &mut csv::Reader<LineCounter<File>>, record: &csv::ByteRecord) -> u64 {
     let end = reader.position().byte();
+    reader.get_mut().row_ended_at(end);
     // The last byte read is the record's terminator (or its last byte at the end of the file,
     // which is never a bare line break): line breaks strictly before it.
     let before_end = reader.get_mut().newlines_before(end.saturating_sub(1));
@@ -778,11 +813,23 @@ fn record_line(reader: &mut csv::Reader<LineCounter<File>>, record: &csv::ByteRe
 /// Passes the file through and remembers the offsets of its line breaks, so that rows can be
 /// given their line numbers. It holds only the line breaks read ahead of the parser (csv
 /// reads in 8 KiB chunks).
+///
+/// It also stops a row that goes on past [`MAX_ROW_BYTES`] (one huge line, or a quote left
+/// open): reading fails with [`RowTooLong`], so neither csv's record nor the line breaks
+/// remembered here grow further.
 struct LineCounter<R> {
     inner: R,
     offset: u64,
     ahead: VecDeque<u64>,
     passed: u64,
+    /// Where the last row read ended: the next one starts here or after blank lines.
+    row_end: u64,
+    /// The offsets of the lines read ahead that are not blank: the next row starts on the first
+    /// at or after `row_end`.
+    line_starts: VecDeque<u64>,
+    /// Whether the last byte read ended a line (or the file has just begun).
+    at_line_start: bool,
+    max_row_bytes: u64,
 }
 
 impl<R> LineCounter<R> {
@@ -792,6 +839,10 @@ impl<R> LineCounter<R> {
             offset: 0,
             ahead: VecDeque::new(),
             passed: 0,
+            row_end: 0,
+            line_starts: VecDeque::new(),
+            at_line_start: true,
+            max_row_bytes: MAX_ROW_BYTES,
         }
     }
 
@@ -803,23 +854,70 @@ impl<R> LineCounter<R> {
         }
         self.passed
     }
+
+    /// The parser has read a whole row, up to byte `offset`.
+    fn row_ended_at(&mut self, offset: u64) {
+        self.row_end = offset;
+        while self.line_starts.front().is_some_and(|&at| at < offset) {
+            self.line_starts.pop_front();
+        }
+    }
 }
 
 impl<R: Read> Read for LineCounter<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let start = self.offset;
-        self.ahead.extend(
-            buf[..n]
+        if self.offset - self.row_end > self.max_row_bytes {
+            let start = self
+                .line_starts
                 .iter()
-                .enumerate()
-                .filter(|(_, b)| **b == b'\n')
-                .map(|(i, _)| start + i as u64),
-        );
+                .copied()
+                .find(|&at| at >= self.row_end)
+                .unwrap_or(self.offset);
+            let line = 1 + self.newlines_before(start);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                RowTooLong {
+                    line,
+                    max_bytes: self.max_row_bytes,
+                },
+            ));
+        }
+        let n = self.inner.read(buf)?;
+        for (i, &byte) in buf[..n].iter().enumerate() {
+            let at = self.offset + i as u64;
+            match byte {
+                b'\n' => self.ahead.push_back(at),
+                b'\r' => {}
+                _ if self.at_line_start => self.line_starts.push_back(at),
+                _ => {}
+            }
+            self.at_line_start = byte == b'\n' || (byte == b'\r' && self.at_line_start);
+        }
         self.offset += n as u64;
         Ok(n)
     }
 }
+
+/// A row longer than an import reads (see [`LineCounter`]).
+#[derive(Debug)]
+struct RowTooLong {
+    line: u64,
+    max_bytes: u64,
+}
+
+impl fmt::Display for RowTooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "line {}: the row goes on for more than {} KiB, the longest an import reads \
+             (is a quote left open, or is this not a CSV file of subscribers?)",
+            self.line,
+            self.max_bytes / 1024
+        )
+    }
+}
+
+impl std::error::Error for RowTooLong {}
 
 #[cfg(test)]
 mod tests {
@@ -850,11 +948,57 @@ mod tests {
     }
 
     #[test]
+    fn a_row_past_the_cap_stops_the_reader_with_the_line_it_starts_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.csv");
+        let long = "x".repeat(100_000);
+        std::fs::write(&path, format!("h\r\na\r\n\r\n\"{long}\n{long}\"\r\nb\r\n")).unwrap();
+        let mut counter = LineCounter::new(File::open(&path).unwrap());
+        counter.max_row_bytes = 50_000;
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .has_headers(false)
+            .from_reader(counter);
+        let mut record = csv::ByteRecord::new();
+        for line in [1, 2] {
+            assert!(reader.read_byte_record(&mut record).unwrap());
+            assert_eq!(record_line(&mut reader, &record), line);
+        }
+        let err = reader.read_byte_record(&mut record).unwrap_err();
+        let csv::ErrorKind::Io(io) = err.kind() else {
+            panic!("{err}");
+        };
+        let long = io.get_ref().unwrap().downcast_ref::<RowTooLong>().unwrap();
+        assert_eq!(long.line, 4);
+        assert!(record.as_slice().len() < 60_000);
+    }
+
+    #[test]
     fn a_name_that_looks_like_a_formula_survives_a_round_trip() {
-        for name in ["=SUM(A1)", "+49 Anna", "-Anna", "@anna", "Anna", "'quoted'"] {
-            assert_eq!(restore_formula(&defuse_formula(name)), name);
+        for name in [
+            "=SUM(A1)",
+            "+49 Anna",
+            "-Anna",
+            "@anna",
+            "Anna",
+            "'quoted'",
+            "'Radha",
+            "'=SUM(A1)",
+            "''@x",
+            "\tx",
+            "'",
+            "",
+        ] {
+            let written = defuse_formula(name);
+            assert!(
+                !written.starts_with(['=', '+', '-', '@', '\t']),
+                "{written}"
+            );
+            assert_eq!(restore_formula(&written), name);
         }
         assert_eq!(defuse_formula("=1+1"), "'=1+1");
+        assert_eq!(defuse_formula("'Radha"), "'Radha");
+        assert_eq!(defuse_formula("'=1"), "''=1");
     }
 
     #[test]

@@ -4,12 +4,18 @@
 //! and a crash only leaves leases that run out.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, watch};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use crate::clock::{Clock, Millis};
 use crate::config::WorkerConfig;
@@ -55,9 +61,76 @@ struct Inner {
     transport: Transport,
     clock: Clock,
     settings: WorkerConfig,
+    /// `smtp.rate_per_second` of the transport (0: unlimited), shared by every lane.
+    rate_per_second: u32,
+    /// How long a message takes from its start to the transport's answer, waits for the rate
+    /// limit and for a pooled session included: a moving average in ms, `None` before the
+    /// first batch. Claims are sized by it (see [`claim_size`]).
+    latency_ms: Mutex<Option<f64>>,
     id: String,
     claims: AtomicU64,
     sends: Mutex<HashMap<i64, SendParts>>,
+    /// Turns true when [`Worker::run`] is asked to stop: batches start no further message.
+    stopping: watch::Sender<bool>,
+    /// Hand-offs the database refused to record, kept until it takes writes again.
+    unrecorded: Mutex<Unrecorded>,
+}
+
+/// Messages a mail server accepted whose record the database refused (a full disk, a
+/// read-only file). Written again with backoff; while any are kept the worker claims nothing,
+/// since whatever it sent could not be recorded either. Forgetting them would send them again
+/// once their lease runs out.
+#[derive(Default)]
+struct Unrecorded {
+    batches: Vec<UnrecordedBatch>,
+    /// A lane is writing them right now (from a copy: `batches` keeps them until written).
+    writing: bool,
+    /// Failed tries so far in this episode.
+    tries: i64,
+    /// Not before this time is the next try.
+    next_try_at: Millis,
+}
+
+impl Unrecorded {
+    fn is_failing(&self) -> bool {
+        self.writing || !self.batches.is_empty()
+    }
+
+    fn count(&self) -> usize {
+        self.batches.iter().map(|b| b.sent.len()).sum()
+    }
+}
+
+#[derive(Clone)]
+struct UnrecordedBatch {
+    lease_id: String,
+    /// When they were handed over (their `sent_at`).
+    at: Millis,
+    sent: Vec<(i64, String)>,
+}
+
+/// Delay before writing kept results again after `tries` failures: 1 s doubling up to 30 s,
+/// well inside a lease, so the rows are usually still ours when the write finally succeeds.
+fn record_backoff_ms(tries: i64) -> Millis {
+    1_000i64 << (tries.clamp(1, 6) - 1)
+}
+
+/// A spawned task that is aborted when its handle is dropped, so a batch dropped at the end
+/// of the shutdown grace takes its deliveries with it.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
 }
 
 /// Delay before the next attempt after `attempts` failed ones: 30 s doubling up to an hour,
@@ -69,6 +142,33 @@ pub fn backoff_ms(attempts: i64) -> Millis {
     base + jitter
 }
 
+/// How many rows one lane may claim: no more than it can send within half the lease, so that
+/// none waits out its lease behind the rate limit or a slow relay (at 2 messages a second, 4
+/// lanes claiming 50 each with a 60 s lease sent 100 people the message twice). Half, because
+/// the lease of a batch that takes longer is extended only from then on (see
+/// [`Worker::deliver_batch`]). The lane's share of `rate_per_second` bounds it, and so does
+/// `concurrency` messages at a time at the measured `latency_ms` each. At least one.
+fn claim_size(
+    batch_size: u32,
+    lease_ms: Millis,
+    concurrency: u32,
+    rate_per_second: u32,
+    latency_ms: Option<f64>,
+) -> u32 {
+    let half_lease_s = lease_ms as f64 / 2_000.0;
+    let mut size = f64::from(batch_size);
+    if rate_per_second > 0 {
+        size = size.min(f64::from(rate_per_second) / LANES as f64 * half_lease_s);
+    }
+    if let Some(latency) = latency_ms.filter(|l| *l > 0.0) {
+        size = size.min(f64::from(concurrency.max(1)) * half_lease_s * 1_000.0 / latency);
+    }
+    (size.floor() as u32).clamp(1, batch_size.max(1))
+}
+
+/// Weight of the newest batch in the moving average of message latency.
+const LATENCY_WEIGHT: f64 = 0.3;
+
 impl Worker {
     pub fn new(
         store: Store,
@@ -76,6 +176,7 @@ impl Worker {
         transport: Transport,
         clock: Clock,
         settings: WorkerConfig,
+        rate_per_second: u32,
     ) -> Self {
         let id = format!(
             "{}-{}-{:08x}",
@@ -90,9 +191,13 @@ impl Worker {
                 transport,
                 clock,
                 settings,
+                rate_per_second,
+                latency_ms: Mutex::new(None),
                 id,
                 claims: AtomicU64::new(0),
                 sends: Mutex::new(HashMap::new()),
+                stopping: watch::Sender::new(false),
+                unrecorded: Mutex::new(Unrecorded::default()),
             }),
         }
     }
@@ -100,41 +205,33 @@ impl Worker {
     /// Claims one batch and delivers it. Returns how the batch went; an empty claim is idle.
     pub async fn step(&self) -> anyhow::Result<StepOutcome> {
         let inner = &self.inner;
+        if !self.record_kept_results(false).await {
+            // The database still refuses writes: whatever we sent now could not be recorded.
+            return Ok(StepOutcome::default());
+        }
         let now = inner.clock.now_ms();
         let lease_id = format!(
             "{}-{}",
             inner.id,
             inner.claims.fetch_add(1, Ordering::Relaxed)
         );
-        let lease_until = now + (inner.settings.lease_seconds as i64) * 1000;
+        let lease_until = now + self.lease_ms();
+        let limit = claim_size(
+            inner.settings.batch_size,
+            self.lease_ms(),
+            inner.settings.concurrency,
+            inner.rate_per_second,
+            *inner.latency_ms.lock().expect("latency lock"),
+        );
         let batch = inner
             .store
-            .claim_deliveries(&lease_id, now, lease_until, inner.settings.batch_size)
+            .claim_deliveries(&lease_id, now, lease_until, limit)
             .await?;
         let mut outcome = StepOutcome {
             claimed: batch.len(),
             ..StepOutcome::default()
         };
-        // Each delivery is a task of its own, so rendering (most of the CPU a message costs)
-        // spreads over every core instead of running inside this one task.
-        let lease = Arc::<str>::from(lease_id.as_str());
-        let results: Vec<(Result1, Option<i64>)> = futures::stream::iter(batch)
-            .map(|d| {
-                let worker = self.clone();
-                let lease = lease.clone();
-                tokio::spawn(async move {
-                    let send_id = d.send_id;
-                    (worker.deliver(d, &lease).await, send_id)
-                })
-            })
-            .buffer_unordered(inner.settings.concurrency as usize)
-            .filter_map(|joined| async move {
-                joined
-                    .inspect_err(|e| tracing::error!(error = %e, "a delivery task failed"))
-                    .ok()
-            })
-            .collect()
-            .await;
+        let results = self.deliver_batch(batch, &lease_id, lease_until).await;
         let mut failing_sends = Vec::new();
         let mut sent = Vec::new();
         for (r, send_id) in results {
@@ -156,8 +253,8 @@ impl Worker {
             }
         }
         // One statement records the whole batch's hand-offs: a round trip and a commit per
-        // message was the bottleneck on PostgreSQL. Should it fail, the rows stay leased and
-        // are sent again once the lease runs out (counted as interrupted, same Message-IDs).
+        // message was the bottleneck on PostgreSQL. Should it fail, the results are kept in
+        // memory and written later (see [`Unrecorded`]), and no lane claims meanwhile.
         if !sent.is_empty() {
             let now = inner.clock.now_ms();
             if let Err(e) = inner
@@ -165,8 +262,7 @@ impl Worker {
                 .mark_deliveries_sent(&lease_id, now, &sent)
                 .await
             {
-                tracing::error!(error = %e, count = sent.len(),
-                    "sent, but could not record it; these messages may be sent twice");
+                self.keep_unrecorded(lease_id, now, sent, &e);
             }
         }
         for id in failing_sends {
@@ -180,6 +276,222 @@ impl Worker {
                 .await?;
         }
         Ok(outcome)
+    }
+
+    /// Keeps hand-offs the database refused to record. Logged at error level once, when the
+    /// worker enters this state, not for every batch.
+    fn keep_unrecorded(
+        &self,
+        lease_id: String,
+        at: Millis,
+        sent: Vec<(i64, String)>,
+        error: &sqlx::Error,
+    ) {
+        let mut kept = self.inner.unrecorded.lock().expect("unrecorded lock");
+        if !kept.is_failing() {
+            tracing::error!(worker = %self.inner.id, error = %error, count = sent.len(),
+                "the database refuses writes: messages the mail server accepted cannot be \
+                 recorded; they are kept in memory and written once it takes writes again, \
+                 and no new mail is claimed meanwhile (is the disk full?)");
+            kept.tries = 1;
+            kept.next_try_at = self.inner.clock.now_ms() + record_backoff_ms(1);
+        }
+        kept.batches.push(UnrecordedBatch { lease_id, at, sent });
+    }
+
+    /// Writes the kept hand-offs when their next try is due (or at once with `now`). Returns
+    /// whether none are left, i.e. whether the worker may claim again.
+    async fn record_kept_results(&self, now: bool) -> bool {
+        let inner = &self.inner;
+        let batches = {
+            let mut kept = inner.unrecorded.lock().expect("unrecorded lock");
+            if !kept.is_failing() {
+                return true;
+            }
+            if kept.writing || (!now && inner.clock.now_ms() < kept.next_try_at) {
+                return false;
+            }
+            // Copies: should this future be dropped midway (a stop), the results stay kept.
+            kept.writing = true;
+            kept.batches.clone()
+        };
+        let tried = batches.len();
+        let mut failure = None;
+        let mut written = 0;
+        let mut done_batches = 0;
+        for batch in &batches {
+            match inner
+                .store
+                .mark_deliveries_sent(&batch.lease_id, batch.at, &batch.sent)
+                .await
+            {
+                Ok(done) => {
+                    done_batches += 1;
+                    written += batch.sent.len();
+                    let lost = batch.sent.len() as u64 - done.min(batch.sent.len() as u64);
+                    if lost > 0 {
+                        tracing::error!(worker = %inner.id, count = lost,
+                            "results written too late: another worker took these rows over \
+                             after their lease ran out and may send them again");
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut kept = inner.unrecorded.lock().expect("unrecorded lock");
+        kept.writing = false;
+        // Other lanes only append meanwhile: the first `tried` batches are the ones copied.
+        debug_assert!(kept.batches.len() >= tried);
+        kept.batches.drain(..done_batches);
+        match failure {
+            Some(e) => {
+                kept.tries += 1;
+                kept.next_try_at = inner.clock.now_ms() + record_backoff_ms(kept.tries);
+                tracing::debug!(error = %e, kept = kept.count(), tries = kept.tries,
+                    "the database still refuses writes");
+                false
+            }
+            None if kept.batches.is_empty() => {
+                tracing::warn!(worker = %inner.id, count = written, tries = kept.tries,
+                    "the database takes writes again: the kept results are recorded; \
+                     claiming resumes");
+                kept.tries = 0;
+                true
+            }
+            // Another lane kept more meanwhile; they are written on the next step.
+            None => false,
+        }
+    }
+
+    fn lease_ms(&self) -> Millis {
+        (self.inner.settings.lease_seconds as i64) * 1000
+    }
+
+    /// Delivers a claimed batch, `worker.concurrency` messages at a time. Each delivery is a
+    /// task of its own, so rendering (most of the CPU a message costs) spreads over every core
+    /// instead of running inside this one task. Once the worker is stopping, no further message
+    /// of the batch is started: those rows are released at once, for the next worker to take,
+    /// and the ones in flight are left to finish (or to be dropped when the grace ends, which
+    /// aborts their tasks with this future).
+    ///
+    /// A batch still running when half its lease has passed extends the lease of the rows it
+    /// holds, in one statement, every half lease: the ones waiting their turn, the ones on the
+    /// wire, and the sent ones whose record waits for the end of the batch. A row the
+    /// extension no longer finds ours was taken over and is not started; while the lease
+    /// cannot be extended (the database refuses), nothing more of the batch is started. A batch
+    /// done within half its lease (the usual case) costs no extra statement.
+    async fn deliver_batch(
+        &self,
+        batch: Vec<ClaimedDelivery>,
+        lease_id: &str,
+        lease_until: Millis,
+    ) -> Vec<(Result1, Option<i64>)> {
+        let inner = &self.inner;
+        let lease_ms = self.lease_ms();
+        let lease = Arc::<str>::from(lease_id);
+        let mut held: Vec<i64> = batch.iter().map(|d| d.id).collect();
+        let mut held_until = lease_until;
+        let mut stopping = inner.stopping.subscribe();
+        let mut queue = batch.into_iter();
+        let mut running = FuturesUnordered::new();
+        let mut results = Vec::with_capacity(queue.len());
+        let mut latency_total = Duration::ZERO;
+        let mut timed = 0u32;
+        // Wakes the loop when the extension falls due: one timer per batch, not per message.
+        let wake_in = |held_until: Millis| {
+            // Not sooner than an eighth of the lease: a refused extension is tried again, not
+            // in a tight loop.
+            let ms = (held_until - lease_ms / 2 - inner.clock.now_ms())
+                .clamp((lease_ms / 8).max(10), lease_ms);
+            Instant::now() + Duration::from_millis(ms as u64)
+        };
+        let mut wake = std::pin::pin!(tokio::time::sleep_until(wake_in(held_until)));
+        loop {
+            let stop_seen = *stopping.borrow_and_update();
+            if stop_seen && queue.len() > 0 {
+                let ids: Vec<i64> = queue.by_ref().map(|d| d.id).collect();
+                if let Err(e) = inner.store.release_deliveries(lease_id, &ids).await {
+                    tracing::warn!(error = %e, count = ids.len(),
+                        "cannot release claimed deliveries; they wait for their lease to run out");
+                }
+            }
+            let extend_at = held_until - lease_ms / 2;
+            if inner.clock.now_ms() >= extend_at {
+                let until = inner.clock.now_ms() + lease_ms;
+                match inner.store.extend_leases(lease_id, &held, until).await {
+                    Ok(mut still) => {
+                        still.sort_unstable();
+                        if still.len() < held.len() {
+                            tracing::error!(worker = %inner.id, count = held.len() - still.len(),
+                                "claimed deliveries were taken over by another worker after \
+                                 their lease ran out; this worker does not send them");
+                        }
+                        held = still;
+                        held_until = until;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, count = held.len(),
+                            "cannot extend the lease of claimed deliveries; starting no more \
+                             of them until it can");
+                    }
+                }
+            }
+            // Start only rows surely ours for a while yet: held by us, with a live lease.
+            let may_start = inner.clock.now_ms() < held_until - lease_ms / 4;
+            while may_start && running.len() < inner.settings.concurrency.max(1) as usize {
+                let Some(d) = queue.next() else { break };
+                if held.binary_search(&d.id).is_err() {
+                    continue;
+                }
+                let worker = self.clone();
+                let lease = lease.clone();
+                running.push(AbortOnDrop(tokio::spawn(async move {
+                    let send_id = d.send_id;
+                    let started = Instant::now();
+                    let result = worker.deliver(d, &lease).await;
+                    (result, send_id, started.elapsed())
+                })));
+            }
+            if !may_start
+                && running.is_empty()
+                && queue.len() > 0
+                && held_until <= inner.clock.now_ms()
+            {
+                // The lease ran out and could not be extended: the rest is another worker's.
+                let left = queue.by_ref().count();
+                tracing::warn!(worker = %inner.id, count = left,
+                    "the lease of claimed deliveries ran out before they could be started; \
+                     they are left for the next claim");
+            }
+            tokio::select! {
+                joined = running.next(), if !running.is_empty() => match joined {
+                    Some(Ok((result, send_id, took))) => {
+                        latency_total += took;
+                        timed += 1;
+                        results.push((result, send_id));
+                    }
+                    Some(Err(e)) => tracing::error!(error = %e, "a delivery task failed"),
+                    None => {}
+                },
+                _ = stopping.changed(), if !stop_seen && queue.len() > 0 => {}
+                _ = &mut wake, if !running.is_empty() || queue.len() > 0 => {
+                    wake.as_mut().reset(wake_in(held_until));
+                }
+                else => break,
+            }
+        }
+        if timed > 0 {
+            let batch_ms = latency_total.as_secs_f64() * 1_000.0 / f64::from(timed);
+            let mut latency = inner.latency_ms.lock().expect("latency lock");
+            *latency = Some(match *latency {
+                Some(before) => before + LATENCY_WEIGHT * (batch_ms - before),
+                None => batch_ms,
+            });
+        }
+        results
     }
 
     async fn deliver(&self, delivery: ClaimedDelivery, lease_id: &str) -> Result1 {
@@ -366,17 +678,68 @@ impl Worker {
     /// batches: while one waits on the database (a claim, the record of a batch) or on the last
     /// slow messages of its batch, the others keep the SMTP sessions busy. The SMTP pool still
     /// bounds the sessions, and each lane at most `worker.concurrency` messages.
-    pub async fn run(self, shutdown: watch::Receiver<bool>, wake: Arc<Notify>) {
+    ///
+    /// Once `shutdown` turns true no lane claims again, and the messages in flight get
+    /// `worker.shutdown_grace_seconds` to finish. Those still unfinished then are dropped: their
+    /// rows keep their lease and are sent again once it runs out, as after a crash. A mail
+    /// server that never answers cannot hold a stop longer than that.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, wake: Arc<Notify>) {
         tracing::info!(worker = %self.inner.id, "delivery worker started");
-        let lanes: Vec<_> = (0..LANES)
-            .map(|_| tokio::spawn(self.clone().lane(shutdown.clone(), wake.clone())))
-            .collect();
-        for lane in lanes {
-            let _ = lane.await;
+        let mut lanes = JoinSet::new();
+        for _ in 0..LANES {
+            lanes.spawn(self.clone().lane(shutdown.clone(), wake.clone()));
         }
-        // Say goodbye (QUIT) on idle SMTP sessions rather than dropping them.
-        self.inner.transport.close().await;
+        let grace = Duration::from_secs(self.inner.settings.shutdown_grace_seconds);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                joined = lanes.join_next() => if joined.is_none() { break },
+                // An error: the sender is gone, which stops the lanes as well.
+                _ = async { drop(shutdown.wait_for(|stop| *stop).await) }, if deadline.is_none() => {
+                    deadline = Some(Instant::now() + grace);
+                    self.inner.stopping.send_replace(true);
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
+                    if deadline.is_some() => {
+                    tracing::warn!(worker = %self.inner.id, grace_seconds = grace.as_secs(),
+                        "messages still in flight when the shutdown grace ended were dropped; \
+                         they are sent again once their lease runs out");
+                    lanes.shutdown().await;
+                    break;
+                }
+            }
+        }
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + grace);
+        self.record_kept_results_until(deadline).await;
+        // Say goodbye (QUIT) on idle SMTP sessions rather than dropping them, within the grace.
+        let _ = tokio::time::timeout_at(deadline, self.inner.transport.close()).await;
         tracing::info!(worker = %self.inner.id, "delivery worker stopped");
+    }
+
+    /// At a stop: tries to write the kept results until `deadline`, then names what is lost.
+    async fn record_kept_results_until(&self, deadline: Instant) {
+        loop {
+            match tokio::time::timeout_at(deadline, self.record_kept_results(true)).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(_) => break,
+            }
+            if Instant::now() + Duration::from_secs(1) >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let kept = self.inner.unrecorded.lock().expect("unrecorded lock");
+        let ids: Vec<i64> = kept
+            .batches
+            .iter()
+            .flat_map(|b| b.sent.iter().map(|(id, _)| *id))
+            .collect();
+        if !ids.is_empty() {
+            tracing::error!(worker = %self.inner.id, count = ids.len(), deliveries = ?ids,
+                "stopping with results the database refused to record: these messages were \
+                 accepted by the mail server and will be sent again once their lease runs out");
+        }
     }
 
     async fn lane(self, mut shutdown: watch::Receiver<bool>, wake: Arc<Notify>) {
@@ -416,4 +779,32 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "sangha".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim_size;
+
+    #[test]
+    fn a_fast_unlimited_relay_claims_whole_batches() {
+        assert_eq!(claim_size(50, 60_000, 8, 0, None), 50);
+        assert_eq!(claim_size(200, 60_000, 8, 0, Some(5.0)), 200);
+    }
+
+    #[test]
+    fn a_rate_limit_shared_by_the_lanes_bounds_the_claim() {
+        // 2/s over 4 lanes is 0.5/s each: 15 within half of 60 s.
+        assert_eq!(claim_size(50, 60_000, 8, 2, None), 15);
+        // Less than one fits: still one, whose lease is extended while it waits.
+        assert_eq!(claim_size(50, 3_000, 8, 1, None), 1);
+    }
+
+    #[test]
+    fn a_slow_relay_bounds_the_claim_by_its_measured_latency() {
+        // 8 at a time, 3 s each: 80 in 30 s.
+        assert_eq!(claim_size(500, 60_000, 8, 0, Some(3_000.0)), 80);
+        // 12 s each (waiting for a pooled session included): 20.
+        assert_eq!(claim_size(50, 60_000, 8, 0, Some(12_000.0)), 20);
+        assert_eq!(claim_size(50, 60_000, 8, 0, Some(600_000.0)), 1);
+    }
 }

@@ -3,7 +3,10 @@ use std::fmt;
 use validator::ValidateEmail;
 
 /// A syntactically valid email address, normalised: surrounding space trimmed and the domain
-/// lowercased (the local part is kept as typed: RFC 5321 lets servers treat it case-sensitively).
+/// in its ASCII form, lowercased (IDNA/UTS-46: `Bücher.test`, `xn--bcher-kva.test` and a
+/// fullwidth `ｔｅｓｔ` are each one domain). The local part is kept as typed: RFC 5321 lets
+/// servers treat it case-sensitively, so `Radha@` and `radha@` are two subscribers, mailed as
+/// typed; limits that count a person use [`EmailAddress::mailbox`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EmailAddress(String);
 
@@ -25,7 +28,23 @@ impl EmailAddress {
         let Some((local, domain)) = trimmed.rsplit_once('@') else {
             return Err("This does not look like an email address: it has no @.".into());
         };
-        let normalised = format!("{local}@{}", domain.to_lowercase());
+        if domain.starts_with('[') {
+            return Err(
+                "Please use an address with a domain name, not an IP address in brackets.".into(),
+            );
+        }
+        let invalid = || format!("`{trimmed}` does not look like a valid email address.");
+        // UTS-46 maps case and width and turns Unicode labels into their xn-- form.
+        let domain = idna::domain_to_ascii(domain).map_err(|_| invalid())?;
+        // A top-level domain is never all digits: `a@127.0.0.1` is an address literal too.
+        if domain
+            .rsplit('.')
+            .next()
+            .is_none_or(|tld| tld.is_empty() || tld.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err("Please use an address with a domain name, not an IP address.".into());
+        }
+        let normalised = format!("{local}@{domain}");
         // Lowercasing can lengthen a domain (`İ` is two bytes, `i̇` three).
         if normalised.len() > Self::MAX_LEN {
             return Err("This email address is too long.".into());
@@ -36,11 +55,20 @@ impl EmailAddress {
             || !domain.contains('.')
             || normalised.parse::<lettre::Address>().is_err()
         {
-            return Err(format!(
-                "`{trimmed}` does not look like a valid email address."
-            ));
+            return Err(invalid());
         }
         Ok(Self(normalised))
+    }
+
+    /// The inbox an address reaches, as far as a limit on one person is concerned: the local
+    /// part lowercased and without a `+tag`, at the domain. Never used to send.
+    pub fn mailbox(&self) -> String {
+        let (local, domain) = self.0.rsplit_once('@').unwrap_or(("", &self.0));
+        let local = match local.split_once('+') {
+            Some((base, _)) if !base.is_empty() => base,
+            _ => local,
+        };
+        format!("{}@{domain}", local.to_lowercase())
     }
 
     pub fn as_str(&self) -> &str {
@@ -93,5 +121,50 @@ mod tests {
         }
         let long = format!("{}@example.org", "a".repeat(250));
         assert!(EmailAddress::parse(&long).is_err());
+    }
+
+    #[test]
+    fn domains_are_stored_in_one_ascii_form() {
+        for spelling in [
+            "bob@bücher.test",
+            "bob@BÜCHER.test",
+            "bob@xn--bcher-kva.test",
+            "bob@XN--BCHER-KVA.TEST",
+            "bob@bücher.ｔｅｓｔ",
+        ] {
+            let e = EmailAddress::parse(spelling).unwrap();
+            assert_eq!(e.as_str(), "bob@xn--bcher-kva.test", "{spelling}");
+        }
+    }
+
+    #[test]
+    fn address_literals_are_refused() {
+        for bad in [
+            "user@[127.0.0.1]",
+            "user@[IPv6:::1]",
+            "user@127.0.0.1",
+            "user@10.0.0.300",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn spellings_of_one_inbox_share_a_mailbox() {
+        let mailbox = |s: &str| EmailAddress::parse(s).unwrap().mailbox();
+        for spelling in [
+            "bomb@example.org",
+            "bOmB@example.org",
+            "BOMB+1@Example.org",
+            "bomb+news+x@EXAMPLE.ORG",
+        ] {
+            assert_eq!(mailbox(spelling), "bomb@example.org", "{spelling}");
+        }
+        assert_eq!(mailbox("+only@example.org"), "+only@example.org");
+        // The address itself is kept as typed, for sending.
+        assert_eq!(
+            EmailAddress::parse("bOmB+1@example.org").unwrap().as_str(),
+            "bOmB+1@example.org"
+        );
     }
 }

@@ -15,4 +15,4 @@ pub use status::{
     CourseState, DeliveryKind, DeliveryStatus, OfferingKind, SendStatus, SubscriptionStatus,
 };
 pub use timezone::Timezone;
-pub use token::{Token, TokenError, TokenKey, TokenPurpose};
+pub use token::{LinkTarget, Token, TokenError, TokenKey, TokenPurpose};

@@ -5,12 +5,33 @@ use std::fmt;
 pub struct Timezone(String);
 
 impl Timezone {
+    /// The longest name taken (the longest IANA name has 32 characters).
+    pub const MAX_BYTES: usize = 64;
+
     pub fn parse(input: &str) -> Result<Self, String> {
         let trimmed = input.trim();
-        if trimmed.len() > 64 || jiff::tz::TimeZone::get(trimmed).is_err() {
-            return Err(format!("`{trimmed}` is not a known IANA time zone."));
+        if trimmed.len() > Self::MAX_BYTES || jiff::tz::TimeZone::get(trimmed).is_err() {
+            return Err(format!(
+                "`{}` is not a known IANA time zone.",
+                Self::excerpt(trimmed)
+            ));
         }
         Ok(Self(trimmed.to_owned()))
+    }
+
+    /// What an error message shows of a refused zone: at most [`Timezone::MAX_BYTES`]
+    /// characters (a form field or a CSV cell can hold thousands), control characters replaced
+    /// (a terminal would run escape codes).
+    pub fn excerpt(input: &str) -> String {
+        let mut shown: String = input
+            .chars()
+            .take(Self::MAX_BYTES)
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect();
+        if input.chars().nth(Self::MAX_BYTES).is_some() {
+            shown.push('…');
+        }
+        shown
     }
 
     pub fn as_str(&self) -> &str {
@@ -46,5 +67,9 @@ mod tests {
         ] {
             assert!(Timezone::parse(bad).is_err(), "accepted {bad:?}");
         }
+        let err = Timezone::parse(&"x".repeat(10_000)).unwrap_err();
+        assert!(err.len() < 120, "{err}");
+        assert!(err.contains(&format!("{}…", "x".repeat(64))), "{err}");
+        assert_eq!(Timezone::excerpt("Mars\u{1b}[2J"), "Mars\u{fffd}[2J");
     }
 }

@@ -1,13 +1,24 @@
 //! Signed, stateless tokens for links in emails.
 //!
 //! ```text
-//! token = base64url( version | purpose | subject (u64) | scope (u64) | expires (i64, 0 = never) | mac )
-//! mac   = HMAC-SHA256(key, "sangha-token" | version | purpose | subject | scope | expires)[..16]
+//! token = base64url( version | purpose | subject (u64) | scope (u64) | expires (i64, 0 = never)
+//!                    | binding (i64) | mac )
+//! mac   = HMAC-SHA256(key, "sangha-token" | every field before it)[..16]
 //! ```
 //!
 //! A token is bound to its purpose (a confirmation token cannot unsubscribe), carries its own
 //! expiry, and is checked in constant time. 128 bits of MAC make guessing hopeless; the key
 //! never leaves the server.
+//!
+//! A token is also bound to the one row it acts on: `binding` is a random secret stored with
+//! that row (`link_secret` of a subscriber or a consent record). An id alone is not enough:
+//! SQLite gave an erased person's id to the next signup, and a restore from a backup can do the
+//! same on either database, so an old link must carry something a new row cannot have. A row
+//! whose secret differs from the token's is treated as missing (see [`LinkTarget`]).
+//!
+//! Version 1 tokens (before the binding) are still read, with binding 0: rows that existed
+//! before the binding keep secret 0 so the links already in their inboxes keep working, and
+//! every row made since has a non-zero secret, so an old token can never reach it.
 //!
 //! Keys can be rotated: new tokens are signed with the current key only, and a token is
 //! accepted when its MAC matches the current key or one of the keys it replaced
@@ -21,10 +32,15 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const MAC_LEN: usize = 16;
-const BODY_LEN: usize = 1 + 1 + 8 + 8 + 8;
+const BODY_LEN: usize = 1 + 1 + 8 + 8 + 8 + 8;
 const TOKEN_LEN: usize = BODY_LEN + MAC_LEN;
+/// Tokens made before the binding: no binding field, read as binding 0.
+const V1_BODY_LEN: usize = 1 + 1 + 8 + 8 + 8;
+const V1_TOKEN_LEN: usize = V1_BODY_LEN + MAC_LEN;
+/// The longest text that can be a token (base64 of `TOKEN_LEN` bytes is 67 characters).
+const MAX_TEXT_LEN: usize = 80;
 
 /// What a token may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +62,26 @@ pub struct Token {
     pub scope: i64,
     /// Unix seconds after which the token is refused; 0 means it never expires.
     pub expires: i64,
+    /// The `link_secret` of the row `subject` names (0 for rows older than the binding).
+    pub binding: i64,
+}
+
+impl Token {
+    /// The row this token acts on.
+    pub fn target(&self) -> LinkTarget {
+        LinkTarget {
+            id: self.subject,
+            secret: self.binding,
+        }
+    }
+}
+
+/// A row a link acts on: its id and the random secret stored with it. Store lookups by link
+/// match both, so a link whose row was deleted matches nothing, even when its id is used again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkTarget {
+    pub id: i64,
+    pub secret: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -122,6 +158,7 @@ impl TokenKey {
         body[2..10].copy_from_slice(&token.subject.to_be_bytes());
         body[10..18].copy_from_slice(&token.scope.to_be_bytes());
         body[18..26].copy_from_slice(&token.expires.to_be_bytes());
+        body[26..34].copy_from_slice(&token.binding.to_be_bytes());
         let mut mac = self.mac();
         mac.update(&body[..BODY_LEN]);
         let tag = mac.finalize().into_bytes();
@@ -145,19 +182,21 @@ impl TokenKey {
         purpose: TokenPurpose,
         now: i64,
     ) -> Result<Token, TokenError> {
-        if text.len() > 64 {
+        if text.len() > MAX_TEXT_LEN {
             return Err(TokenError::Malformed);
         }
         let bytes = URL_SAFE_NO_PAD
             .decode(text)
             .map_err(|_| TokenError::Malformed)?;
-        if bytes.len() != TOKEN_LEN || bytes[0] != VERSION {
-            return Err(TokenError::Malformed);
-        }
+        let body_len = match (bytes.len(), bytes.first()) {
+            (TOKEN_LEN, Some(&VERSION)) => BODY_LEN,
+            (V1_TOKEN_LEN, Some(1)) => V1_BODY_LEN,
+            _ => return Err(TokenError::Malformed),
+        };
         let signed_by_one_of_keys = keys.iter().any(|key| {
             let mut mac = key.mac();
-            mac.update(&bytes[..BODY_LEN]);
-            mac.verify_truncated_left(&bytes[BODY_LEN..]).is_ok()
+            mac.update(&bytes[..body_len]);
+            mac.verify_truncated_left(&bytes[body_len..]).is_ok()
         });
         if !signed_by_one_of_keys {
             return Err(TokenError::BadSignature);
@@ -175,6 +214,11 @@ impl TokenKey {
             subject: word(2..10),
             scope: word(10..18),
             expires: word(18..26),
+            binding: if body_len == BODY_LEN {
+                word(26..34)
+            } else {
+                0
+            },
         };
         if token.purpose != purpose {
             return Err(TokenError::WrongPurpose);
@@ -196,6 +240,7 @@ mod tests {
             subject: 42,
             scope: 0,
             expires,
+            binding: 7,
         }
     }
 
@@ -203,7 +248,7 @@ mod tests {
     fn a_signed_token_verifies_until_it_expires() {
         let key = TokenKey::generate();
         let text = key.sign(&confirm(1_000));
-        assert_eq!(text.len(), 56);
+        assert_eq!(text.len(), 67);
         assert_eq!(
             key.verify(&text, TokenPurpose::Confirm, 999),
             Ok(confirm(1_000))
@@ -244,7 +289,14 @@ mod tests {
             let t = URL_SAFE_NO_PAD.encode(&tampered);
             assert!(key.verify(&t, TokenPurpose::Confirm, 0).is_err(), "bit {i}");
         }
-        for junk in ["", "x", "%%%", &"A".repeat(56), &"A".repeat(500)] {
+        for junk in [
+            "",
+            "x",
+            "%%%",
+            &"A".repeat(56),
+            &"A".repeat(67),
+            &"A".repeat(500),
+        ] {
             assert!(key.verify(junk, TokenPurpose::Confirm, 0).is_err());
         }
     }
@@ -307,5 +359,55 @@ mod tests {
                 "bit {i}"
             );
         }
+    }
+
+    /// A token as version 1 signed it (no binding), to show such links are still read.
+    fn sign_v1(key: &TokenKey, token: &Token) -> String {
+        let mut body = [0u8; V1_TOKEN_LEN];
+        body[0] = 1;
+        body[1] = token.purpose as u8;
+        body[2..10].copy_from_slice(&token.subject.to_be_bytes());
+        body[10..18].copy_from_slice(&token.scope.to_be_bytes());
+        body[18..26].copy_from_slice(&token.expires.to_be_bytes());
+        let mut mac = key.mac();
+        mac.update(&body[..V1_BODY_LEN]);
+        let tag = mac.finalize().into_bytes();
+        body[V1_BODY_LEN..].copy_from_slice(&tag[..MAC_LEN]);
+        URL_SAFE_NO_PAD.encode(body)
+    }
+
+    #[test]
+    fn a_token_carries_the_binding_of_its_row_and_old_tokens_read_as_binding_zero() {
+        let key = TokenKey::generate();
+        let token = Token {
+            binding: -5_000_000_000_123,
+            ..confirm(0)
+        };
+        let read = key
+            .verify(&key.sign(&token), TokenPurpose::Confirm, 0)
+            .unwrap();
+        assert_eq!(
+            read.target(),
+            LinkTarget {
+                id: 42,
+                secret: -5_000_000_000_123
+            }
+        );
+        let old = sign_v1(&key, &token);
+        assert_eq!(old.len(), 56);
+        let read = key.verify(&old, TokenPurpose::Confirm, 0).unwrap();
+        assert_eq!(
+            read.binding, 0,
+            "a version 1 token binds to legacy rows only"
+        );
+        // A version 1 body cannot be passed off as version 2, nor the other way round.
+        let mut relabelled = URL_SAFE_NO_PAD.decode(&old).unwrap();
+        relabelled[0] = VERSION;
+        let relabelled = URL_SAFE_NO_PAD.encode(relabelled);
+        assert!(key.verify(&relabelled, TokenPurpose::Confirm, 0).is_err());
+        let mut tampered = URL_SAFE_NO_PAD.decode(key.sign(&token)).unwrap();
+        tampered[0] = 1;
+        let tampered = URL_SAFE_NO_PAD.encode(tampered);
+        assert!(key.verify(&tampered, TokenPurpose::Confirm, 0).is_err());
     }
 }

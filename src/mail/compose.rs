@@ -130,7 +130,7 @@ impl Composer {
     ) -> Result<(EmailContent, ExtraHeaders), ComposeError> {
         let unsubscribe_url = self
             .links
-            .unsubscribe_url(delivery.subscriber_id, offering.id);
+            .unsubscribe_url(delivery.subscriber_link(), offering.id);
         let mut context = json!({
             "site": self.site(),
             "name": delivery.name.clone().unwrap_or_else(|| "friend".to_owned()),
@@ -138,7 +138,7 @@ impl Composer {
             "offering": { "name": offering.name, "slug": offering.slug, "description": offering.description },
             "date": send.date,
             "unsubscribe_url": unsubscribe_url,
-            "preferences_url": self.links.preferences_url(delivery.subscriber_id),
+            "preferences_url": self.links.preferences_url(delivery.subscriber_link()),
         });
         let subject = send.text.render("subject", &context)?;
         let body_html = send.html.render("html", &context)?;
@@ -204,7 +204,7 @@ impl Composer {
             "offerings": signup.offerings.iter()
                 .map(|o| json!({ "name": o.name, "description": o.description }))
                 .collect::<Vec<_>>(),
-            "confirm_url": self.links.confirm_url(signup.consent_id, signup.signed_up_at),
+            "confirm_url": self.links.confirm_url(signup.consent, signup.signed_up_at),
             "expires_days": self.links.confirm_ttl_days(),
         });
         let subject = self

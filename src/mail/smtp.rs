@@ -25,6 +25,7 @@
 //! order lets the surplus sessions of a finished campaign age out while busy ones stay warm.
 
 use std::num::NonZeroU32;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -35,7 +36,9 @@ use lettre::Message;
 use lettre::address::Envelope;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, CertificateStore, TlsParameters,
+};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
@@ -44,7 +47,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::transport::{SendError, SendErrorKind};
-use crate::config::{SmtpConfig, TlsMode};
+use crate::config::{CertificateSha256, SmtpConfig, TlsMode, TrustStore};
 
 /// Sessions idle for longer than this are closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -89,6 +92,8 @@ struct Server {
     port: u16,
     tls: TlsMode,
     tls_parameters: Option<TlsParameters>,
+    /// `smtp.certificate_sha256`: checked right after the handshake, before `AUTH`.
+    pin: Option<CertificateSha256>,
     hello: ClientId,
     credentials: Option<Credentials>,
     timeout: Duration,
@@ -108,12 +113,17 @@ impl std::fmt::Debug for SmtpPool {
 }
 
 impl SmtpPool {
-    /// Sets the pool up; no connection is opened before the first message. `hello_name` is the
-    /// domain announced in `EHLO`.
-    pub fn new(smtp: &SmtpConfig, hello_name: &str) -> anyhow::Result<Self> {
+    /// Sets the pool up; no connection is opened before the first message. `ca_file` is
+    /// `smtp.ca_file` as found from the config's folder; `hello_name` is the domain announced
+    /// in `EHLO`.
+    pub fn new(
+        smtp: &SmtpConfig,
+        ca_file: Option<&Path>,
+        hello_name: &str,
+    ) -> anyhow::Result<Self> {
         let tls_parameters = match smtp.tls {
             TlsMode::None => None,
-            TlsMode::Starttls | TlsMode::Tls => Some(TlsParameters::new(smtp.host.clone())?),
+            TlsMode::Starttls | TlsMode::Tls => Some(tls_parameters(smtp, ca_file)?),
         };
         let credentials = (!smtp.username.is_empty())
             .then(|| Credentials::new(smtp.username.clone(), smtp.password.expose().to_owned()));
@@ -128,6 +138,7 @@ impl SmtpPool {
                 port: smtp.port,
                 tls: smtp.tls,
                 tls_parameters,
+                pin: smtp.certificate_sha256,
                 hello: ClientId::Domain(hello_name.to_owned()),
                 credentials,
                 timeout: Duration::from_secs(smtp.timeout_seconds.max(1)),
@@ -198,6 +209,137 @@ impl SmtpPool {
     pub async fn close(&self) {
         let idle = std::mem::take(&mut *self.inner.lock_idle());
         futures::future::join_all(idle.into_iter().map(|idle| quit(idle.session))).await;
+    }
+}
+
+/// How the relay's certificate is checked, from `smtp.trust`, `smtp.ca_file`,
+/// `smtp.certificate_sha256` and `smtp.danger_accept_invalid_certs`.
+///
+/// lettre 0.11 takes no rustls `ClientConfig` of ours, so a pin is checked by us after the
+/// handshake ([`check_pin`]); for the handshake itself lettre is told to accept any chain and
+/// name. It still checks that the server holds the key of the certificate it shows (the
+/// handshake signature), and that certificate is the pinned one before anything but `EHLO`
+/// is sent: Postfix's `fingerprint` security level.
+fn tls_parameters(smtp: &SmtpConfig, ca_file: Option<&Path>) -> anyhow::Result<TlsParameters> {
+    let builtin = matches!(smtp.trust, TrustStore::Builtin | TrustStore::Both);
+    let mut builder = TlsParameters::builder(smtp.host.clone()).certificate_store(if builtin {
+        CertificateStore::WebpkiRoots
+    } else {
+        CertificateStore::None
+    });
+    if smtp.trust == TrustStore::Builtin
+        && (std::env::var_os("SSL_CERT_FILE").is_some()
+            || std::env::var_os("SSL_CERT_DIR").is_some())
+    {
+        tracing::warn!(
+            "SSL_CERT_FILE or SSL_CERT_DIR is set, but smtp.trust = \"builtin\" does not read \
+             them; set smtp.trust = \"both\" (or \"system\") to trust what they name"
+        );
+    }
+    if smtp.trust != TrustStore::Builtin {
+        let found = rustls_native_certs::load_native_certs();
+        let mut added = 0;
+        for der in found.certs {
+            // lettre refuses the whole set for one certificate it cannot use as a root, and a
+            // system store may hold such odd ones: try each alone and skip those.
+            let Ok(cert) = Certificate::from_der(der.to_vec()) else {
+                continue;
+            };
+            let usable = TlsParameters::builder(smtp.host.clone())
+                .certificate_store(CertificateStore::None)
+                .add_root_certificate(cert.clone())
+                .build()
+                .is_ok();
+            if usable {
+                builder = builder.add_root_certificate(cert);
+                added += 1;
+            }
+        }
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        if added == 0 && smtp.trust == TrustStore::System {
+            anyhow::bail!(
+                "smtp.trust = \"system\": no usable certificate in the system's trust store{}",
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", errors.join("; "))
+                }
+            );
+        }
+        if !errors.is_empty() {
+            tracing::warn!(errors = %errors.join("; "), "reading the system's trust store");
+        }
+        tracing::info!(
+            certificates = added,
+            "trusting the system's certificate store for SMTP"
+        );
+    }
+    if let Some(path) = ca_file {
+        let certificates = crate::config::read_ca_file(path)
+            .map_err(|e| anyhow::anyhow!("invalid value for smtp.ca_file: {e}"))?;
+        for der in certificates {
+            let cert = Certificate::from_der(der).map_err(|e| {
+                anyhow::anyhow!("invalid value for smtp.ca_file: {}: {e}", path.display())
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if smtp.certificate_sha256.is_some() {
+        builder = builder
+            .dangerous_accept_invalid_certs(true)
+            .dangerous_accept_invalid_hostnames(true);
+    }
+    if smtp.danger_accept_invalid_certs {
+        tracing::warn!(
+            host = %smtp.host,
+            "smtp.danger_accept_invalid_certs = true: the relay's certificate is NOT checked; \
+             anyone between here and the relay can read the mail and the SMTP password. \
+             Use smtp.ca_file or smtp.certificate_sha256 instead"
+        );
+        builder = builder
+            .dangerous_accept_invalid_certs(true)
+            .dangerous_accept_invalid_hostnames(true);
+    }
+    builder.build().map_err(|e| match ca_file {
+        Some(path) => anyhow::anyhow!(
+            "invalid value for smtp.ca_file: {}: {}",
+            path.display(),
+            error_chain(&e)
+        ),
+        None => anyhow::anyhow!("SMTP TLS settings: {}", error_chain(&e)),
+    })
+}
+
+/// The server's certificate must be the pinned one (`smtp.certificate_sha256`).
+fn check_pin(
+    pin: Option<CertificateSha256>,
+    peer: Result<Vec<u8>, SmtpError>,
+) -> Result<(), String> {
+    let Some(pin) = pin else {
+        return Ok(());
+    };
+    let der =
+        peer.map_err(|e| format!("cannot read the server's certificate: {}", error_chain(&e)))?;
+    let found = CertificateSha256::of_der(&der);
+    if found == pin {
+        Ok(())
+    } else {
+        Err(format!(
+            "the server's certificate has SHA-256 {found}, not the {pin} that \
+             smtp.certificate_sha256 asks for"
+        ))
+    }
+}
+
+/// Names the settings that fix a certificate the built-in roots do not know.
+fn certificate_hint(error: String) -> String {
+    if error.contains("invalid peer certificate") {
+        format!(
+            "{error} (a relay with a private CA or a self-signed certificate: set smtp.ca_file \
+             to its CA's PEM file, or pin the certificate with smtp.certificate_sha256)"
+        )
+    } else {
+        error
     }
 }
 
@@ -324,11 +466,13 @@ impl Server {
         tcp.set_nodelay(true)
             .map_err(|e| format!("set TCP_NODELAY: {e}"))?;
         let stream: Box<dyn AsyncTokioStream> = match (self.tls, &self.tls_parameters) {
-            (TlsMode::Tls, Some(parameters)) => Box::new(
-                ImplicitTls::handshake(tcp, parameters.clone())
+            (TlsMode::Tls, Some(parameters)) => {
+                let tls = ImplicitTls::handshake(tcp, parameters.clone())
                     .await
-                    .map_err(|e| error_chain(&e))?,
-            ),
+                    .map_err(|e| certificate_hint(format!("TLS: {}", error_chain(&e))))?;
+                check_pin(self.pin, tls.0.peer_certificate())?;
+                Box::new(tls)
+            }
             _ => Box::new(tcp),
         };
         let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
@@ -340,7 +484,8 @@ impl Server {
             }
             conn.starttls(parameters.clone(), &self.hello)
                 .await
-                .map_err(|e| format!("STARTTLS: {}", error_chain(&e)))?;
+                .map_err(|e| certificate_hint(format!("STARTTLS: {}", error_chain(&e))))?;
+            check_pin(self.pin, conn.peer_certificate())?;
         }
         // lettre keeps only the EHLO keywords it knows, and PIPELINING is not one of them:
         // ask again (EHLO may be repeated, RFC 5321 §4.1.4) and read the keywords ourselves.

@@ -72,6 +72,7 @@ impl Transport {
             // in every Received header).
             TransportKind::Smtp => Ok(Transport::Smtp(SmtpPool::new(
                 &config.smtp,
+                config.smtp_ca_file().as_deref(),
                 &config.mail.message_id_domain,
             )?)),
         }

@@ -14,7 +14,7 @@ use sqlx::Row;
 
 use super::{Backend, Store};
 use crate::clock::Millis;
-use crate::domain::{DeliveryKind, DeliveryStatus, SubscriptionStatus};
+use crate::domain::{DeliveryKind, DeliveryStatus, LinkTarget, SubscriptionStatus};
 
 /// A row a worker holds the lease on, with its recipient.
 #[derive(Debug, Clone)]
@@ -40,15 +40,29 @@ pub struct ClaimedDelivery {
     pub local_time_send: bool,
     pub email: String,
     pub name: Option<String>,
+    /// The recipient's `link_secret`: unsubscribe and preferences links are bound to it.
+    pub subscriber_secret: i64,
     /// For a confirmation, the signup it confirms (read with the claim; `None` once the
     /// signup is gone).
     pub signup: Option<ClaimedSignup>,
+}
+
+impl ClaimedDelivery {
+    /// What the recipient's unsubscribe and preferences links are bound to.
+    pub fn subscriber_link(&self) -> LinkTarget {
+        LinkTarget {
+            id: self.subscriber_id,
+            secret: self.subscriber_secret,
+        }
+    }
 }
 
 /// The signup behind a claimed confirmation delivery, as its consent record has it.
 #[derive(Debug, Clone)]
 pub struct ClaimedSignup {
     pub at: Millis,
+    /// The consent record's `link_secret`: the confirmation link is bound to it.
+    pub secret: i64,
     /// Slugs of the offerings signed up for.
     pub offerings: Vec<String>,
 }
@@ -56,7 +70,7 @@ pub struct ClaimedSignup {
 /// What a confirmation email needs beyond the recipient.
 #[derive(Debug, Clone)]
 pub struct ConfirmationEmail {
-    pub consent_id: i64,
+    pub consent: LinkTarget,
     /// When the signup happened; the link expires a fixed time after it.
     pub signed_up_at: Millis,
     pub offerings: Vec<crate::store::Offering>,
@@ -145,7 +159,7 @@ impl Store {
         // signup of a confirmation is looked up the same way.
         let sql = format!(
             "SELECT d.id, d.kind, d.subscriber_id, d.consent_id, d.send_id, d.message_id,
-                    d.attempts, d.interrupted, d.next_attempt_at, s.email, s.name, se.offering_id,
+                    d.attempts, d.interrupted, d.next_attempt_at, s.email, s.name, s.link_secret, se.offering_id,
                     CASE WHEN se.local_time IS NULL THEN 0 ELSE 1 END AS local_time_send,
                     (SELECT sub.status FROM subscriptions sub
                       WHERE sub.subscriber_id = d.subscriber_id
@@ -153,7 +167,9 @@ impl Store {
                     (SELECT c.at FROM consents c
                       WHERE c.id = d.consent_id AND c.action = 'signup') AS signed_up_at,
                     (SELECT c.offerings FROM consents c
-                      WHERE c.id = d.consent_id AND c.action = 'signup') AS signup_offerings
+                      WHERE c.id = d.consent_id AND c.action = 'signup') AS signup_offerings,
+                    (SELECT c.link_secret FROM consents c
+                      WHERE c.id = d.consent_id AND c.action = 'signup') AS signup_secret
              FROM deliveries d
              JOIN subscribers s ON s.id = d.subscriber_id
              LEFT JOIN sends se ON se.id = d.send_id
@@ -188,9 +204,11 @@ impl Store {
                     local_time_send: row.try_get::<i64, _>("local_time_send")? != 0,
                     email: row.try_get("email")?,
                     name: row.try_get("name")?,
+                    subscriber_secret: row.try_get("link_secret")?,
                     signup: match row.try_get::<Option<Millis>, _>("signed_up_at")? {
                         Some(at) => Some(ClaimedSignup {
                             at,
+                            secret: row.try_get("signup_secret")?,
                             offerings: super::subscribers::split_slugs(
                                 &row.try_get::<String, _>("signup_offerings")?,
                             ),
@@ -218,7 +236,10 @@ impl Store {
             .filter(|o| signup.offerings.contains(&o.slug))
             .collect();
         Ok(Some(ConfirmationEmail {
-            consent_id,
+            consent: LinkTarget {
+                id: consent_id,
+                secret: signup.secret,
+            },
             signed_up_at: signup.at,
             offerings,
         }))
@@ -298,6 +319,54 @@ impl Store {
             done += query.execute(&self.pool).await?.rows_affected();
         }
         Ok(done)
+    }
+
+    /// Gives claimed rows back untouched (a stopping worker that did not start them): they
+    /// are claimable at once, and the claim does not count as an attempt.
+    pub async fn release_deliveries(&self, lease_id: &str, ids: &[i64]) -> Result<(), sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE deliveries SET lease_until = NULL, attempts = attempts - 1
+             WHERE leased_by = $1 AND lease_until IS NOT NULL AND id IN ({})",
+            super::placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query(&sql).bind(lease_id);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let _turn = self.write_turn().await;
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Extends the lease of rows a worker still holds until `lease_until`: a batch that takes
+    /// longer than half its lease (a slow or rate-limited relay) keeps its rows, so no other
+    /// worker takes them over and sends them again. Rows already recorded are left alone.
+    /// Returns the ids still held; one missing was taken over (its lease had run out) and must
+    /// not be sent by this worker.
+    pub async fn extend_leases(
+        &self,
+        lease_id: &str,
+        ids: &[i64],
+        lease_until: Millis,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "UPDATE deliveries SET lease_until = $2
+             WHERE leased_by = $1 AND lease_until IS NOT NULL AND id IN ({})
+             RETURNING id",
+            super::placeholders(2, ids.len())
+        );
+        let mut query = sqlx::query_scalar(&sql).bind(lease_id).bind(lease_until);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let _turn = self.write_turn().await;
+        query.fetch_all(&self.pool).await
     }
 
     /// Puts the row back for another attempt at `next_attempt_at`.

@@ -5,7 +5,7 @@ use sqlx::Row;
 use super::subscribers::insert_consent;
 use super::{ConsentMeta, Store, SubscriberDetail, placeholders};
 use crate::clock::Millis;
-use crate::domain::{EmailAddress, SubscriberName, Timezone};
+use crate::domain::{EmailAddress, LinkTarget, SubscriberName, Timezone};
 
 /// Why an address is on the suppression list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,21 +27,50 @@ impl SuppressionReason {
 #[derive(Debug, Clone)]
 pub struct SubscriberRef {
     pub id: i64,
+    /// What links to this person are bound to (see `domain::LinkTarget`).
+    pub link: LinkTarget,
     pub email: EmailAddress,
     pub name: Option<String>,
     pub timezone: Option<String>,
 }
 
 impl Store {
-    pub async fn subscriber_by_id(&self, id: i64) -> Result<Option<SubscriberRef>, sqlx::Error> {
-        let row = sqlx::query("SELECT id, email, name, timezone FROM subscribers WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+    /// The person a link points at: the subscriber with that id AND that link secret, so the
+    /// link of an erased person matches nobody, even someone who was given the same id.
+    pub async fn subscriber_by_link(
+        &self,
+        link: LinkTarget,
+    ) -> Result<Option<SubscriberRef>, sqlx::Error> {
+        self.subscriber_where("id = $1 AND link_secret = $2", link.id, Some(link.secret))
+            .await
+    }
+
+    async fn subscriber_by_id(&self, id: i64) -> Result<Option<SubscriberRef>, sqlx::Error> {
+        self.subscriber_where("id = $1", id, None).await
+    }
+
+    async fn subscriber_where(
+        &self,
+        condition: &str,
+        id: i64,
+        secret: Option<i64>,
+    ) -> Result<Option<SubscriberRef>, sqlx::Error> {
+        let sql = format!(
+            "SELECT id, email, name, timezone, link_secret FROM subscribers WHERE {condition}"
+        );
+        let mut query = sqlx::query(&sql).bind(id);
+        if let Some(secret) = secret {
+            query = query.bind(secret);
+        }
+        let row = query.fetch_optional(&self.pool).await?;
         row.map(|r| {
             let email: String = r.try_get("email")?;
             Ok(SubscriberRef {
                 id: r.try_get("id")?,
+                link: LinkTarget {
+                    id: r.try_get("id")?,
+                    secret: r.try_get("link_secret")?,
+                },
                 email: EmailAddress::parse(&email).map_err(|e| sqlx::Error::Decode(e.into()))?,
                 name: r.try_get("name")?,
                 timezone: r.try_get("timezone")?,

@@ -137,7 +137,15 @@ impl Store {
     /// Applies pending migrations of this backend's dialect.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATOR.run(&self.pool).await,
+            Backend::Sqlite => {
+                let mut conn = self.pool.acquire().await?;
+                let result = migrate_sqlite::<sqlx::Any>(&mut conn, &SQLITE_MIGRATOR).await;
+                if result.is_err() {
+                    // Whatever state the failure left it in, this connection goes no further.
+                    conn.detach();
+                }
+                result
+            }
             Backend::Postgres => POSTGRES_MIGRATOR.run(&self.pool).await,
         }
     }
@@ -253,6 +261,14 @@ fn prepare_sqlite_url(url: &str) -> Result<String, sqlx::Error> {
             )
         })?;
     }
+    if path != ":memory:"
+        && !path.is_empty()
+        && (!query.contains("mode=") || query.contains("mode=rwc"))
+    {
+        create_owner_only_file(Path::new(path)).map_err(|e| {
+            sqlx::Error::Configuration(format!("cannot create database {path}: {e}").into())
+        })?;
+    }
     let mut url = format!("sqlite://{path}");
     if query.is_empty() {
         url.push_str("?mode=rwc");
@@ -266,6 +282,37 @@ fn prepare_sqlite_url(url: &str) -> Result<String, sqlx::Error> {
     Ok(url)
 }
 
+/// Creates the SQLite file, empty, for its owner only, before SQLite does: SQLite would create
+/// it as the umask says (often readable by everyone), whatever the folder, and gives its `-wal`
+/// and `-shm` files the permissions of the database file. An existing file is left as it is,
+/// with a warning when others can read it.
+fn create_owner_only_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        "the database {} can be read by other users of this machine (mode {:o}); \
+                         run `chmod 600` on it",
+                        path.display(),
+                        mode & 0o777
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// True when the error is a unique-constraint violation (both dialects).
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
@@ -277,4 +324,34 @@ pub(crate) fn placeholders(offset: usize, count: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Runs SQLite migrations the way SQLite's own guide to changing a table asks: with foreign
+/// keys off, so that a migration may copy a table that others refer to into a new one and drop
+/// the old (with them on, the DROP would delete every row that refers to it), and afterwards
+/// a check that every reference still holds. The pragma cannot change inside a transaction,
+/// and each migration is one, so it is set around them on this one connection.
+pub(crate) async fn migrate_sqlite<DB>(
+    conn: &mut DB::Connection,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), sqlx::migrate::MigrateError>
+where
+    DB: sqlx::Database,
+    DB::Connection: sqlx::migrate::Migrate,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>
+        + sqlx::Acquire<'c, Database = DB, Connection = &'c mut DB::Connection>,
+{
+    (&mut *conn).execute("PRAGMA foreign_keys = OFF").await?;
+    migrator.run(&mut *conn).await?;
+    let dangling = (&mut *conn)
+        .fetch_all("PRAGMA foreign_key_check")
+        .await?
+        .len();
+    (&mut *conn).execute("PRAGMA foreign_keys = ON").await?;
+    if dangling > 0 {
+        return Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Protocol(
+            format!("after the migrations, {dangling} rows refer to rows that do not exist"),
+        )));
+    }
+    Ok(())
 }

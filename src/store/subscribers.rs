@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::{Store, placeholders};
 use crate::clock::Millis;
-use crate::domain::{EmailAddress, SubscriberName, SubscriptionStatus, Timezone};
+use crate::domain::{EmailAddress, LinkTarget, SubscriberName, SubscriptionStatus, Timezone};
 use crate::store::Offering;
 
 /// Where a consent came from and what the person saw.
@@ -25,6 +25,9 @@ pub struct ConsentMeta {
 #[derive(Debug, Clone)]
 pub struct NewSignup {
     pub email: EmailAddress,
+    /// A keyed hash of the address's mailbox (`EmailAddress::mailbox`): the confirmation
+    /// cooldown is kept per mailbox, however the address is spelled.
+    pub mailbox_key: String,
     pub name: Option<SubscriberName>,
     pub timezone: Option<Timezone>,
     pub offerings: Vec<Offering>,
@@ -33,14 +36,16 @@ pub struct NewSignup {
     pub message_id: String,
     /// No second confirmation email to one address within this many milliseconds.
     pub cooldown_ms: i64,
-    /// At most this many confirmation emails to the address's domain in the past hour.
+    /// At most this many confirmation emails to the address's domain in the past hour; more
+    /// are queued for a later hour.
     pub domain_cap_per_hour: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignupOutcome {
     pub subscriber_id: i64,
-    pub consent_id: i64,
+    /// The signup's consent record, which its confirmation link names.
+    pub consent: LinkTarget,
     /// False when every offering was already confirmed, or the address is in its cooldown.
     pub confirmation_queued: bool,
 }
@@ -48,7 +53,10 @@ pub struct SignupOutcome {
 /// A signup waiting for its confirmation, as the confirm page shows it.
 #[derive(Debug, Clone)]
 pub struct PendingConfirmation {
-    pub consent_id: i64,
+    pub consent: LinkTarget,
+    /// Whether any offering of the signup is still waiting for this confirmation (false once
+    /// it was confirmed, or the person left those offerings since).
+    pub waiting: bool,
     pub subscriber_id: i64,
     pub at: Millis,
     pub offerings: Vec<Offering>,
@@ -89,6 +97,9 @@ pub struct SubscriberRow {
 pub struct SubscriberDetail {
     #[serde(flatten)]
     pub subscriber: SubscriberRow,
+    /// What links to this person are bound to; never shown (not in `--json` or a download).
+    #[serde(skip)]
+    pub link: LinkTarget,
     pub consents: Vec<ConsentRecord>,
     /// Where the person is in each course they have started.
     pub courses: Vec<super::CourseStatus>,
@@ -179,15 +190,18 @@ impl Store {
         }
     }
 
-    /// The signup a confirmation token points at, if it still exists.
+    /// The signup a confirmation link points at, if it still exists: the consent record with
+    /// that id AND that link secret, so the link of an erased signup matches nothing.
     pub async fn pending_confirmation(
         &self,
-        consent_id: i64,
+        consent: LinkTarget,
     ) -> Result<Option<PendingConfirmation>, sqlx::Error> {
         let Some(row) = sqlx::query(
-            "SELECT subscriber_id, at, offerings FROM consents WHERE id = $1 AND action = 'signup'",
+            "SELECT subscriber_id, at, offerings FROM consents
+             WHERE id = $1 AND link_secret = $2 AND action = 'signup'",
         )
-        .bind(consent_id)
+        .bind(consent.id)
+        .bind(consent.secret)
         .fetch_optional(&self.pool)
         .await?
         else {
@@ -195,9 +209,25 @@ impl Store {
         };
         let slugs = split_slugs(&row.try_get::<String, _>("offerings")?);
         let offerings = self.offerings_by_slugs(&slugs).await?;
+        let subscriber_id: i64 = row.try_get("subscriber_id")?;
+        let waiting = if offerings.is_empty() {
+            false
+        } else {
+            let sql = format!(
+                "SELECT COUNT(*) FROM subscriptions
+                 WHERE subscriber_id = $1 AND status = 'pending' AND offering_id IN ({})",
+                placeholders(1, offerings.len())
+            );
+            let mut query = sqlx::query_scalar::<_, i64>(&sql).bind(subscriber_id);
+            for o in &offerings {
+                query = query.bind(o.id);
+            }
+            query.fetch_one(&self.pool).await? > 0
+        };
         Ok(Some(PendingConfirmation {
-            consent_id,
-            subscriber_id: row.try_get("subscriber_id")?,
+            consent,
+            waiting,
+            subscriber_id,
             at: row.try_get("at")?,
             offerings,
         }))
@@ -216,13 +246,13 @@ impl Store {
     /// no longer exists (the person was erased).
     pub async fn confirm_signup(
         &self,
-        consent_id: i64,
+        consent: LinkTarget,
         meta: &ConsentMeta,
         now: Millis,
     ) -> Result<Option<PendingConfirmation>, sqlx::Error> {
         // Read first, outside the transaction: the consent row never changes, and a SQLite
         // transaction that reads before it writes can fail to upgrade its lock.
-        let Some(signup) = self.pending_confirmation(consent_id).await? else {
+        let Some(signup) = self.pending_confirmation(consent).await? else {
             return Ok(None);
         };
         if signup.offerings.is_empty() {
@@ -323,7 +353,8 @@ impl Store {
         email: &EmailAddress,
     ) -> Result<Option<SubscriberDetail>, sqlx::Error> {
         let Some(row) = sqlx::query(
-            "SELECT id, email, name, timezone, created_at FROM subscribers WHERE email = $1",
+            "SELECT id, email, name, timezone, created_at, link_secret FROM subscribers
+             WHERE email = $1",
         )
         .bind(email.as_str())
         .fetch_optional(&self.pool)
@@ -348,6 +379,10 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(Some(SubscriberDetail {
+            link: LinkTarget {
+                id,
+                secret: row.try_get("link_secret")?,
+            },
             subscriber: SubscriberRow {
                 id,
                 email: row.try_get("email")?,
@@ -504,7 +539,7 @@ async fn write_round(
 
     let sql = format!(
         "INSERT INTO consents (subscriber_id, action, at, ip, user_agent, offerings, text_hash, source)
-         VALUES {} RETURNING id, subscriber_id",
+         VALUES {} RETURNING id, subscriber_id, link_secret",
         value_rows(signups.len(), 6, 1, |p| {
             format!(
                 "({}, 'signup', $1, {}, {}, {}, {}, {})",
@@ -523,89 +558,113 @@ async fn write_round(
             .bind(signup.consent.text_hash.clone())
             .bind(signup.consent.source);
     }
-    let mut consents: HashMap<i64, i64> = HashMap::new();
+    let mut consents: HashMap<i64, LinkTarget> = HashMap::new();
     for row in query.fetch_all(&mut **tx).await? {
-        consents.insert(row.try_get("subscriber_id")?, row.try_get("id")?);
+        let consent = LinkTarget {
+            id: row.try_get("id")?,
+            secret: row.try_get("link_secret")?,
+        };
+        consents.insert(row.try_get("subscriber_id")?, consent);
     }
-    let consent_ids: Vec<i64> = subscriber_ids
+    let consents: Vec<LinkTarget> = subscriber_ids
         .iter()
         .map(|id| consents.get(id).copied())
         .collect::<Option<_>>()
         .ok_or(sqlx::Error::RowNotFound)?;
 
-    // Who may get a confirmation: a pending offering, and the domain under its cap. The cap is
-    // soft: two transactions racing at the limit may both pass, which is fine. Within this
-    // round, the ones queued before count.
-    let mut recent_by_domain: HashMap<&str, i64> = HashMap::new();
+    // Who may get a confirmation: someone with a pending offering whose inbox is out of its
+    // cooldown. The cooldown is claimed per mailbox with a conditional upsert, so two signups
+    // racing for one inbox, however they spell it, cannot both queue an email.
     let mut by_cooldown: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    let mut mailboxes: HashSet<&str> = HashSet::new();
     for (k, signup) in signups.iter().enumerate() {
         let id = subscriber_ids[k];
-        if !signup
+        let wants_one = signup
             .offerings
             .iter()
-            .any(|o| pending.contains(&(id, o.id)))
-        {
-            continue;
+            .any(|o| pending.contains(&(id, o.id)));
+        // A second spelling of an inbox in this round waits for the cooldown like any other.
+        if wants_one && mailboxes.insert(signup.mailbox_key.as_str()) {
+            by_cooldown.entry(signup.cooldown_ms).or_default().push(k);
         }
-        if let Some(cap) = signup.domain_cap_per_hour {
-            let domain = signup.email.domain();
-            let recent = match recent_by_domain.get(domain) {
-                Some(n) => *n,
-                None => confirmations_to_domain_since(tx, domain, now - 3_600_000).await?,
-            };
-            if recent >= i64::from(cap) {
-                tracing::warn!(
-                    domain,
-                    recent,
-                    "confirmation cap for this domain reached; no email queued"
-                );
-                recent_by_domain.insert(domain, recent);
-                continue;
-            }
-            recent_by_domain.insert(domain, recent + 1);
-        }
-        by_cooldown.entry(signup.cooldown_ms).or_default().push(k);
     }
-
-    // The cooldown is claimed with a conditional update, so two signups racing for the same
-    // address cannot both queue an email.
+    if let Some(longest) = by_cooldown.keys().next_back() {
+        sqlx::query("DELETE FROM confirmation_cooldowns WHERE sent_at <= $1")
+            .bind(now - longest)
+            .execute(&mut **tx)
+            .await?;
+    }
     let mut claimed: Vec<usize> = Vec::new();
     for (cooldown_ms, candidates) in &by_cooldown {
         let sql = format!(
-            "UPDATE subscribers SET confirmation_sent_at = $1
-             WHERE (confirmation_sent_at IS NULL OR confirmation_sent_at <= $2) AND id IN ({})
-             RETURNING id",
-            placeholders(2, candidates.len())
+            "INSERT INTO confirmation_cooldowns (mailbox_key, sent_at) VALUES {}
+             ON CONFLICT (mailbox_key) DO UPDATE SET sent_at = excluded.sent_at
+             WHERE confirmation_cooldowns.sent_at <= $2
+             RETURNING mailbox_key",
+            value_rows(candidates.len(), 1, 2, |p| format!("({}, $1)", p[0]))
         );
-        let mut query = sqlx::query_scalar::<_, i64>(&sql)
+        let mut query = sqlx::query_scalar::<_, String>(&sql)
             .bind(now)
             .bind(now - cooldown_ms);
         for &k in candidates {
-            query = query.bind(subscriber_ids[k]);
+            query = query.bind(signups[k].mailbox_key.as_str());
         }
-        let ids: HashSet<i64> = query.fetch_all(&mut **tx).await?.into_iter().collect();
+        let keys: HashSet<String> = query.fetch_all(&mut **tx).await?.into_iter().collect();
         claimed.extend(
             candidates
                 .iter()
-                .filter(|&&k| ids.contains(&subscriber_ids[k])),
+                .filter(|&&k| keys.contains(&signups[k].mailbox_key)),
         );
     }
     claimed.sort_unstable();
+
+    // The domain cap: a confirmation over this hour's share waits for a later hour, in the
+    // order asked, and is never dropped (dropping it let a flood silence a domain's real
+    // visitors). The cap is soft: two transactions racing at the limit may both pass.
+    let mut scheduled_by_domain: HashMap<&str, i64> = HashMap::new();
+    let mut due: Vec<Millis> = Vec::with_capacity(claimed.len());
+    for &k in &claimed {
+        let signup = signups[k];
+        let mut at = now;
+        if let Some(cap) = signup.domain_cap_per_hour.filter(|cap| *cap > 0) {
+            let domain = signup.email.domain();
+            let scheduled = match scheduled_by_domain.get(domain) {
+                Some(n) => *n,
+                None => confirmations_to_domain_due_after(tx, domain, now - HOUR_MS).await?,
+            };
+            scheduled_by_domain.insert(domain, scheduled + 1);
+            let hours_later = (scheduled / i64::from(cap)).min(MAX_HELD_HOURS);
+            if hours_later > 0 {
+                tracing::warn!(
+                    domain,
+                    scheduled,
+                    hours_later,
+                    "confirmation cap for this domain reached; the email waits"
+                );
+                at = now + hours_later * HOUR_MS;
+            }
+        }
+        due.push(at);
+    }
     if !claimed.is_empty() {
         let sql = format!(
             "INSERT INTO deliveries
                  (kind, subscriber_id, consent_id, message_id, next_attempt_at, created_at)
              VALUES {}",
-            value_rows(claimed.len(), 3, 1, |p| {
-                format!("('confirmation', {}, {}, {}, $1, $1)", p[0], p[1], p[2])
+            value_rows(claimed.len(), 4, 1, |p| {
+                format!(
+                    "('confirmation', {}, {}, {}, {}, $1)",
+                    p[0], p[1], p[2], p[3]
+                )
             })
         );
         let mut query = sqlx::query(&sql).bind(now);
-        for &k in &claimed {
+        for (&k, at) in claimed.iter().zip(&due) {
             query = query
                 .bind(subscriber_ids[k])
-                .bind(consent_ids[k])
-                .bind(signups[k].message_id.as_str());
+                .bind(consents[k].id)
+                .bind(signups[k].message_id.as_str())
+                .bind(*at);
         }
         query.execute(&mut **tx).await?;
     }
@@ -613,22 +672,31 @@ async fn write_round(
     Ok((0..signups.len())
         .map(|k| SignupOutcome {
             subscriber_id: subscriber_ids[k],
-            consent_id: consent_ids[k],
+            consent: consents[k],
             confirmation_queued: claimed.binary_search(&k).is_ok(),
         })
         .collect())
 }
 
-/// Confirmation emails queued to addresses at `domain` since `since`.
-async fn confirmations_to_domain_since(
+const HOUR_MS: i64 = 3_600_000;
+
+/// The longest a confirmation waits for its domain's cap: a day, well inside the link's life.
+const MAX_HELD_HOURS: i64 = 24;
+
+/// Confirmation emails to addresses at `domain` due after `since` (sent in the past hour, or
+/// waiting for a later one). Every such email was queued within the last `MAX_HELD_HOURS`
+/// before that, which bounds the rows read through the index on `created_at`.
+async fn confirmations_to_domain_due_after(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     domain: &str,
     since: Millis,
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT COUNT(*) FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
-         WHERE d.kind = 'confirmation' AND d.created_at > $1 AND s.email LIKE $2 ESCAPE '\\'",
+         WHERE d.kind = 'confirmation' AND d.created_at > $1 AND d.next_attempt_at > $2
+           AND s.email LIKE $3 ESCAPE '\\'",
     )
+    .bind(since - MAX_HELD_HOURS * HOUR_MS)
     .bind(since)
     .bind(format!("%@{}", like_escape(domain)))
     .fetch_one(&mut **tx)

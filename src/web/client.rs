@@ -1,5 +1,10 @@
 //! Who is asking: the client's IP (the socket peer, or the forwarded-for address when the peer
 //! is a configured trusted proxy), its user agent, and the per-IP rate limit.
+//!
+//! Addresses are kept in one canonical form: an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`,
+//! what a dual-stack socket reports for an IPv4 client, and what a client may write in a
+//! forwarded header) is its IPv4 address, so that one client has one rate limit, one form in
+//! consent records, and matches a trusted proxy written either way.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -29,7 +34,7 @@ impl FromRequestParts<AppState> for ClientInfo {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+            .map(|c| c.0.ip().to_canonical());
         let trusted = &state.config().server.trusted_proxies;
         let ip = peer.map(|peer| client_ip(peer, trusted, forwarded_for(parts)));
         let user_agent = parts
@@ -56,13 +61,13 @@ fn forwarded_for(parts: &Parts) -> Vec<String> {
 /// trusted proxy vouches for the address before it. The first address not vouched for by a
 /// trusted proxy is the client.
 pub fn client_ip(peer: IpAddr, trusted: &[IpAddr], forwarded: Vec<String>) -> IpAddr {
-    let mut current = peer;
+    let mut current = peer.to_canonical();
     for hop in forwarded.iter().rev() {
-        if !trusted.contains(&current) {
+        if !trusted.iter().any(|proxy| proxy.to_canonical() == current) {
             break;
         }
         match hop.parse::<IpAddr>() {
-            Ok(ip) => current = ip,
+            Ok(ip) => current = ip.to_canonical(),
             Err(_) => break,
         }
     }
@@ -88,6 +93,7 @@ impl RateLimiter {
 
     /// `Err(seconds to wait)` when `ip` is over its limit.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        let ip = ip.to_canonical();
         if self.limiter.len() > 100_000 {
             self.limiter.retain_recent();
         }
@@ -124,6 +130,21 @@ mod tests {
         assert_eq!(got, ip("198.51.100.7"));
         let got = client_ip(proxy, &[proxy], vec!["garbage".into()]);
         assert_eq!(got, proxy);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_their_ipv4_form() {
+        let mapped = ip("::ffff:10.0.0.1");
+        assert_eq!(client_ip(mapped, &[], vec![]), ip("10.0.0.1"));
+        // A proxy listed in either form is trusted in either form.
+        for listed in [ip("10.0.0.1"), mapped] {
+            for peer in [ip("10.0.0.1"), mapped] {
+                let got = client_ip(peer, &[listed], vec!["::ffff:198.51.100.7".into()]);
+                assert_eq!(got, ip("198.51.100.7"));
+            }
+        }
+        // Other IPv6 addresses stay as they are.
+        assert_eq!(client_ip(ip("2001:db8::1"), &[], vec![]), ip("2001:db8::1"));
     }
 
     #[test]

@@ -10,17 +10,18 @@ use serde_json::json;
 
 use super::client::ClientInfo;
 use super::{AppState, pages};
-use crate::domain::TokenPurpose;
+use crate::domain::{LinkTarget, TokenPurpose};
 use crate::store::ConsentMeta;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/confirm/{token}", get(confirm_page).post(confirm))
 }
 
-fn consent_id(state: &AppState, token: &str) -> Option<i64> {
+/// The signup (consent record) a valid confirmation token names.
+fn consent(state: &AppState, token: &str) -> Option<LinkTarget> {
     let now = state.clock().now_secs();
     match state.links().verify(token, TokenPurpose::Confirm, now) {
-        Ok(t) => Some(t.subject),
+        Ok(t) => Some(t.target()),
         Err(e) => {
             tracing::info!(reason = %e, "confirmation token refused");
             None
@@ -29,10 +30,21 @@ fn consent_id(state: &AppState, token: &str) -> Option<i64> {
 }
 
 async fn confirm_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
-    let Some(id) = consent_id(&state, &token) else {
+    let Some(id) = consent(&state, &token) else {
         return pages::invalid_link(&state);
     };
     match state.store().pending_confirmation(id).await {
+        // Confirmed already (or left since): say so, instead of a button that does nothing.
+        Ok(Some(signup)) if !signup.waiting => pages::render(
+            &state,
+            StatusCode::OK,
+            "welcome",
+            "Already confirmed",
+            json!({
+                "already": true,
+                "offerings": signup.offerings.iter().map(|o| json!({ "name": o.name })).collect::<Vec<_>>(),
+            }),
+        ),
         Ok(Some(signup)) => pages::render(
             &state,
             StatusCode::OK,
@@ -53,7 +65,7 @@ async fn confirm(
     client: ClientInfo,
     Path(token): Path<String>,
 ) -> Response {
-    let Some(id) = consent_id(&state, &token) else {
+    let Some(id) = consent(&state, &token) else {
         return pages::invalid_link(&state);
     };
     let meta = ConsentMeta {
@@ -75,6 +87,7 @@ async fn confirm(
                 "welcome",
                 "Welcome",
                 json!({
+                    "already": false,
                     "offerings": signup.offerings.iter().map(|o| json!({ "name": o.name })).collect::<Vec<_>>(),
                 }),
             )

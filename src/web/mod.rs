@@ -4,11 +4,14 @@
 //! request passes: a 64 KiB body limit, CORS for the JSON API, and request tracing that names
 //! routes by their pattern, so tokens in paths never reach the log.
 
+mod answer_pace;
 mod client;
 mod confirm;
 mod error;
 mod pages;
 mod preferences;
+mod server;
+mod signup_limits;
 mod subscribe;
 mod unsubscribe;
 
@@ -16,6 +19,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::body::{Body, HttpBody};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -30,6 +34,8 @@ use tower_http::trace::TraceLayer;
 
 pub use client::{ClientInfo, RateLimiter};
 pub use error::AppError;
+pub use server::{ConnectionTimeouts, raise_open_file_limit, serve};
+pub use signup_limits::DomainSourceLimiter;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -55,6 +61,8 @@ struct StateInner {
     links: Links,
     clock: Clock,
     limiter: Option<RateLimiter>,
+    domain_limiter: Option<DomainSourceLimiter>,
+    answer_pace: answer_pace::AnswerPace,
     /// Hex SHA-256 of the consent text on the signup page.
     consent_hash: String,
 }
@@ -72,6 +80,8 @@ impl AppState {
             config.signup.rate_limit_per_minute,
             config.signup.rate_limit_burst,
         );
+        let domain_limiter =
+            DomainSourceLimiter::new(config.signup.signups_per_domain_per_network_per_hour);
         let consent_hash = hex_digest(&Sha256::digest(config.signup.consent_text.as_bytes()));
         // The signup writer wakes a delivery worker when it queued confirmation emails.
         let signups = SignupWriter::spawn(store.clone(), clock.clone(), wake);
@@ -84,6 +94,8 @@ impl AppState {
                 links,
                 clock,
                 limiter,
+                domain_limiter,
+                answer_pace: Default::default(),
                 consent_hash,
             }),
         }
@@ -109,6 +121,12 @@ impl AppState {
     }
     pub fn limiter(&self) -> Option<&RateLimiter> {
         self.inner.limiter.as_ref()
+    }
+    pub fn domain_limiter(&self) -> Option<&DomainSourceLimiter> {
+        self.inner.domain_limiter.as_ref()
+    }
+    pub(crate) fn answer_pace(&self) -> &answer_pace::AnswerPace {
+        &self.inner.answer_pace
     }
     pub fn consent_hash(&self) -> &str {
         &self.inner.consent_hash
@@ -157,9 +175,14 @@ pub fn router(state: AppState) -> Router {
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
 const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// 413 for a body declared larger than [`MAX_BODY_BYTES`], before any handler runs: the confirm
-/// and unsubscribe handlers act on the token alone, so the body limit (which only extractors
+/// 413 for a body larger than [`MAX_BODY_BYTES`], before any handler runs: the confirm and
+/// unsubscribe handlers act on the token alone, so the body limit (which only extractors
 /// apply) would let an oversized POST confirm or unsubscribe as if it were small.
+///
+/// A body with a Content-Length is judged by it (hyper holds the body to that length). A body
+/// without one (`Transfer-Encoding: chunked`) is read here into memory, at most
+/// [`MAX_BODY_BYTES`] of it, and handed on whole, so that no handler acts before its end is
+/// known; past the limit it gets the same 413.
 ///
 /// What the client is still sending is read and dropped first (up to [`LINGER_BYTES`]): closing
 /// a socket with unread data resets the connection, and the client may then lose the answer.
@@ -168,21 +191,47 @@ async fn refuse_oversized_bodies(
     request: Request,
     next: Next,
 ) -> Response {
-    let oversized = request
+    let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > MAX_BODY_BYTES as u64);
-    if !oversized {
-        return next.run(request).await;
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > MAX_BODY_BYTES as u64 => {}
+        Some(_) => return next.run(request).await,
+        None if request.body().is_end_stream() => return next.run(request).await,
+        None => {}
     }
     let json = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
-    let mut body = request.into_body().into_data_stream();
+    let (mut parts, body) = request.into_parts();
+    let mut body = body.into_data_stream();
+    if declared.is_none() {
+        let mut buffered = Vec::new();
+        loop {
+            match body.next().await {
+                None => {
+                    parts.headers.remove(header::TRANSFER_ENCODING);
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(buffered.len()));
+                    let request = Request::from_parts(parts, Body::from(buffered));
+                    return next.run(request).await;
+                }
+                Some(Ok(chunk)) if buffered.len() + chunk.len() <= MAX_BODY_BYTES => {
+                    buffered.extend_from_slice(&chunk);
+                }
+                Some(Ok(_)) => break,
+                Some(Err(_)) => {
+                    let message = "The request could not be read.";
+                    return refusal(&state, json, StatusCode::BAD_REQUEST, message);
+                }
+            }
+        }
+    }
     let _ = tokio::time::timeout(LINGER, async {
         let mut read = 0;
         while let Some(Ok(chunk)) = body.next().await {
@@ -194,12 +243,21 @@ async fn refuse_oversized_bodies(
     })
     .await;
     let message = "The request is too large (the limit is 64 KiB).";
+    refusal(&state, json, StatusCode::PAYLOAD_TOO_LARGE, message)
+}
+
+/// A refusal in the form the client asked in: JSON for the JSON API, a page otherwise.
+fn refusal(state: &AppState, json: bool, status: StatusCode, message: &str) -> Response {
     let response = if json {
         Json(json!({ "error": message })).into_response()
     } else {
-        pages::message(&state, StatusCode::OK, "Too large", message)
+        let title = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "Too large",
+            _ => "Not understood",
+        };
+        pages::message(state, StatusCode::OK, title, message)
     };
-    (StatusCode::PAYLOAD_TOO_LARGE, response).into_response()
+    (status, response).into_response()
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

@@ -41,14 +41,14 @@ type FieldErrors = BTreeMap<&'static str, String>;
 /// The person a preferences token points at; `Err` is the response to give instead.
 async fn subscriber(state: &AppState, token: &str) -> Result<SubscriberRef, Response> {
     let now = state.clock().now_secs();
-    let id = match state.links().verify(token, TokenPurpose::Preferences, now) {
-        Ok(t) => t.subject,
+    let link = match state.links().verify(token, TokenPurpose::Preferences, now) {
+        Ok(t) => t.target(),
         Err(e) => {
             tracing::info!(reason = %e, "preferences token refused");
             return Err(pages::invalid_link(state));
         }
     };
-    match state.store().subscriber_by_id(id).await {
+    match state.store().subscriber_by_link(link).await {
         Ok(Some(s)) => Ok(s),
         Ok(None) => Err(pages::invalid_link(state)),
         Err(e) => Err(pages::error_page(state, e.into())),

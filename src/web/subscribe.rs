@@ -96,7 +96,13 @@ fn form_page(
             "description": o.description,
             "checked": raw.offerings.contains(&o.slug),
         })).collect::<Vec<_>>(),
-        "values": { "email": raw.email, "name": raw.name, "timezone": raw.timezone },
+        // The zone is a hidden field the page's script fills in: one longer than any zone
+        // name is not sent back.
+        "values": {
+            "email": raw.email,
+            "name": raw.name,
+            "timezone": if raw.timezone.len() <= Timezone::MAX_BYTES { raw.timezone.as_str() } else { "" },
+        },
         "errors": {
             "email": error("email"),
             "name": error("name"),
@@ -116,6 +122,7 @@ async fn subscribe(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let started = std::time::Instant::now();
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -170,6 +177,10 @@ async fn subscribe(
         // A bot filled the field people cannot see: it gets the success answer and nothing
         // else happens.
         tracing::info!("honeypot filled; signup ignored");
+        let wait = state.answer_pace().wait_for(false, started.elapsed());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         return success(format);
     }
 
@@ -193,8 +204,22 @@ async fn subscribe(
         }
     };
 
+    if let (Some(limiter), Some(ip)) = (state.domain_limiter(), client.ip)
+        && let Err(retry_after_secs) =
+            limiter.check(signup.email.domain(), ip, state.clock().now_ms())
+    {
+        tracing::info!(
+            %ip,
+            domain = signup.email.domain(),
+            "signup limit for this domain from this network reached"
+        );
+        return fail(AppError::TooManyRequests { retry_after_secs });
+    }
+
     let config = state.config();
+    let mailbox_key = state.links().mailbox_key(&signup.email);
     let new = NewSignup {
+        mailbox_key,
         email: signup.email,
         name: signup.name,
         timezone: signup.timezone,
@@ -220,6 +245,13 @@ async fn subscribe(
                 queued = outcome.confirmation_queued,
                 "signup recorded"
             );
+            // As late as an answer that queued an email, so the time tells nothing.
+            let wait = state
+                .answer_pace()
+                .wait_for(outcome.confirmation_queued, started.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             success(format)
         }
         Err(e) => fail(e.into()),

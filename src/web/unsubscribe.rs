@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::client::ClientInfo;
 use super::{AppState, pages};
-use crate::domain::TokenPurpose;
+use crate::domain::{LinkTarget, TokenPurpose};
 use crate::store::ConsentMeta;
 
 pub fn routes() -> Router<AppState> {
@@ -24,11 +24,11 @@ pub fn routes() -> Router<AppState> {
     )
 }
 
-/// (subscriber id, offering id) of a valid unsubscribe token.
-fn claims(state: &AppState, token: &str) -> Option<(i64, i64)> {
+/// (subscriber, offering id) of a valid unsubscribe token.
+fn claims(state: &AppState, token: &str) -> Option<(LinkTarget, i64)> {
     let now = state.clock().now_secs();
     match state.links().verify(token, TokenPurpose::Unsubscribe, now) {
-        Ok(t) => Some((t.subject, t.scope)),
+        Ok(t) => Some((t.target(), t.scope)),
         Err(e) => {
             tracing::info!(reason = %e, "unsubscribe token refused");
             None
@@ -36,10 +36,23 @@ fn claims(state: &AppState, token: &str) -> Option<(i64, i64)> {
     }
 }
 
+/// Whether the person a link names still exists (the same person: id and link secret).
+async fn still_there(state: &AppState, subscriber: LinkTarget) -> Result<bool, Response> {
+    match state.store().subscriber_by_link(subscriber).await {
+        Ok(found) => Ok(found.is_some()),
+        Err(e) => Err(pages::error_page(state, e.into())),
+    }
+}
+
 async fn unsubscribe_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
-    let Some((subscriber_id, offering_id)) = claims(&state, &token) else {
+    let Some((subscriber, offering_id)) = claims(&state, &token) else {
         return pages::invalid_link(&state);
     };
+    match still_there(&state, subscriber).await {
+        Ok(true) => {}
+        Ok(false) => return pages::invalid_link(&state),
+        Err(response) => return response,
+    }
     let offering = match state.store().offering_by_id(offering_id).await {
         Ok(Some(o)) => o,
         Ok(None) => return pages::invalid_link(&state),
@@ -53,7 +66,7 @@ async fn unsubscribe_page(State(state): State<AppState>, Path(token): Path<Strin
         json!({
             "action": format!("/unsubscribe/{token}"),
             "offering": { "name": offering.name },
-            "preferences_url": state.links().preferences_url(subscriber_id),
+            "preferences_url": state.links().preferences_url(subscriber),
         }),
     )
 }
@@ -91,9 +104,17 @@ async fn unsubscribe(
     client: ClientInfo,
     request: Request,
 ) -> Response {
-    let Some((subscriber_id, offering_id)) = claims(&state, &token) else {
+    let Some((subscriber, offering_id)) = claims(&state, &token) else {
         return pages::invalid_link(&state);
     };
+    // A person who is gone (erased, or never the one this id now names) has nothing to leave.
+    // The answer is still 200: a mailbox provider reads any other answer to its one-click POST
+    // (RFC 8058) as a failed unsubscribe and tells the recipient so. Nothing is changed.
+    let present = match still_there(&state, subscriber).await {
+        Ok(present) => present,
+        Err(response) => return response,
+    };
+    let subscriber_id = subscriber.id;
     let everything = wants_everything(&state, request).await;
     let meta = ConsentMeta {
         ip: client.ip.map(|ip| ip.to_string()),
@@ -102,13 +123,17 @@ async fn unsubscribe(
         source: "email",
     };
     let scope = (!everything).then_some(offering_id);
-    let left = match state
-        .store()
-        .unsubscribe(subscriber_id, scope, &meta, state.clock().now_ms())
-        .await
-    {
-        Ok(left) => left,
-        Err(e) => return pages::error_page(&state, e.into()),
+    let left = if present {
+        match state
+            .store()
+            .unsubscribe(subscriber_id, scope, &meta, state.clock().now_ms())
+            .await
+        {
+            Ok(left) => left,
+            Err(e) => return pages::error_page(&state, e.into()),
+        }
+    } else {
+        Vec::new()
     };
     tracing::info!(
         subscriber = subscriber_id,
@@ -128,7 +153,7 @@ async fn unsubscribe(
         json!({
             "everything": everything,
             "offering": { "name": name },
-            "preferences_url": state.links().preferences_url(subscriber_id),
+            "preferences_url": state.links().preferences_url(subscriber),
         }),
     )
 }

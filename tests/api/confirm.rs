@@ -20,7 +20,24 @@ backend_tests!(
     a_tampered_or_foreign_token_gets_404,
     the_consent_record_keeps_time_ip_agent_offerings_and_text_hash,
     a_forwarded_address_is_believed_only_from_a_trusted_proxy,
+    the_confirm_page_after_confirming_says_already_confirmed,
 );
+
+async fn the_confirm_page_after_confirming_says_already_confirmed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.signup("radha@example.org", &["morning-meditation"])
+        .await;
+    let path = app.confirm_path(0).await;
+    let before = app.get(&path).await.text().await.unwrap();
+    assert!(before.contains("<form"), "the button, before");
+    assert_eq!(app.post_form(&path, "").await.status(), StatusCode::OK);
+    let r = app.get(&path).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let after = r.text().await.unwrap();
+    assert!(after.contains("Already confirmed"), "{after}");
+    assert!(!after.contains("<form"), "no button that does nothing");
+    assert!(after.contains("Morning Meditation"));
+}
 
 fn status_of(app_rows: &[sangha::store::SubscriberRow], slug: &str) -> SubscriptionStatus {
     app_rows[0]
@@ -210,6 +227,7 @@ async fn a_tampered_or_foreign_token_gets_404(backend: Backend) {
             subject: 1,
             scope: 0,
             expires: 0,
+            binding: 0,
         })
     };
     let unsubscribe = token_for(TokenPurpose::Unsubscribe);
@@ -218,6 +236,7 @@ async fn a_tampered_or_foreign_token_gets_404(backend: Backend) {
         subject: 1,
         scope: 0,
         expires: 0,
+        binding: 0,
     });
     let long = "x".repeat(5000);
     for bad in [
@@ -241,6 +260,7 @@ async fn a_tampered_or_foreign_token_gets_404(backend: Backend) {
         subject: 999_999,
         scope: 0,
         expires: 0,
+        binding: 0,
     });
     assert_eq!(
         app.post_form(&format!("/confirm/{none}"), "")

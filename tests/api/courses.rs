@@ -174,11 +174,11 @@ impl Course {
             .collect()
     }
 
-    fn preferences_path(&self, subscriber_id: i64) -> String {
+    async fn preferences_path(&self, subscriber_id: i64) -> String {
         self.app
             .state
             .links()
-            .preferences_url(subscriber_id)
+            .preferences_url(self.app.link_of(subscriber_id).await)
             .trim_start_matches(self.app.config.base_url())
             .to_owned()
     }
@@ -324,7 +324,7 @@ async fn a_270_day_course_runs_to_its_end_through_a_pause_and_each_lesson_comes_
     let email = "lila@example.org";
     let id = course.join(email, Some("America/New_York")).await;
     let new_york = jiff::tz::TimeZone::get("America/New_York").unwrap();
-    let prefs = course.preferences_path(id);
+    let prefs = course.preferences_path(id).await;
 
     let mut got = course.wait_for_lessons(id, 1).await.len();
     assert_eq!(got, 1, "the welcome");
@@ -609,7 +609,10 @@ async fn someone_who_leaves_a_course_gets_no_more_lessons(backend: Backend) {
     course.wait_for_lessons(id, 1).await;
     let r = course
         .app
-        .post_form(&course.preferences_path(id), "offerings=morning-meditation")
+        .post_form(
+            &course.preferences_path(id).await,
+            "offerings=morning-meditation",
+        )
         .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     set_clock(&course.clock, ms("2026-03-03T07:00:00Z"));

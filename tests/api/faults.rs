@@ -49,7 +49,7 @@ backend_tests!(
 );
 
 /// A manual clock well after the system's "now", where `schedule --now` puts a send.
-const MANUAL_START: i64 = 1_800_000_000_000;
+pub(crate) const MANUAL_START: i64 = 1_800_000_000_000;
 /// Longer than the longest backoff (an hour, plus a fifth of jitter).
 const PAST_ANY_BACKOFF: Duration = Duration::from_secs(2 * 3600);
 
@@ -62,13 +62,13 @@ fn smtp(port: u16) -> impl FnOnce(&mut Config) {
     }
 }
 
-fn people(n: usize) -> Vec<String> {
+pub(crate) fn people(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("p{i}@example.org")).collect()
 }
 
 /// `sangha subscribers import --confirmed`: everyone confirmed to `offerings` (`a;b`), no
 /// email sent.
-fn import_confirmed(config: &Config, dir: &Path, people: &[String], offerings: &str) {
+pub(crate) fn import_confirmed(config: &Config, dir: &Path, people: &[String], offerings: &str) {
     let csv = dir.join("people.csv");
     let mut rows = String::from("email,name,timezone,offerings\n");
     for (i, email) in people.iter().enumerate() {
@@ -90,7 +90,7 @@ fn import_confirmed(config: &Config, dir: &Path, people: &[String], offerings: &
 }
 
 /// `sangha schedule --now` of the morning text; returns the send id.
-fn schedule_now(config: &Config, dir: &Path) -> i64 {
+pub(crate) fn schedule_now(config: &Config, dir: &Path) -> i64 {
     let content = dir.join("m.md");
     std::fs::write(&content, MORNING).unwrap();
     let out = run_cli(
@@ -108,12 +108,12 @@ fn schedule_now(config: &Config, dir: &Path) -> i64 {
     stdout(&out).trim().parse().expect("a send id")
 }
 
-async fn summary(store: &Store, id: i64) -> SendSummary {
+pub(crate) async fn summary(store: &Store, id: i64) -> SendSummary {
     store.send_summaries(Some(id)).await.unwrap().pop().unwrap()
 }
 
 /// The application without workers on a manual clock, and a worker to step by hand.
-async fn manual_app(
+pub(crate) async fn manual_app(
     backend: Backend,
     server: &TestSmtpServer,
     configure: impl FnOnce(&mut Config),
@@ -140,7 +140,7 @@ async fn manual_app(
 }
 
 /// Schedules the morning text, moves the clock to it and fans it out.
-async fn start_send(app: &TestApp, runtime: &Runtime) -> i64 {
+pub(crate) async fn start_send(app: &TestApp, runtime: &Runtime) -> i64 {
     let id = schedule_now(&app.config, app.dir.path());
     // Scheduled at the system's "now": the manual clock is ten years later.
     app.clock.advance(Duration::from_secs(3650 * 86_400));
@@ -149,7 +149,7 @@ async fn start_send(app: &TestApp, runtime: &Runtime) -> i64 {
 }
 
 /// Steps the worker until a step claims nothing; what the steps did, added up.
-async fn steps_until_idle(worker: &Worker) -> StepOutcome {
+pub(crate) async fn steps_until_idle(worker: &Worker) -> StepOutcome {
     let mut total = StepOutcome::default();
     loop {
         let step = worker.step().await.unwrap();
@@ -189,7 +189,7 @@ fn message_id(m: &ReceivedMessage) -> String {
 }
 
 /// Recipient → the Message-IDs of the copies they got.
-fn copies(messages: &[ReceivedMessage]) -> HashMap<String, Vec<String>> {
+pub(crate) fn copies(messages: &[ReceivedMessage]) -> HashMap<String, Vec<String>> {
     let mut copies: HashMap<String, Vec<String>> = HashMap::new();
     for m in messages {
         assert_eq!(m.rcpt_to.len(), 1, "one recipient per message");

@@ -247,12 +247,13 @@ fn purpose() -> impl Strategy<Value = TokenPurpose> {
 
 fn claims() -> impl Strategy<Value = Token> {
     let expires = prop_oneof![Just(0i64), any::<i64>(), 1_700_000_000i64..1_900_000_000];
-    (purpose(), any::<i64>(), any::<i64>(), expires).prop_map(
-        |(purpose, subject, scope, expires)| Token {
+    (purpose(), any::<i64>(), any::<i64>(), expires, any::<i64>()).prop_map(
+        |(purpose, subject, scope, expires, binding)| Token {
             purpose,
             subject,
             scope,
             expires,
+            binding,
         },
     )
 }
@@ -286,7 +287,7 @@ fn a_token_is_accepted_only_for_its_purpose_and_until_it_expires() {
     let strategy = (claims(), purpose(), any::<i64>());
     check("token_purpose", 256, strategy, |(token, asked, now)| {
         let text = key.sign(&token);
-        prop_assert_eq!(text.len(), 56);
+        prop_assert_eq!(text.len(), 67);
         let got = key.verify(&text, asked, now);
         if asked != token.purpose {
             prop_assert_eq!(got, Err(TokenError::WrongPurpose));
@@ -318,7 +319,7 @@ fn any_one_character_change_to_a_token_is_refused() {
         Edit::Insert,
         Edit::Delete,
     ]);
-    let strategy = (claims(), 0usize..56, select(alphabet), edit);
+    let strategy = (claims(), 0usize..67, select(alphabet), edit);
     check("token_tamper", 512, strategy, |(token, at, c, edit)| {
         let token = Token {
             expires: 0,
@@ -1203,7 +1204,7 @@ async fn control_characters_in_any_field_are_refused_and_nothing_is_stored(backe
     let prefs = app
         .state
         .links()
-        .preferences_url(rows[0].id)
+        .preferences_url(app.link_of(rows[0].id).await)
         .replace(app.config.base_url(), "");
     for body in [
         "name=Mira%0D%0ABcc%3A+evil%40example.com&offerings=morning-meditation",
@@ -1290,7 +1291,7 @@ async fn markup_in_a_name_is_escaped_in_pages_and_emails(backend: Backend) {
         let prefs = app
             .state
             .links()
-            .preferences_url(row.id)
+            .preferences_url(app.link_of(row.id).await)
             .replace(app.config.base_url(), "");
         let r = app.get(&prefs).await;
         assert_eq!(r.status(), StatusCode::OK);
@@ -1335,6 +1336,7 @@ async fn a_one_megabyte_body_gets_413_on_every_post_route(backend: Backend) {
             subject: 1,
             scope: 0,
             expires: 0,
+            binding: 0,
         })
     );
     let offering = app
@@ -1343,8 +1345,12 @@ async fn a_one_megabyte_body_gets_413_on_every_post_route(backend: Backend) {
         .await
         .unwrap()
         .unwrap();
-    let unsubscribe = links.unsubscribe_url(id, offering.id).replace(base, "");
-    let preferences = links.preferences_url(id).replace(base, "");
+    let unsubscribe = links
+        .unsubscribe_url(app.link_of(id).await, offering.id)
+        .replace(base, "");
+    let preferences = links
+        .preferences_url(app.link_of(id).await)
+        .replace(base, "");
     let erase = format!("{preferences}/erase");
     let megabyte = "x".repeat(1024 * 1024);
     let form = format!("email=a%40example.org&offerings=morning-meditation&name={megabyte}");

@@ -52,8 +52,12 @@ async fn person(app: &TestApp, email: &str, offerings: &[&str], leave: &str) -> 
     let id = detail.subscriber.id;
     Person {
         id,
-        unsubscribe_path: links.unsubscribe_url(id, offering.id).replace(&base, ""),
-        preferences_path: links.preferences_url(id).replace(&base, ""),
+        unsubscribe_path: links
+            .unsubscribe_url(app.link_of(id).await, offering.id)
+            .replace(&base, ""),
+        preferences_path: links
+            .preferences_url(app.link_of(id).await)
+            .replace(&base, ""),
     }
 }
 

@@ -19,7 +19,8 @@ use tokio::sync::oneshot;
 use crate::backend_tests;
 use crate::support::smtp::TestSmtpServer;
 use crate::support::{
-    Backend, DEADLINE, TEST_TOKEN_KEY, confirm_path_in, eventually, eventually_async, test_config,
+    Backend, DEADLINE, TEST_TOKEN_KEY, confirm_path_in, eventually, eventually_async, link_path_in,
+    test_config,
 };
 
 backend_tests!(
@@ -143,20 +144,6 @@ async fn wait_for_mail(config: &Config, needle: &str, n: usize) -> Vec<Vec<u8>> 
     .unwrap_or_else(|| panic!("no email containing {needle:?}"))
 }
 
-/// The path (`/unsubscribe/…`, `/preferences/…`) of the first link in the text part of a
-/// message that contains `marker`.
-fn link_path_in(raw: &[u8], marker: &str) -> String {
-    let message = mail_parser::MessageParser::default().parse(raw).unwrap();
-    let text = message.body_text(0).unwrap().into_owned();
-    let start = text
-        .find(marker)
-        .unwrap_or_else(|| panic!("no {marker} link"));
-    text[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_'))
-        .collect()
-}
-
 /// The token at the end of a link path.
 fn token_of(path: &str) -> &str {
     path.rsplit('/').next().unwrap()
@@ -257,6 +244,7 @@ async fn links_sent_before_a_key_rotation_keep_working_after_it(backend: Backend
             subject,
             scope,
             expires: 0,
+            binding: 0,
         })
     };
     let early_id = app

@@ -380,7 +380,7 @@ async fn a_person_who_leaves_after_the_fan_out_is_skipped(backend: Backend) {
     let url = runtime
         .links()
         .unwrap()
-        .unsubscribe_url(leaver.id, offering.id);
+        .unsubscribe_url(app.link_of(leaver.id).await, offering.id);
     let path = url.trim_start_matches(app.config.base_url());
     let r = app.post_form(path, "List-Unsubscribe=One-Click").await;
     assert_eq!(r.status(), 200);

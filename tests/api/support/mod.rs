@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod smtp;
+pub mod test_ca;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -95,6 +96,14 @@ macro_rules! backend_tests {
 pub async fn test_config(backend: &Backend, dir: &Path) -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
     let mut config = Config::load_with_env(Some(&path), Vec::new()).expect("config.toml loads");
+    // Owner-only, as `sangha` creates a data folder: a temporary folder may be open to others
+    // (0755), which `sangha` warns about on every command.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .expect("an owner-only data folder");
+    }
     config.data_dir = dir.to_owned();
     config.database.url = backend.fresh_database(dir).await;
     config.server.bind = "127.0.0.1:0".into();
@@ -102,6 +111,7 @@ pub async fn test_config(backend: &Backend, dir: &Path) -> Config {
     config.worker.poll_interval_ms = 50;
     // Tests sign many people up from 127.0.0.1; the rate-limit test sets its own limit.
     config.signup.rate_limit_per_minute = 0;
+    config.signup.signups_per_domain_per_network_per_hour = 0;
     config.mail.transport = TransportKind::File;
     config
 }
@@ -353,6 +363,16 @@ impl TestApp {
         .unwrap_or_else(|| panic!("send {id} did not finish"))
     }
 
+    /// What the links of subscriber `id` are bound to, as the database has it.
+    pub async fn link_of(&self, id: i64) -> sangha::domain::LinkTarget {
+        let secret: i64 = sqlx::query_scalar("SELECT link_secret FROM subscribers WHERE id = $1")
+            .bind(id)
+            .fetch_one(self.store().pool())
+            .await
+            .expect("the subscriber's link secret");
+        sangha::domain::LinkTarget { id, secret }
+    }
+
     /// Runs the `sangha` binary against this application's database and data folder.
     pub fn cli(&self, args: &[&str]) -> Output {
         run_cli(&self.config, args)
@@ -454,6 +474,20 @@ pub fn confirm_path_in(raw: &[u8]) -> String {
         .next()
         .expect("link")
         .to_owned()
+}
+
+/// The path (`/unsubscribe/…`, `/preferences/…`) of the first link containing `marker` in the
+/// text part of a message.
+pub fn link_path_in(raw: &[u8], marker: &str) -> String {
+    let message = mail_parser::MessageParser::default().parse(raw).unwrap();
+    let text = message.body_text(0).unwrap().into_owned();
+    let start = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker} link"));
+    text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_'))
+        .collect()
 }
 
 pub fn urlencode(s: &str) -> String {

@@ -17,6 +17,9 @@
 //!   the server reads the first line of the message and closes the
 //!   connection before the final `.` (nothing is recorded: the server never
 //!   had the whole message).
+//! * [`TestSmtpServer::push_silence_after_data`]: the next finished `DATA`
+//!   is recorded in [`TestSmtpServer::ambiguous`] and never answered: the
+//!   connection stays open, silent, until the client closes it.
 //! * [`TestSmtpServer::set_greeting_reply`]: new connections get the given
 //!   greeting (e.g. `421 4.3.2 Service not available`) and are closed.
 //! * [`TestSmtpServer::set_random_faults`]: `MAIL FROM`, `RCPT TO` and the end
@@ -28,8 +31,8 @@
 //!   the server goes away (its port refuses connections, open connections are
 //!   cut) and comes back on the same port.
 //!
-//! `DATA` outcomes pushed with `push_data_reply`, `push_drop_after_data` and
-//! `push_drop_during_data` share one FIFO queue; each `DATA` command takes the
+//! `DATA` outcomes pushed with `push_data_reply`, `push_drop_after_data`,
+//! `push_drop_during_data` and `push_silence_after_data` share one FIFO queue; each `DATA` command takes the
 //! outcome at the front when it is accepted (`354`), so they apply in the
 //! order they were pushed. A scripted outcome (or a scripted recipient reply)
 //! takes precedence over a random fault.
@@ -54,7 +57,10 @@
 //!
 //! # What it does not implement
 //!
-//! No TLS / `STARTTLS`, no `CHUNKING`/`BDAT`, `VRFY`, `EXPN`, `HELP`
+//! TLS, when the builder is given [`TestTls`]: `STARTTLS` (RFC 3207; `AUTH` is then offered
+//! and allowed only after it, as Postfix does) or implicit TLS from the first byte (RFC 8314).
+//!
+//! No `CHUNKING`/`BDAT`, `VRFY`, `EXPN`, `HELP`
 //! or `DSN` parameters (all answered with `502` / `555`), no source-route
 //! parsing, no address syntax validation, and no timeouts on idle clients.
 //! Multi-line scripted replies are not supported.
@@ -72,9 +78,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -89,6 +96,29 @@ const MAX_COMMAND_LINE: usize = 4096;
 
 /// Reply to a `DATA` that finished and was accepted, unless one was scripted.
 const DEFAULT_DATA_REPLY: &str = "250 2.0.0 Ok: queued";
+
+/// How the server speaks TLS, with the certificate in the rustls configuration.
+#[derive(Clone)]
+pub enum TestTls {
+    /// Plain at first; `STARTTLS` is offered and `AUTH` only after it.
+    Starttls(Arc<tokio_rustls::rustls::ServerConfig>),
+    /// TLS from the first byte (port 465 style).
+    Implicit(Arc<tokio_rustls::rustls::ServerConfig>),
+}
+
+impl std::fmt::Debug for TestTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TestTls::Starttls(_) => "TestTls::Starttls",
+            TestTls::Implicit(_) => "TestTls::Implicit",
+        })
+    }
+}
+
+/// A client connection's bytes: plain TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+type BoxedIo = Box<dyn Io>;
 
 /// A message that got through `DATA`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +163,8 @@ enum DataOutcome {
     DropConnection,
     /// Close the connection while the message is still coming in.
     DropDuringData,
+    /// Record the message as ambiguous and never answer.
+    Silence,
 }
 
 /// A fault injected at random by [`TestSmtpServer::set_random_faults`].
@@ -242,6 +274,9 @@ struct State {
     /// `DATA` (RFC 2920 lets a server batch its replies): only a client that
     /// pipelines gets through; one that waits for each reply times out.
     defer_envelope_replies: bool,
+    /// How long each finished `DATA` waits before it is recorded and answered.
+    message_delay: Duration,
+    tls: Option<TestTls>,
     inner: Mutex<Inner>,
     /// Woken whenever a message is recorded (accepted, rejected or ambiguous).
     changed: Notify,
@@ -262,9 +297,17 @@ pub struct TestSmtpServerBuilder {
     credentials: Option<(String, String)>,
     without_pipelining: bool,
     defer_envelope_replies: bool,
+    message_delay: Duration,
+    tls: Option<TestTls>,
 }
 
 impl TestSmtpServerBuilder {
+    /// Speak TLS: by `STARTTLS` or from the first byte.
+    pub fn tls(mut self, tls: TestTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Offer `AUTH PLAIN LOGIN` and require a successful `AUTH` with these
     /// credentials before `MAIL`.
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
@@ -285,6 +328,13 @@ impl TestSmtpServerBuilder {
         self
     }
 
+    /// Take `delay` over each message: the reply to a finished `DATA` comes that long after
+    /// its last line, as from a relay that scans or forwards before it answers.
+    pub fn delay_each_message(mut self, delay: Duration) -> Self {
+        self.message_delay = delay;
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts accepting connections.
     pub async fn start(self) -> TestSmtpServer {
         let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -296,6 +346,8 @@ impl TestSmtpServerBuilder {
             credentials: self.credentials,
             without_pipelining: self.without_pipelining,
             defer_envelope_replies: self.defer_envelope_replies,
+            message_delay: self.message_delay,
+            tls: self.tls,
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
         });
@@ -496,6 +548,16 @@ impl TestSmtpServer {
             .push_back(DataOutcome::DropDuringData);
     }
 
+    /// Makes the next message whose `DATA` finishes be recorded in
+    /// [`Self::ambiguous`] and never answered (a server hanging after the
+    /// final `.`); the connection stays open until the client closes it.
+    pub fn push_silence_after_data(&self) {
+        self.state
+            .lock()
+            .data_outcomes
+            .push_back(DataOutcome::Silence);
+    }
+
     /// Connections cut off by [`Self::push_drop_during_data`] so far.
     pub fn dropped_during_data(&self) -> usize {
         self.state.lock().dropped_during_data
@@ -637,9 +699,26 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             inner.connections += 1;
             inner.connections
         };
-        let session = Session::new(id, stream, Arc::clone(&state));
-        // An I/O error just ends that connection; there is nobody to tell.
+        let state = Arc::clone(&state);
+        // An I/O error (or a refused TLS handshake) just ends that connection; there is nobody
+        // to tell.
         sessions.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let io: BoxedIo = match &state.tls {
+                Some(TestTls::Implicit(config)) => {
+                    match tokio_rustls::TlsAcceptor::from(Arc::clone(config))
+                        .accept(stream)
+                        .await
+                    {
+                        Ok(tls) => Box::new(tls),
+                        Err(_) => return,
+                    }
+                }
+                _ => Box::new(stream),
+            };
+            let encrypted = matches!(state.tls, Some(TestTls::Implicit(_)));
+            let mut session = Session::new(id, io, state);
+            session.encrypted = encrypted;
             let _ = session.run().await;
         });
     }
@@ -659,7 +738,7 @@ enum LineRead {
 /// `max` bytes; longer lines are consumed up to their end and reported as
 /// [`LineRead::TooLong`] with `buf` left as it was.
 async fn read_line(
-    reader: &mut BufReader<OwnedReadHalf>,
+    reader: &mut BufReader<ReadHalf<BoxedIo>>,
     buf: &mut Vec<u8>,
     max: usize,
 ) -> io::Result<LineRead> {
@@ -729,6 +808,7 @@ enum DataReply {
     Line(String),
     Fault(Fault),
     Drop,
+    Silence,
 }
 
 /// The envelope of the mail transaction in progress.
@@ -741,8 +821,10 @@ struct Envelope {
 struct Session {
     id: u64,
     state: Arc<State>,
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<ReadHalf<BoxedIo>>,
+    writer: WriteHalf<BoxedIo>,
+    /// TLS is on (implicit, or after `STARTTLS`).
+    encrypted: bool,
     /// `HELO` or `EHLO` was received.
     greeted: bool,
     /// The greeting was `EHLO`, so extensions (`AUTH`) may be used.
@@ -756,14 +838,14 @@ struct Session {
 }
 
 impl Session {
-    fn new(id: u64, stream: TcpStream, state: Arc<State>) -> Self {
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
+    fn new(id: u64, stream: BoxedIo, state: Arc<State>) -> Self {
+        let (reader, writer) = tokio::io::split(stream);
         Session {
             id,
             state,
             reader: BufReader::new(reader),
             writer,
+            encrypted: false,
             greeted: false,
             extended: false,
             authenticated: false,
@@ -852,6 +934,7 @@ impl Session {
             "EHLO" => self.handle_hello(args, true).await,
             "HELO" => self.handle_hello(args, false).await,
             "AUTH" => self.handle_auth(args).await,
+            "STARTTLS" => self.handle_starttls().await,
             "MAIL" => self.handle_mail(args).await,
             "RCPT" => self.handle_rcpt(args).await,
             "DATA" => self.handle_data(args).await,
@@ -897,10 +980,47 @@ impl Session {
             "SMTPUTF8".to_owned(),
             format!("SIZE {MAX_MESSAGE_SIZE}"),
         ]);
-        if self.state.credentials.is_some() {
+        if matches!(self.state.tls, Some(TestTls::Starttls(_))) && !self.encrypted {
+            lines.push("STARTTLS".to_owned());
+        }
+        if self.state.credentials.is_some() && self.auth_allowed() {
             lines.push("AUTH PLAIN LOGIN".to_owned());
         }
         self.reply_lines(&lines).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// With `STARTTLS` offered, credentials are taken only over TLS (RFC 3207 §4).
+    fn auth_allowed(&self) -> bool {
+        self.encrypted || !matches!(self.state.tls, Some(TestTls::Starttls(_)))
+    }
+
+    /// `STARTTLS` (RFC 3207): `220`, then the TLS handshake on the same connection, and the
+    /// session starts over (a new `EHLO`, no authentication carried across).
+    async fn handle_starttls(&mut self) -> io::Result<Flow> {
+        let Some(TestTls::Starttls(config)) = self.state.tls.clone() else {
+            return self.ok("502 5.5.1 STARTTLS not available").await;
+        };
+        if self.encrypted {
+            return self.ok("503 5.5.1 TLS already active").await;
+        }
+        self.reply("220 2.0.0 Ready to start TLS").await?;
+        let placeholder: BoxedIo = Box::new(tokio::io::duplex(1).0);
+        let (placeholder_reader, placeholder_writer) = tokio::io::split(placeholder);
+        let reader = std::mem::replace(&mut self.reader, BufReader::new(placeholder_reader));
+        let writer = std::mem::replace(&mut self.writer, placeholder_writer);
+        let plain = reader.into_inner().unsplit(writer);
+        let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(plain).await else {
+            return Ok(Flow::Close);
+        };
+        let (reader, writer) = tokio::io::split(Box::new(tls) as BoxedIo);
+        self.reader = BufReader::new(reader);
+        self.writer = writer;
+        self.encrypted = true;
+        self.greeted = false;
+        self.extended = false;
+        self.authenticated = false;
+        self.envelope = None;
         Ok(Flow::Continue)
     }
 
@@ -910,6 +1030,11 @@ impl Session {
         }
         if !self.extended {
             return self.ok("503 5.5.1 Send EHLO first").await;
+        }
+        if !self.auth_allowed() {
+            return self
+                .ok("538 5.7.11 Encryption required for requested authentication mechanism")
+                .await;
         }
         if self.authenticated {
             return self.ok("503 5.5.1 Already authenticated").await;
@@ -1125,6 +1250,9 @@ impl Session {
             return Ok(Flow::Close);
         }
         let data = self.read_data().await?;
+        if !self.state.message_delay.is_zero() {
+            tokio::time::sleep(self.state.message_delay).await;
+        }
         // Whatever happens next, the transaction is over.
         let Some(Envelope { mail_from, rcpt_to }) = self.envelope.take() else {
             unreachable!("checked above");
@@ -1161,6 +1289,10 @@ impl Session {
                     inner.ambiguous.push(message);
                     DataReply::Drop
                 }
+                Some(DataOutcome::Silence) => {
+                    inner.ambiguous.push(message);
+                    DataReply::Silence
+                }
                 Some(DataOutcome::Reply(reply)) if !reply.starts_with('2') => {
                     inner.rejected += 1;
                     DataReply::Line(reply)
@@ -1188,6 +1320,16 @@ impl Session {
             DataReply::Fault(fault) => self.fault(fault).await,
             // Close without a word: both halves are dropped by the caller.
             DataReply::Drop => Ok(Flow::Close),
+            // Say nothing and read whatever comes until the client gives up.
+            DataReply::Silence => {
+                let mut line = Vec::new();
+                while let LineRead::Line | LineRead::TooLong =
+                    read_line(&mut self.reader, &mut line, MAX_COMMAND_LINE).await?
+                {
+                    line.clear();
+                }
+                Ok(Flow::Close)
+            }
         }
     }
 
