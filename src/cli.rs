@@ -89,7 +89,7 @@ pub enum Command {
         #[arg(long)]
         now: bool,
     },
-    /// Look after sends: list, show, pause, resume, cancel, watch.
+    /// Look after sends: list, show, pause, resume, retry, cancel, watch.
     #[command(subcommand)]
     Sends(SendsCommand),
     /// Render content as a subscriber would receive it.
@@ -130,6 +130,15 @@ pub enum SendsCommand {
     Pause { id: i64 },
     /// Continue a paused send.
     Resume { id: i64 },
+    /// Try again the deliveries that failed before anything reached the relay (connection,
+    /// TLS, login), once the relay or the configuration is fixed; a done or paused send goes
+    /// on sending.
+    Retry {
+        id: i64,
+        /// Every failed delivery, whatever the reason (not suppressed or skipped ones).
+        #[arg(long)]
+        failed: bool,
+    },
     /// Cancel the rest of a send.
     Cancel { id: i64 },
     /// A live progress bar with rate and time left, until the send ends.
@@ -238,11 +247,13 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Config(ConfigCommand::Check) => {
-            writeln!(
-                out,
-                "# configuration is valid\n{}",
-                config.to_redacted_toml()
-            )?;
+            writeln!(out, "# configuration is valid")?;
+            if config.mail.transport == crate::config::TransportKind::Smtp {
+                for warning in config.smtp.warnings() {
+                    writeln!(out, "# warning: {warning}")?;
+                }
+            }
+            writeln!(out, "{}", config.to_redacted_toml())?;
             Ok(())
         }
         Command::Serve { no_worker } => serve(config, !no_worker, out).await,
@@ -407,6 +418,9 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 SendsCommand::Resume { id } => {
                     changed(store.resume_send(id).await?, id, "resumed")?;
                     writeln!(out, "send {id} resumed")?;
+                }
+                SendsCommand::Retry { id, failed } => {
+                    sending::retry(&runtime, id, failed, out).await?
                 }
                 SendsCommand::Cancel { id } => {
                     changed(

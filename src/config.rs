@@ -196,6 +196,46 @@ pub struct SmtpConfig {
     pub danger_accept_invalid_certs: bool,
 }
 
+impl SmtpConfig {
+    /// Settings that work but are likely mistakes, each with its fix. `config check` prints
+    /// them and `serve` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let host = self
+            .host
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !self.username.is_empty() && self.tls == TlsMode::None && !loopback {
+            warnings.push(format!(
+                "smtp.username is set with smtp.tls = \"none\" and a relay on another machine \
+                 ({host}): the password and every message cross the network in clear; set \
+                 smtp.tls = \"starttls\" (usually port 587) or \"tls\" (port 465)"
+            ));
+        }
+        if self.tls == TlsMode::Starttls && self.port == 465 {
+            warnings.push(
+                "smtp.port = 465 with smtp.tls = \"starttls\": port 465 speaks TLS from the \
+                 first byte, so the session waits for a greeting that never comes; set \
+                 smtp.tls = \"tls\""
+                    .to_owned(),
+            );
+        }
+        if self.tls == TlsMode::Tls && matches!(self.port, 25 | 587) {
+            warnings.push(format!(
+                "smtp.port = {} with smtp.tls = \"tls\": that port starts in plain text and \
+                 upgrades with STARTTLS; set smtp.tls = \"starttls\" (or use port 465)",
+                self.port
+            ));
+        }
+        warnings
+    }
+}
+
 /// The certificate authorities trusted for SMTP over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

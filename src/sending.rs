@@ -13,7 +13,10 @@ use crate::clock::{Millis, format_ms};
 use crate::content::{self, Content};
 use crate::domain::{DeliveryKind, EmailAddress, Slug};
 use crate::mail::{CompiledSend, EmailContent, Transport};
-use crate::store::{ClaimedDelivery, NewSend, Offering, SendContent, SendStatus, SendSummary};
+use crate::store::{
+    ClaimedDelivery, FailureGroup, NewSend, Offering, RetryOutcome, SendContent, SendStatus,
+    SendSummary,
+};
 
 /// When a send goes out.
 #[derive(Debug, Clone)]
@@ -415,10 +418,10 @@ pub async fn test_send(
     let compiled = CompiledSend::new(&as_stored(&send, 0))?;
     let (_, message) = render_for(runtime, &compiled, &offering, Some(to)).await?;
     let transport = Transport::from_config(&runtime.config)?;
-    transport
-        .send(message)
-        .await
-        .map_err(|e| anyhow::anyhow!("the test send failed: {e}"))
+    let sent = transport.send(message).await;
+    // End the session with QUIT rather than dropping the connection.
+    transport.close().await;
+    sent.map_err(|e| anyhow::anyhow!("the test send failed: {e}"))
 }
 
 pub fn print_send_list(sends: &[SendSummary], out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
@@ -544,12 +547,148 @@ pub async fn print_send(
     let failures = runtime.store.send_failures(id).await?;
     if !failures.is_empty() {
         writeln!(out, "why some did not get it:")?;
-        for f in failures {
-            let what = match f.status.as_str() {
+        let groups = group_failures(&failures);
+        for (status, error, count) in groups.iter().take(FAILURE_LINES) {
+            let what = match status.as_str() {
                 "pending" => "retrying",
                 other => other,
             };
-            writeln!(out, "  {:>6} {:<10} {}", f.count, what, f.error)?;
+            writeln!(out, "  {count:>6} {what:<10} {error}")?;
+        }
+        if groups.len() > FAILURE_LINES {
+            let rest: i64 = groups[FAILURE_LINES..].iter().map(|g| g.2).sum();
+            writeln!(out, "  {rest:>6} other reasons")?;
+        }
+    }
+    for line in relay_advice(id, &failures) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// Lines of failure reasons `sends show` prints.
+const FAILURE_LINES: usize = 20;
+
+/// Failure reasons grouped by what they say, not by who they were about: a relay's reply
+/// often names the recipient (`451 4.7.1 <ana@example.org>: Greylisted`), and twenty
+/// greylisted people are one reason, not twenty. Addresses become `<address>`. Most common
+/// first: (status, reason, count).
+fn group_failures(failures: &[FailureGroup]) -> Vec<(String, String, i64)> {
+    let mut groups: Vec<(String, String, i64)> = Vec::new();
+    for f in failures {
+        let reason = without_addresses(&f.error);
+        match groups
+            .iter_mut()
+            .find(|(status, r, _)| *status == f.status && *r == reason)
+        {
+            Some(group) => group.2 += f.count,
+            None => groups.push((f.status.clone(), reason, f.count)),
+        }
+    }
+    groups.sort_by_key(|g| std::cmp::Reverse(g.2));
+    groups
+}
+
+/// `text` with every word that holds an `@` (an email address, with any brackets or
+/// punctuation around it) replaced by `<address>`.
+fn without_addresses(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            if word.contains('@') {
+                let end = word.len()
+                    - word
+                        .chars()
+                        .rev()
+                        .take_while(|c| matches!(c, ':' | ',' | ';' | '.' | ')'))
+                        .count();
+                format!("<address>{}", &word[end..])
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What the owner should do about failures before anything reached the relay: the fix of
+/// the configuration first, then `sends retry` for the deliveries that failed meanwhile.
+fn relay_advice(id: i64, failures: &[FailureGroup]) -> Vec<String> {
+    let count = |kind: &str| -> i64 {
+        failures
+            .iter()
+            .filter(|f| f.failure_kind.as_deref() == Some(kind))
+            .map(|f| f.count)
+            .sum()
+    };
+    let failed_for_relay: i64 = failures
+        .iter()
+        .filter(|f| f.status == "failed" && f.failure_kind.is_some())
+        .map(|f| f.count)
+        .sum();
+    let mut lines = Vec::new();
+    if count("auth") > 0 {
+        lines.push(
+            "relay:      the SMTP relay REFUSED THE CREDENTIALS: no mail goes out until they are \
+             fixed (one login is tried at a time, less and less often). Check smtp.username and \
+             smtp.password (or SANGHA__SMTP__PASSWORD), then restart `sangha serve`."
+                .to_owned(),
+        );
+    }
+    if count("tls") > 0 {
+        lines.push(
+            "relay:      TLS with the SMTP relay failed: check smtp.tls and smtp.port (587 is \
+             usually \"starttls\", 465 \"tls\"), and for a private certificate smtp.ca_file or \
+             smtp.certificate_sha256."
+                .to_owned(),
+        );
+    }
+    if count("connect") > 0 {
+        lines.push(
+            "relay:      the SMTP relay could not be reached: check smtp.host and smtp.port, and \
+             that the relay is up."
+                .to_owned(),
+        );
+    }
+    if failed_for_relay > 0 {
+        lines.push(format!(
+            "retry:      {failed_for_relay} delivery(ies) failed before reaching the relay; once \
+             it is fixed, `sangha sends retry {id}` sends them"
+        ));
+    }
+    lines
+}
+
+/// `sangha sends retry ID [--failed]`.
+pub async fn retry(
+    runtime: &Runtime,
+    id: i64,
+    all_failed: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let now = runtime.clock.now_ms();
+    match runtime.store.retry_send(id, all_failed, now).await? {
+        RetryOutcome::NoSuchSend => bail!("there is no send {id}"),
+        RetryOutcome::Cancelled => {
+            bail!("send {id} was cancelled; schedule the content again to send it")
+        }
+        RetryOutcome::Retried {
+            failed: 0,
+            waiting: 0,
+        } => {
+            let which = if all_failed {
+                "no failed delivery"
+            } else {
+                "no delivery that failed before reaching the relay (`--failed` puts back every \
+                 failed one)"
+            };
+            writeln!(out, "send {id}: {which}; nothing to retry")?;
+        }
+        RetryOutcome::Retried { failed, waiting } => {
+            writeln!(
+                out,
+                "send {id}: {failed} failed delivery(ies) put back and {waiting} waiting one(s) \
+                 due now; a running `sangha serve` sends them"
+            )?;
         }
     }
     Ok(())
@@ -604,5 +743,67 @@ pub async fn watch(runtime: &Runtime, id: i64, out: &mut (dyn Write + Send)) -> 
             _ => {}
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(status: &str, error: &str, count: i64) -> FailureGroup {
+        FailureGroup {
+            status: status.to_owned(),
+            failure_kind: None,
+            error: error.to_owned(),
+            count,
+        }
+    }
+
+    #[test]
+    fn failures_that_differ_only_by_address_are_one_reason() {
+        let failures = [
+            group(
+                "pending",
+                "RCPT TO: transient error (451): 4.7.1 <a@example.org>: Greylisted, see https://x/a@example.org.",
+                1,
+            ),
+            group(
+                "pending",
+                "RCPT TO: transient error (451): 4.7.1 <b@example.org>: Greylisted, see https://x/b@example.org.",
+                1,
+            ),
+            group(
+                "failed",
+                "end of data: permanent error (554): 5.7.1 Message refused",
+                2,
+            ),
+            group(
+                "failed",
+                "RCPT TO: transient error (451): 4.7.1 <c@example.org>: Greylisted, see https://x/c@example.org.",
+                1,
+            ),
+        ];
+        assert_eq!(
+            group_failures(&failures),
+            [
+                (
+                    "pending".to_owned(),
+                    "RCPT TO: transient error (451): 4.7.1 <address>: Greylisted, see <address>."
+                        .to_owned(),
+                    2
+                ),
+                (
+                    "failed".to_owned(),
+                    "end of data: permanent error (554): 5.7.1 Message refused".to_owned(),
+                    2
+                ),
+                (
+                    "failed".to_owned(),
+                    "RCPT TO: transient error (451): 4.7.1 <address>: Greylisted, see <address>."
+                        .to_owned(),
+                    1
+                ),
+            ]
+        );
     }
 }

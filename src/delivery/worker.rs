@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::clock::{Clock, Millis};
 use crate::config::WorkerConfig;
 use crate::domain::{DeliveryKind, DeliveryStatus, EmailAddress, SubscriptionStatus};
-use crate::mail::{CompiledSend, Composer, SendErrorKind, Transport};
+use crate::mail::{CompiledSend, Composer, RelayState, SendErrorKind, Transport};
 use crate::store::{ClaimedDelivery, Offering, Store, SuppressionReason};
 
 /// A send's compiled templates and its offering.
@@ -34,6 +34,8 @@ pub struct StepOutcome {
     pub retried: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Given back untried while the relay refuses our credentials.
+    pub held: usize,
 }
 
 impl StepOutcome {
@@ -48,6 +50,8 @@ enum Result1 {
     Retried,
     Failed,
     Skipped,
+    /// Given back untried: the relay refuses our credentials (see [`RelayState`]).
+    Held,
 }
 
 #[derive(Clone)]
@@ -209,6 +213,13 @@ impl Worker {
             // The database still refuses writes: whatever we sent now could not be recorded.
             return Ok(StepOutcome::default());
         }
+        // While the relay refuses our credentials nothing is claimed, and when its next login
+        // is due, one message is: it makes the one login attempt.
+        let probe = match inner.transport.relay_state() {
+            RelayState::Open => false,
+            RelayState::RefusedUntil(_) => return Ok(StepOutcome::default()),
+            RelayState::ProbeDue => true,
+        };
         let now = inner.clock.now_ms();
         let lease_id = format!(
             "{}-{}",
@@ -216,13 +227,17 @@ impl Worker {
             inner.claims.fetch_add(1, Ordering::Relaxed)
         );
         let lease_until = now + self.lease_ms();
-        let limit = claim_size(
-            inner.settings.batch_size,
-            self.lease_ms(),
-            inner.settings.concurrency,
-            inner.rate_per_second,
-            *inner.latency_ms.lock().expect("latency lock"),
-        );
+        let limit = if probe {
+            1
+        } else {
+            claim_size(
+                inner.settings.batch_size,
+                self.lease_ms(),
+                inner.settings.concurrency,
+                inner.rate_per_second,
+                *inner.latency_ms.lock().expect("latency lock"),
+            )
+        };
         let batch = inner
             .store
             .claim_deliveries(&lease_id, now, lease_until, limit)
@@ -242,6 +257,7 @@ impl Worker {
                 }
                 Result1::Retried => outcome.retried += 1,
                 Result1::Skipped => outcome.skipped += 1,
+                Result1::Held => outcome.held += 1,
                 Result1::Failed => {
                     outcome.failed += 1;
                     if let Some(id) = send_id
@@ -547,14 +563,37 @@ impl Worker {
             }
             Err(e) => {
                 let give_up = delivery.attempts >= i64::from(inner.settings.max_attempts);
+                let failure_kind = match e.kind {
+                    SendErrorKind::Relay(fault) => Some(fault.as_str()),
+                    _ => None,
+                };
                 match e.kind {
-                    SendErrorKind::Transient if !give_up => {
+                    SendErrorKind::Held => {
+                        // Untouched: given back without counting an attempt. The pool logged
+                        // the refusal once; a line per message would bury it.
+                        if let Err(db) = inner
+                            .store
+                            .release_deliveries(lease_id, &[delivery.id])
+                            .await
+                        {
+                            tracing::warn!(delivery = delivery.id, error = %db,
+                                "cannot give back a held delivery; it waits for its lease to run out");
+                        }
+                        Result1::Held
+                    }
+                    SendErrorKind::Transient | SendErrorKind::Relay(_) if !give_up => {
                         let next = inner.clock.now_ms() + backoff_ms(delivery.attempts);
                         tracing::warn!(delivery = delivery.id, attempts = delivery.attempts,
                             error = %e.message, "transient failure, will retry");
                         if let Err(db) = inner
                             .store
-                            .mark_delivery_retry(delivery.id, lease_id, next, &e.message)
+                            .mark_delivery_retry(
+                                delivery.id,
+                                lease_id,
+                                next,
+                                &e.message,
+                                failure_kind,
+                            )
                             .await
                         {
                             tracing::error!(delivery = delivery.id, error = %db, "cannot record retry");
@@ -571,8 +610,14 @@ impl Worker {
                     }
                     _ => {
                         tracing::warn!(delivery = delivery.id, error = %e.message, "delivery failed");
-                        self.finish(&delivery, lease_id, DeliveryStatus::Failed, &e.message)
-                            .await;
+                        self.finish_because(
+                            &delivery,
+                            lease_id,
+                            DeliveryStatus::Failed,
+                            &e.message,
+                            failure_kind,
+                        )
+                        .await;
                         Result1::Failed
                     }
                 }
@@ -609,11 +654,24 @@ impl Worker {
         status: DeliveryStatus,
         why: &str,
     ) {
+        self.finish_because(delivery, lease_id, status, why, None)
+            .await;
+    }
+
+    /// [`Worker::finish`], naming a failure before anything reached the relay.
+    async fn finish_because(
+        &self,
+        delivery: &ClaimedDelivery,
+        lease_id: &str,
+        status: DeliveryStatus,
+        why: &str,
+        failure_kind: Option<&str>,
+    ) {
         let now = self.inner.clock.now_ms();
         if let Err(e) = self
             .inner
             .store
-            .mark_delivery_final(delivery.id, lease_id, status, now, why)
+            .mark_delivery_final(delivery.id, lease_id, status, now, why, failure_kind)
             .await
         {
             tracing::error!(delivery = delivery.id, error = %e, "cannot record delivery result");

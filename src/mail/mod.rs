@@ -9,4 +9,4 @@ mod transport;
 pub use compose::{CompiledSend, ComposeError, Composer};
 pub use message::{EmailContent, build_message, new_message_id, new_message_id_prefix};
 pub use templates::{TemplateError, Templates};
-pub use transport::{SendError, SendErrorKind, Transport};
+pub use transport::{RelayFault, RelayState, SendError, SendErrorKind, Transport};

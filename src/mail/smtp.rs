@@ -23,10 +23,21 @@
 //!
 //! Sessions idle for more than a minute are closed: servers drop quiet clients, and the stack
 //! order lets the surplus sessions of a finished campaign age out while busy ones stay warm.
+//!
+//! # A refused login
+//!
+//! Real providers lock an account after a burst of failed logins, so a wrong password must
+//! cost one failed `AUTH`, not one per message. Until a login has succeeded, sessions are
+//! opened one at a time. Once the relay refuses our credentials the pool is *refused*: every
+//! message is answered [`SendErrorKind::Held`] at once, without a connection, until the next
+//! login attempt is due (30 s, doubling up to 15 min); then one message, the probe, opens a
+//! session while the others are still held. The refusal is logged once, at error level; a
+//! probe that succeeds opens the pool again and says so.
 
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -46,7 +57,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::transport::{SendError, SendErrorKind};
+use super::transport::{RelayFault, RelayState, SendError, SendErrorKind};
 use crate::config::{CertificateSha256, SmtpConfig, TlsMode, TrustStore};
 
 /// Sessions idle for longer than this are closed instead of reused.
@@ -55,6 +66,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const REAP_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a polite `QUIT` or a `RSET` may take before the session is simply dropped.
 const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the relay refuses our credentials, the next login is tried after this long, then
+/// after twice as long each time, up to [`LOGIN_BACKOFF_MAX`].
+const LOGIN_BACKOFF_FIRST: Duration = Duration::from_secs(30);
+const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// A bounded pool of authenticated SMTP sessions to one server. Cloning is cheap and every
 /// clone shares the same sessions, permits and rate limit.
@@ -71,6 +86,54 @@ struct Inner {
     /// One permit per session in use or being opened.
     permits: Semaphore,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// Set while the relay refuses our credentials (see the module's documentation).
+    refusal: Mutex<Option<Refusal>>,
+    /// A login has succeeded since the pool was made or last refused: sessions may be opened
+    /// side by side. Before that they are opened one at a time, under `first_login`.
+    proven: AtomicBool,
+    first_login: tokio::sync::Mutex<()>,
+    /// The first wait after a refusal ([`LOGIN_BACKOFF_FIRST`]; tests shorten it).
+    login_backoff: Mutex<Duration>,
+}
+
+/// The relay refused our credentials.
+struct Refusal {
+    /// What it said, e.g. `AUTH: permanent error (535): 5.7.8 Authentication failed`.
+    reason: String,
+    /// Not before this time is the next login tried.
+    next_login: Instant,
+    /// The wait before the one after.
+    backoff: Duration,
+    /// One message is trying to log in right now.
+    probing: bool,
+}
+
+/// What [`Inner::admit`] lets a message do.
+enum Admission {
+    /// Send as usual.
+    Open,
+    /// Send on a new session: its login tells whether the relay takes our credentials again.
+    Probe(ProbeGuard),
+}
+
+/// Ends a probe that was dropped before its login finished (its task was aborted), so the
+/// pool does not wait forever for its answer.
+struct ProbeGuard(Option<Arc<Inner>>);
+
+impl ProbeGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take()
+            && let Some(refusal) = inner.lock_refusal().as_mut()
+        {
+            refusal.probing = false;
+        }
+    }
 }
 
 struct IdleSession {
@@ -121,9 +184,13 @@ impl SmtpPool {
         ca_file: Option<&Path>,
         hello_name: &str,
     ) -> anyhow::Result<Self> {
+        for warning in smtp.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let host = relay_host(&smtp.host);
         let tls_parameters = match smtp.tls {
             TlsMode::None => None,
-            TlsMode::Starttls | TlsMode::Tls => Some(tls_parameters(smtp, ca_file)?),
+            TlsMode::Starttls | TlsMode::Tls => Some(tls_parameters(smtp, &host, ca_file)?),
         };
         let credentials = (!smtp.username.is_empty())
             .then(|| Credentials::new(smtp.username.clone(), smtp.password.expose().to_owned()));
@@ -134,7 +201,7 @@ impl SmtpPool {
         let pool_size = smtp.pool_size.max(1);
         let inner = Arc::new(Inner {
             server: Server {
-                host: smtp.host.clone(),
+                host,
                 port: smtp.port,
                 tls: smtp.tls,
                 tls_parameters,
@@ -147,6 +214,10 @@ impl SmtpPool {
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(pool_size as usize),
             limiter,
+            refusal: Mutex::new(None),
+            proven: AtomicBool::new(false),
+            first_login: tokio::sync::Mutex::new(()),
+            login_backoff: Mutex::new(LOGIN_BACKOFF_FIRST),
         });
         spawn_reaper(&inner);
         Ok(SmtpPool { inner })
@@ -164,8 +235,12 @@ impl SmtpPool {
     /// `MAIL FROM` was accepted the session was alive, and once the body is on its way a lost
     /// reply is ambiguous (the server may have queued the message). Those come back as
     /// `Transient`, and the outbox retries later with the same Message-ID.
+    ///
+    /// While the relay refuses our credentials, messages come back [`SendErrorKind::Held`]
+    /// without a connection (see the module's documentation).
     pub async fn send(&self, message: &Message) -> Result<String, SendError> {
         let inner = &self.inner;
+        let admission = inner.admit()?;
         let envelope = message.envelope();
         let email = message.formatted();
         if let Some(limiter) = &inner.limiter {
@@ -177,9 +252,13 @@ impl SmtpPool {
             .await
             .expect("the pool's semaphore is never closed");
 
-        let (mut session, mut reused) = match inner.take_idle() {
+        let idle = match admission {
+            Admission::Open => inner.take_idle(),
+            Admission::Probe(_) => None,
+        };
+        let (mut session, mut reused) = match idle {
             Some(session) => (session, true),
-            None => (inner.server.connect().await?, false),
+            None => (self.connect(admission).await?, false),
         };
         loop {
             let deadline = Instant::now() + inner.server.timeout;
@@ -191,7 +270,7 @@ impl SmtpPool {
                 Err(failure) if failure.fate == Fate::Stale && reused => {
                     tracing::debug!(error = %failure.error, "stale pooled SMTP session; reconnecting");
                     drop(session);
-                    session = inner.server.connect().await?;
+                    session = self.connect(Admission::Open).await?;
                     reused = false;
                 }
                 Err(failure) => {
@@ -202,6 +281,76 @@ impl SmtpPool {
                 }
             }
         }
+    }
+
+    /// Whether the relay takes our credentials (see [`RelayState`]).
+    pub fn relay_state(&self) -> RelayState {
+        match self.inner.lock_refusal().as_ref() {
+            None => RelayState::Open,
+            Some(refusal) if refusal.probing || Instant::now() < refusal.next_login => {
+                RelayState::RefusedUntil(refusal.next_login)
+            }
+            Some(_) => RelayState::ProbeDue,
+        }
+    }
+
+    /// Shortens the wait before the first login attempt after a refusal (30 s), for tests.
+    #[doc(hidden)]
+    pub fn set_login_backoff(&self, first: Duration) {
+        *self
+            .inner
+            .login_backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = first;
+    }
+
+    /// Opens a session, one at a time until a login has succeeded, and keeps the pool's
+    /// refusal state up to date with how the login went.
+    async fn connect(&self, admission: Admission) -> Result<Session, SendError> {
+        let inner = &self.inner;
+        let _alone = if inner.proven.load(Ordering::Acquire) {
+            None
+        } else {
+            let turn = inner.first_login.lock().await;
+            // Another message's login may have failed while this one waited for its turn.
+            if matches!(admission, Admission::Open) {
+                inner.admit_again()?;
+            }
+            if inner.proven.load(Ordering::Acquire) {
+                None
+            } else {
+                Some(turn)
+            }
+        };
+        let opened = inner.server.connect().await;
+        match &opened {
+            Ok(_) => {
+                inner.proven.store(true, Ordering::Release);
+                if inner.lock_refusal().take().is_some() {
+                    tracing::info!(relay = %inner.server.label(),
+                        "the relay accepted the SMTP credentials again; sending resumes");
+                }
+            }
+            Err(e) if e.kind == SendErrorKind::Relay(RelayFault::Auth) => {
+                inner.refused(&e.message);
+            }
+            Err(_) => {
+                // Not a verdict on the credentials; a probe that could not even connect
+                // tries again after the same wait.
+                if let Some(refusal) = inner.lock_refusal().as_mut()
+                    && refusal.probing
+                {
+                    refusal.next_login = Instant::now() + refusal.backoff;
+                }
+            }
+        }
+        if let Admission::Probe(guard) = admission {
+            if let Some(refusal) = inner.lock_refusal().as_mut() {
+                refusal.probing = false;
+            }
+            guard.disarm();
+        }
+        opened
     }
 
     /// Says `QUIT` to every idle session and closes it. Sessions in use finish their message
@@ -220,9 +369,13 @@ impl SmtpPool {
 /// name. It still checks that the server holds the key of the certificate it shows (the
 /// handshake signature), and that certificate is the pinned one before anything but `EHLO`
 /// is sent: Postfix's `fingerprint` security level.
-fn tls_parameters(smtp: &SmtpConfig, ca_file: Option<&Path>) -> anyhow::Result<TlsParameters> {
+fn tls_parameters(
+    smtp: &SmtpConfig,
+    host: &str,
+    ca_file: Option<&Path>,
+) -> anyhow::Result<TlsParameters> {
     let builtin = matches!(smtp.trust, TrustStore::Builtin | TrustStore::Both);
-    let mut builder = TlsParameters::builder(smtp.host.clone()).certificate_store(if builtin {
+    let mut builder = TlsParameters::builder(host.to_owned()).certificate_store(if builtin {
         CertificateStore::WebpkiRoots
     } else {
         CertificateStore::None
@@ -245,7 +398,7 @@ fn tls_parameters(smtp: &SmtpConfig, ca_file: Option<&Path>) -> anyhow::Result<T
             let Ok(cert) = Certificate::from_der(der.to_vec()) else {
                 continue;
             };
-            let usable = TlsParameters::builder(smtp.host.clone())
+            let usable = TlsParameters::builder(host.to_owned())
                 .certificate_store(CertificateStore::None)
                 .add_root_certificate(cert.clone())
                 .build()
@@ -310,6 +463,16 @@ fn tls_parameters(smtp: &SmtpConfig, ca_file: Option<&Path>) -> anyhow::Result<T
     })
 }
 
+/// `smtp.host` as a name to connect to: an IPv6 literal may be written in brackets, as in a
+/// URL (`[::1]`), and means the same as without them.
+fn relay_host(host: &str) -> String {
+    let host = host.trim();
+    host.strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(host)
+        .to_owned()
+}
+
 /// The server's certificate must be the pinned one (`smtp.certificate_sha256`).
 fn check_pin(
     pin: Option<CertificateSha256>,
@@ -331,9 +494,16 @@ fn check_pin(
     }
 }
 
-/// Names the settings that fix a certificate the built-in roots do not know.
+/// Names the settings that fix a certificate the built-in roots do not know, or a port
+/// that does not speak TLS from the first byte.
 fn certificate_hint(error: String) -> String {
-    if error.contains("invalid peer certificate") {
+    if error.contains("InvalidContentType") {
+        format!(
+            "{error} (the server answered in plain text, not TLS: a submission port such as \
+             587 or 25 starts in plain text and upgrades with STARTTLS; set smtp.tls = \
+             \"starttls\", or use port 465 with \"tls\")"
+        )
+    } else if error.contains("invalid peer certificate") {
         format!(
             "{error} (a relay with a private CA or a self-signed certificate: set smtp.ca_file \
              to its CA's PEM file, or pin the certificate with smtp.certificate_sha256)"
@@ -344,6 +514,65 @@ fn certificate_hint(error: String) -> String {
 }
 
 impl Inner {
+    fn lock_refusal(&self) -> MutexGuard<'_, Option<Refusal>> {
+        self.refusal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lets a message through, makes it the probe of a refused relay, or holds it.
+    fn admit(self: &Arc<Self>) -> Result<Admission, SendError> {
+        let mut refusal = self.lock_refusal();
+        let Some(r) = refusal.as_mut() else {
+            return Ok(Admission::Open);
+        };
+        if r.probing || Instant::now() < r.next_login {
+            return Err(held(r));
+        }
+        r.probing = true;
+        Ok(Admission::Probe(ProbeGuard(Some(self.clone()))))
+    }
+
+    /// For a message that waited for another's first login: held if that login was refused.
+    fn admit_again(&self) -> Result<(), SendError> {
+        match self.lock_refusal().as_ref() {
+            Some(r) => Err(held(r)),
+            None => Ok(()),
+        }
+    }
+
+    /// The relay refused our credentials: hold every message until the next login is due.
+    /// Logged once per refusal, not per attempt.
+    fn refused(&self, reason: &str) {
+        self.proven.store(false, Ordering::Release);
+        let mut refusal = self.lock_refusal();
+        match refusal.as_mut() {
+            Some(r) => {
+                r.backoff = (r.backoff * 2).min(LOGIN_BACKOFF_MAX);
+                r.next_login = Instant::now() + r.backoff;
+                r.reason = reason.to_owned();
+                tracing::debug!(relay = %self.server.label(), retry_in_s = r.backoff.as_secs(),
+                    "the relay still refuses the SMTP credentials");
+            }
+            None => {
+                let first = *self
+                    .login_backoff
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                tracing::error!(relay = %self.server.label(), error = %reason,
+                    retry_in_s = first.as_secs(),
+                    "the relay refused the SMTP credentials: no mail goes out until a login \
+                     succeeds; one login is tried at a time, less and less often. Check \
+                     smtp.username and smtp.password, restart, then `sangha sends retry ID` \
+                     for the deliveries that failed meanwhile");
+                *refusal = Some(Refusal {
+                    reason: reason.to_owned(),
+                    next_login: Instant::now() + first,
+                    backoff: first,
+                    probing: false,
+                });
+            }
+        }
+    }
+
     /// Locks the idle stack. Nothing panics while holding it, and a `Vec` of sessions cannot be
     /// left half-changed, so a poisoned lock is still good to use.
     fn lock_idle(&self) -> MutexGuard<'_, Vec<IdleSession>> {
@@ -417,6 +646,19 @@ fn spawn_reaper(inner: &Arc<Inner>) {
     });
 }
 
+/// The answer to a message held back while the relay refuses our credentials.
+fn held(refusal: &Refusal) -> SendError {
+    let wait = refusal.next_login.saturating_duration_since(Instant::now());
+    SendError {
+        kind: SendErrorKind::Held,
+        message: format!(
+            "not tried: the relay refused the SMTP credentials ({}); next login in {} s",
+            refusal.reason,
+            wait.as_secs()
+        ),
+    }
+}
+
 /// Ends a session politely, without waiting long for a server that may be gone.
 async fn quit(mut session: Session) {
     let _ = tokio::time::timeout(HOUSEKEEPING_TIMEOUT, session.conn.quit()).await;
@@ -441,67 +683,88 @@ impl Server {
     async fn connect(&self) -> Result<Session, SendError> {
         match tokio::time::timeout(self.timeout, self.open()).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(reason)) => Err(SendError {
-                kind: SendErrorKind::Transient,
+            Ok(Err((fault, reason))) => Err(SendError {
+                kind: SendErrorKind::Relay(fault),
                 message: format!(
                     "cannot open an SMTP session with {}: {reason}",
                     self.label()
                 ),
             }),
             Err(_) => Err(SendError {
-                kind: SendErrorKind::Transient,
+                kind: SendErrorKind::Relay(RelayFault::Connect),
                 message: format!(
-                    "cannot open an SMTP session with {}: no answer within {} s",
+                    "cannot open an SMTP session with {}: no answer within {} s{}",
                     self.label(),
-                    self.timeout.as_secs()
+                    self.timeout.as_secs(),
+                    if self.tls == TlsMode::Starttls && self.port == 465 {
+                        " (port 465 speaks TLS from the first byte and waits for us to start \
+                         it, while smtp.tls = \"starttls\" waits for its greeting: set \
+                         smtp.tls = \"tls\")"
+                    } else {
+                        ""
+                    }
                 ),
             }),
         }
     }
 
-    async fn open(&self) -> Result<Session, String> {
+    async fn open(&self) -> Result<Session, (RelayFault, String)> {
+        let connect = |reason: String| (RelayFault::Connect, reason);
+        let tls = |reason: String| (RelayFault::Tls, reason);
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| connect(format!("connect: {e}")))?;
         tcp.set_nodelay(true)
-            .map_err(|e| format!("set TCP_NODELAY: {e}"))?;
+            .map_err(|e| connect(format!("set TCP_NODELAY: {e}")))?;
         let stream: Box<dyn AsyncTokioStream> = match (self.tls, &self.tls_parameters) {
             (TlsMode::Tls, Some(parameters)) => {
-                let tls = ImplicitTls::handshake(tcp, parameters.clone())
+                let stream = ImplicitTls::handshake(tcp, parameters.clone())
                     .await
-                    .map_err(|e| certificate_hint(format!("TLS: {}", error_chain(&e))))?;
-                check_pin(self.pin, tls.0.peer_certificate())?;
-                Box::new(tls)
+                    .map_err(|e| tls(certificate_hint(format!("TLS: {}", error_chain(&e)))))?;
+                check_pin(self.pin, stream.0.peer_certificate()).map_err(tls)?;
+                Box::new(stream)
             }
             _ => Box::new(tcp),
         };
         let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| connect(error_chain(&e)))?;
         if let (TlsMode::Starttls, Some(parameters)) = (self.tls, &self.tls_parameters) {
             if !conn.can_starttls() {
-                return Err("server does not offer STARTTLS".to_owned());
+                return Err(tls("server does not offer STARTTLS".to_owned()));
             }
             conn.starttls(parameters.clone(), &self.hello)
                 .await
-                .map_err(|e| certificate_hint(format!("STARTTLS: {}", error_chain(&e))))?;
-            check_pin(self.pin, conn.peer_certificate())?;
+                .map_err(|e| tls(certificate_hint(format!("STARTTLS: {}", error_chain(&e)))))?;
+            check_pin(self.pin, conn.peer_certificate()).map_err(tls)?;
         }
         // lettre keeps only the EHLO keywords it knows, and PIPELINING is not one of them:
         // ask again (EHLO may be repeated, RFC 5321 §4.1.4) and read the keywords ourselves.
         let ehlo = conn
             .command(Ehlo::new(self.hello.clone()))
             .await
-            .map_err(|e| format!("EHLO: {}", error_chain(&e)))?;
+            .map_err(|e| connect(format!("EHLO: {}", error_chain(&e))))?;
         let pipelining = ehlo.message().skip(1).any(|line| {
             line.split_whitespace()
                 .next()
                 .is_some_and(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
         });
         if let Some(credentials) = &self.credentials {
+            let info = conn.server_info();
+            let offered = [Mechanism::Plain, Mechanism::Login]
+                .into_iter()
+                .any(|m| info.supports_auth_mechanism(m));
+            if !offered && self.tls == TlsMode::None && conn.can_starttls() {
+                return Err((
+                    RelayFault::Auth,
+                    "AUTH: the server offers no login before STARTTLS (smtp.tls = \"none\"): \
+                     set smtp.tls = \"starttls\""
+                        .to_owned(),
+                ));
+            }
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
-                .map_err(|e| format!("AUTH: {}", error_chain(&e)))?;
+                .map_err(|e| (RelayFault::Auth, format!("AUTH: {}", error_chain(&e))))?;
         }
         Ok(Session { conn, pipelining })
     }
@@ -847,5 +1110,18 @@ impl tokio::io::AsyncWrite for ImplicitTls {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         futures::io::AsyncWrite::poll_close(Pin::new(&mut self.0), cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relay_host;
+
+    #[test]
+    fn an_ipv6_relay_may_be_written_in_brackets() {
+        assert_eq!(relay_host("[::1]"), "::1");
+        assert_eq!(relay_host(" [2001:db8::25] "), "2001:db8::25");
+        assert_eq!(relay_host("::1"), "::1");
+        assert_eq!(relay_host("mail.example.org"), "mail.example.org");
     }
 }

@@ -47,6 +47,47 @@ pub enum SendErrorKind {
     Permanent,
     /// A 5.1.x reply: the address itself is bad; stop mailing it.
     BadRecipient,
+    /// Nothing of the message reached the relay: connecting, TLS or the login failed. Retried
+    /// like `Transient`; a delivery that ends failed this way is not the message's fault, and
+    /// `sangha sends retry` puts it back once the relay or the configuration is fixed.
+    Relay(RelayFault),
+    /// Not tried at all: the relay refused our credentials, and the pool waits for its next
+    /// single login attempt instead of trying a login per message. The message is untouched;
+    /// the delivery is given back without counting an attempt.
+    Held,
+}
+
+/// Which step of opening a session with the relay failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayFault {
+    /// No connection, no greeting, a refusing greeting (`421`), or no answer in time.
+    Connect,
+    /// STARTTLS missing or refused, the TLS handshake, the certificate or its pin.
+    Tls,
+    /// `AUTH` failed: wrong credentials (`535`) or no mechanism both sides know.
+    Auth,
+}
+
+impl RelayFault {
+    /// As stored in `deliveries.failure_kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayFault::Connect => "connect",
+            RelayFault::Tls => "tls",
+            RelayFault::Auth => "auth",
+        }
+    }
+}
+
+/// Whether the transport takes messages now (see [`Transport::relay_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayState {
+    Open,
+    /// The relay refused our credentials; the next login is tried at this time, by one
+    /// message only.
+    RefusedUntil(tokio::time::Instant),
+    /// The relay refused our credentials and one login may be tried now.
+    ProbeDue,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -90,6 +131,25 @@ impl Transport {
                     })
             }
             Transport::Smtp(pool) => pool.send(&message).await,
+        }
+    }
+
+    /// Whether messages may be handed over now: after the relay refused our credentials,
+    /// callers should not claim work until the next login attempt is due, and then only one
+    /// message's worth.
+    pub fn relay_state(&self) -> RelayState {
+        match self {
+            Transport::File(_) => RelayState::Open,
+            Transport::Smtp(pool) => pool.relay_state(),
+        }
+    }
+
+    /// Shortens the wait before the first login attempt after the relay refused our
+    /// credentials (30 s), for tests.
+    #[doc(hidden)]
+    pub fn set_login_backoff(&self, first: std::time::Duration) {
+        if let Transport::Smtp(pool) = self {
+            pool.set_login_backoff(first);
         }
     }
 

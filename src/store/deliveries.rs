@@ -369,28 +369,33 @@ impl Store {
         query.fetch_all(&self.pool).await
     }
 
-    /// Puts the row back for another attempt at `next_attempt_at`.
+    /// Puts the row back for another attempt at `next_attempt_at`. `failure_kind` names a
+    /// failure before anything reached the relay (`connect`, `tls`, `auth`), else `None`.
     pub async fn mark_delivery_retry(
         &self,
         id: i64,
         lease_id: &str,
         next_attempt_at: Millis,
         error: &str,
+        failure_kind: Option<&str>,
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE deliveries SET next_attempt_at = $3, last_error = $4, lease_until = NULL
+            "UPDATE deliveries SET next_attempt_at = $3, last_error = $4, lease_until = NULL,
+                 failure_kind = $5
              WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
         )
         .bind(id)
         .bind(lease_id)
         .bind(next_attempt_at)
         .bind(error)
+        .bind(failure_kind)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Ends the row in a final state other than `sent` (failed, suppressed, skipped).
+    /// Ends the row in a final state other than `sent` (failed, suppressed, skipped);
+    /// `failure_kind` as for [`Store::mark_delivery_retry`].
     pub async fn mark_delivery_final(
         &self,
         id: i64,
@@ -398,9 +403,11 @@ impl Store {
         status: DeliveryStatus,
         now: Millis,
         error: &str,
+        failure_kind: Option<&str>,
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE deliveries SET status = $3, last_error = $4, sent_at = $5, lease_until = NULL
+            "UPDATE deliveries SET status = $3, last_error = $4, sent_at = $5, lease_until = NULL,
+                 failure_kind = $6
              WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
         )
         .bind(id)
@@ -408,6 +415,7 @@ impl Store {
         .bind(status.as_str())
         .bind(error)
         .bind(now)
+        .bind(failure_kind)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

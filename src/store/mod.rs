@@ -32,7 +32,7 @@ pub use import::{ExportLine, ExportSubscription, ImportCounts, ImportTerms, Impo
 pub use leaving::{SubscriberRef, SuppressionReason};
 pub use offerings::{Offering, OfferingSummary};
 pub use schedules::{DueSend, Recurrence, ZoneProgress};
-pub use sends::{FailureGroup, NewSend, SendContent, SendStatus, SendSummary};
+pub use sends::{FailureGroup, NewSend, RetryOutcome, SendContent, SendStatus, SendSummary};
 pub use signup_writer::SignupWriter;
 pub use subscribers::{
     ConsentMeta, ConsentRecord, NewSignup, PendingConfirmation, SignupOutcome, SubscriberDetail,

@@ -79,8 +79,24 @@ pub struct SendContent {
 #[derive(Debug, Clone, Serialize)]
 pub struct FailureGroup {
     pub status: String,
+    /// `connect`, `tls` or `auth` when nothing reached the relay (see migration 0010).
+    pub failure_kind: Option<String>,
     pub error: String,
     pub count: i64,
+}
+
+/// What `sangha sends retry` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    NoSuchSend,
+    /// A cancelled send stays cancelled.
+    Cancelled,
+    Retried {
+        /// Failed deliveries put back to pending.
+        failed: u64,
+        /// Pending deliveries waiting out a relay failure's backoff, now due at once.
+        waiting: u64,
+    },
 }
 
 impl Store {
@@ -239,6 +255,66 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Puts back the deliveries of a send that failed before anything reached the relay (a
+    /// connection, TLS or the login: `failure_kind` is set), or with `all_failed` every failed
+    /// one, and makes the ones waiting out such a failure due now. A send that was done or
+    /// paused goes on sending. Suppressed and skipped deliveries are never put back.
+    ///
+    /// `attempts` restarts at 1, not 0: a delivery of a send at local time whose first
+    /// attempt is late beyond the grace window is skipped as missed, and a retry the owner asked
+    /// for is not a first attempt.
+    pub async fn retry_send(
+        &self,
+        id: i64,
+        all_failed: bool,
+        now: Millis,
+    ) -> Result<RetryOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM sends WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match status.as_deref() {
+            None => return Ok(RetryOutcome::NoSuchSend),
+            Some("cancelled") => return Ok(RetryOutcome::Cancelled),
+            Some(_) => {}
+        }
+        let failed = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', attempts = 1, next_attempt_at = $2,
+                 last_error = NULL, failure_kind = NULL, sent_at = NULL, lease_until = NULL
+             WHERE send_id = $1 AND status = 'failed' AND (failure_kind IS NOT NULL OR $3)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(all_failed)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let waiting = sqlx::query(
+            "UPDATE deliveries SET attempts = 1, next_attempt_at = $2
+             WHERE send_id = $1 AND status = 'pending' AND failure_kind IS NOT NULL
+               AND lease_until IS NULL AND next_attempt_at > $2",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if failed + waiting > 0 {
+            sqlx::query(
+                "UPDATE sends SET paused_reason = NULL, finished_at = NULL,
+                     status = CASE WHEN fanout_cursor > 0 OR fanout_done_at IS NOT NULL
+                                   THEN 'sending' ELSE 'scheduled' END
+                 WHERE id = $1 AND status IN ('done', 'paused')",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(RetryOutcome::Retried { failed, waiting })
+    }
+
     /// Continues a paused send where it stopped.
     pub async fn resume_send(&self, id: i64) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
@@ -291,7 +367,8 @@ impl Store {
         let reason = format!(
             "paused automatically: {failed} of {tried} deliveries failed \
              (threshold {percent}% after {min_failures}); see the failures below, then \
-             `sangha sends resume {id}`"
+             `sangha sends resume {id}`, or `sangha sends retry {id}` to try the failed ones \
+             again"
         );
         let paused = self.pause_send(id, &reason).await?;
         if paused {
@@ -387,13 +464,16 @@ impl Store {
         Ok(out)
     }
 
-    /// The reasons recipients of a send did not get it, most common first.
+    /// The reasons recipients of a send did not get it, most common first, by their full text
+    /// (the 5,000 most common; `sends show` groups them further).
     pub async fn send_failures(&self, id: i64) -> Result<Vec<FailureGroup>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT status, COALESCE(last_error, '') AS error, COUNT(*) AS n FROM deliveries
+            "SELECT status, failure_kind, COALESCE(last_error, '') AS error, COUNT(*) AS n
+             FROM deliveries
              WHERE send_id = $1 AND (status IN ('failed', 'suppressed', 'skipped')
                                      OR (status = 'pending' AND last_error IS NOT NULL))
-             GROUP BY status, COALESCE(last_error, '') ORDER BY n DESC LIMIT 20",
+             GROUP BY status, failure_kind, COALESCE(last_error, '')
+             ORDER BY n DESC LIMIT 5000",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -402,6 +482,7 @@ impl Store {
             .map(|r| {
                 Ok(FailureGroup {
                     status: r.try_get("status")?,
+                    failure_kind: r.try_get("failure_kind")?,
                     error: r.try_get("error")?,
                     count: r.try_get("n")?,
                 })

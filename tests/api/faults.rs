@@ -161,6 +161,7 @@ pub(crate) async fn steps_until_idle(worker: &Worker) -> StepOutcome {
         total.retried += step.retried;
         total.failed += step.failed;
         total.skipped += step.skipped;
+        total.held += step.held;
     }
 }
 

@@ -20,6 +20,8 @@ mod private_ca;
 mod probe_cli;
 mod probe_stop;
 mod probe_web;
+mod relay_mistakes;
+mod relay_refusal;
 mod secrets;
 mod sends;
 mod signup;

@@ -84,7 +84,7 @@ async fn a_delivery_claimed_by_a_crashed_worker_is_sent_after_its_lease_runs_out
     // The dead worker cannot overwrite the result with its stale lease.
     let stale = app
         .store()
-        .mark_delivery_retry(claimed[0].id, "crashed-worker", now, "late")
+        .mark_delivery_retry(claimed[0].id, "crashed-worker", now, "late", None)
         .await
         .unwrap();
     assert!(!stale);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use lettre::Message;
 use sangha::config::{Config, Secret, TlsMode, TransportKind};
-use sangha::mail::{SendErrorKind, Transport};
+use sangha::mail::{RelayFault, RelayState, SendErrorKind, Transport};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -104,7 +104,12 @@ async fn the_pool_authenticates_and_a_wrong_password_is_a_transient_error() {
     // delivery must stay retryable.
     config.smtp.password = Secret::new("wrong");
     let err = transport(&config).send(message(2)).await.unwrap_err();
-    assert_eq!(err.kind, SendErrorKind::Transient, "{}", err.message);
+    assert_eq!(
+        err.kind,
+        SendErrorKind::Relay(RelayFault::Auth),
+        "{}",
+        err.message
+    );
     assert!(err.message.contains("535"), "{}", err.message);
     assert!(!err.message.contains("wrong"), "{}", err.message);
     assert_eq!(server.messages().len(), 1);
@@ -275,7 +280,12 @@ async fn a_missing_starttls_or_a_refusing_greeting_is_transient() {
     let mut config = smtp_config(&server, 1);
     config.smtp.tls = TlsMode::Starttls;
     let err = transport(&config).send(message(1)).await.unwrap_err();
-    assert_eq!(err.kind, SendErrorKind::Transient, "{}", err.message);
+    assert_eq!(
+        err.kind,
+        SendErrorKind::Relay(RelayFault::Tls),
+        "{}",
+        err.message
+    );
     assert!(
         err.message.contains("server does not offer STARTTLS"),
         "{}",
@@ -287,7 +297,12 @@ async fn a_missing_starttls_or_a_refusing_greeting_is_transient() {
         .send(message(2))
         .await
         .unwrap_err();
-    assert_eq!(err.kind, SendErrorKind::Transient, "{}", err.message);
+    assert_eq!(
+        err.kind,
+        SendErrorKind::Relay(RelayFault::Connect),
+        "{}",
+        err.message
+    );
     assert!(err.message.contains("421"), "{}", err.message);
     assert!(server.messages().is_empty());
 }
@@ -427,4 +442,87 @@ impl CuttingProxy {
         .await
         .expect("the proxy closes its connections");
     }
+}
+
+/// Sends `count` messages at once and sorts the answers: sent, refused logins, held back.
+async fn send_at_once(transport: &Transport, first: usize, count: usize) -> (usize, usize, usize) {
+    let results = futures::future::join_all((first..first + count).map(|n| {
+        let transport = transport.clone();
+        async move { transport.send(message(n)).await }
+    }))
+    .await;
+    let mut sorted = (0, 0, 0);
+    for result in results {
+        match result {
+            Ok(_) => sorted.0 += 1,
+            Err(e) if e.kind == SendErrorKind::Relay(RelayFault::Auth) => sorted.1 += 1,
+            Err(e) if e.kind == SendErrorKind::Held => {
+                assert!(
+                    e.message.contains("refused the SMTP credentials") && e.message.contains("535"),
+                    "{}",
+                    e.message
+                );
+                sorted.2 += 1;
+            }
+            Err(e) => panic!("unexpected failure: {e:?}"),
+        }
+    }
+    sorted
+}
+
+/// Issue 14: with a wrong password every message opened its own session and tried `AUTH`:
+/// 1,000 recipients made 1,000 failed logins, which gets accounts locked by real providers.
+#[tokio::test]
+async fn a_wrong_password_costs_one_login_and_one_probe_at_a_time_after_it() {
+    let server = TestSmtpServer::with_credentials("sangha", "right-pass").await;
+    let mut config = smtp_config(&server, 4);
+    config.smtp.username = "sangha".into();
+    config.smtp.password = Secret::new("wrong-pass");
+    let transport = transport(&config);
+    transport.set_login_backoff(Duration::from_millis(200));
+
+    // 40 messages at once, four sessions: one login is tried, and refused; the rest are held
+    // back without a connection.
+    assert_eq!(send_at_once(&transport, 0, 40).await, (0, 1, 39));
+    assert_eq!(
+        server.logins(),
+        (1, 1),
+        "one failed login, not one per message"
+    );
+    assert_eq!(server.connections(), 1);
+    assert!(matches!(
+        transport.relay_state(),
+        RelayState::RefusedUntil(_)
+    ));
+
+    // When the next login is due, one message tries it while the others are still held.
+    let due = crate::support::eventually(DEADLINE, || {
+        (transport.relay_state() == RelayState::ProbeDue).then_some(())
+    })
+    .await;
+    assert!(due.is_some(), "a login is due again after the backoff");
+    assert_eq!(send_at_once(&transport, 40, 10).await, (0, 1, 9));
+    assert_eq!(server.logins(), (2, 2));
+    // The wait doubles after each refusal.
+    let RelayState::RefusedUntil(next) = transport.relay_state() else {
+        panic!("still refused");
+    };
+    assert!(
+        next.duration_since(tokio::time::Instant::now()) > Duration::from_millis(250),
+        "the second wait is longer than the first"
+    );
+
+    // The owner sets the password at the provider to the configured one: the next probe
+    // logs in, and sending goes on as usual.
+    server.set_password("wrong-pass");
+    let due = crate::support::eventually(DEADLINE, || {
+        (transport.relay_state() == RelayState::ProbeDue).then_some(())
+    })
+    .await;
+    assert!(due.is_some());
+    assert_eq!(send_at_once(&transport, 50, 10).await, (1, 0, 9));
+    assert_eq!(transport.relay_state(), RelayState::Open);
+    assert_eq!(send_at_once(&transport, 60, 10).await, (10, 0, 0));
+    assert_eq!(server.logins().1, 2, "no refused login after the fix");
+    assert_eq!(server.messages().len(), 11);
 }

@@ -341,4 +341,7 @@ async fn a_test_send_goes_through_the_real_transport(backend: Backend) {
     );
     // A test send is not a send: nothing was recorded.
     assert!(app.store().send_summaries(None).await.unwrap().is_empty());
+    // And it says goodbye rather than dropping the connection (issue 14).
+    let quit = crate::support::eventually(DEADLINE, || (server.quits() == 1).then_some(())).await;
+    assert!(quit.is_some(), "test-send ends its session with QUIT");
 }

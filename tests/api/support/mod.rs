@@ -169,6 +169,32 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(&backend, dir.path()).await;
         configure(&mut config);
+        Self::start_in(dir, config, options).await
+    }
+
+    /// Stops the application and starts it again on the same database and data folder, with
+    /// its configuration changed by `configure`: as an owner does after fixing config.toml.
+    pub async fn restart_with(mut self, configure: impl FnOnce(&mut Config)) -> Self {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("the application stops")
+                .expect("the application task");
+        }
+        let mut config = self.config.clone();
+        configure(&mut config);
+        let options = Options {
+            worker: true,
+            clock: self.clock.clone(),
+        };
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        Self::start_in(dir, config, options).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, config: Config, options: Options) -> Self {
         config.validate().expect("test config is valid");
         let mut app = Application::build(config.clone(), options.clock.clone(), options.worker)
             .await

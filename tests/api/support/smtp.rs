@@ -253,6 +253,14 @@ struct Inner {
     /// Commands that had already arrived when the previous one was read,
     /// while `PIPELINING` was not offered: a client breaking RFC 2920.
     commands_ahead_of_reply: usize,
+    /// Logins tried (`AUTH` exchanges that got as far as checking the credentials).
+    logins: usize,
+    /// Of those, refused with `535`.
+    refused_logins: usize,
+    /// Replaces the configured password (see [`TestSmtpServer::set_password`]).
+    password: Option<String>,
+    /// `QUIT` commands received.
+    quits: usize,
 }
 
 impl Inner {
@@ -393,6 +401,23 @@ impl Drop for TestSmtpServer {
 }
 
 impl TestSmtpServer {
+    /// Logins tried so far, and how many of them were refused.
+    pub fn logins(&self) -> (usize, usize) {
+        let inner = self.state.lock();
+        (inner.logins, inner.refused_logins)
+    }
+
+    /// From now on `AUTH` takes this password (for the configured username), as when the
+    /// owner changes it at the provider.
+    pub fn set_password(&self, password: &str) {
+        self.state.lock().password = Some(password.to_owned());
+    }
+
+    /// `QUIT` commands received so far.
+    pub fn quits(&self) -> usize {
+        self.state.lock().quits
+    }
+
     /// Starts a server without authentication.
     pub async fn start() -> Self {
         Self::builder().start().await
@@ -944,6 +969,7 @@ impl Session {
             }
             "NOOP" => self.ok("250 2.0.0 Ok").await,
             "QUIT" => {
+                self.state.lock().quits += 1;
                 self.reply("221 2.0.0 Bye").await?;
                 let _ = self.writer.shutdown().await;
                 Ok(Flow::Close)
@@ -1130,11 +1156,18 @@ impl Session {
     }
 
     fn check_credentials(&self, username: &[u8], password: &[u8]) -> AuthEnd {
-        match &self.state.credentials {
-            Some((user, pass)) if user.as_bytes() == username && pass.as_bytes() == password => {
-                AuthEnd::Success
-            }
-            _ => AuthEnd::BadCredentials,
+        let mut inner = self.state.lock();
+        inner.logins += 1;
+        let expected = match (&inner.password, &self.state.credentials) {
+            (Some(changed), Some((user, _))) => Some((user.as_bytes(), changed.as_bytes())),
+            (None, Some((user, pass))) => Some((user.as_bytes(), pass.as_bytes())),
+            (_, None) => None,
+        };
+        if expected == Some((username, password)) {
+            AuthEnd::Success
+        } else {
+            inner.refused_logins += 1;
+            AuthEnd::BadCredentials
         }
     }
 
