@@ -137,6 +137,11 @@ impl<T> Future for AbortOnDrop<T> {
     }
 }
 
+/// The earliest retry of a greylisted recipient. Greylisting lets a sender through once it
+/// comes back after a delay: postgrey's default is 300 s, and a retry after the usual 30 s
+/// backoff is only greylisted again (and may restart the clock).
+pub const GREYLIST_RETRY_MS: Millis = 6 * 60_000;
+
 /// Delay before the next attempt after `attempts` failed ones: 30 s doubling up to an hour,
 /// with up to a fifth of random jitter so retries of many rows do not arrive together.
 pub fn backoff_ms(attempts: i64) -> Millis {
@@ -581,8 +586,16 @@ impl Worker {
                         }
                         Result1::Held
                     }
-                    SendErrorKind::Transient | SendErrorKind::Relay(_) if !give_up => {
-                        let next = inner.clock.now_ms() + backoff_ms(delivery.attempts);
+                    SendErrorKind::Transient
+                    | SendErrorKind::Relay(_)
+                    | SendErrorKind::Greylisted
+                        if !give_up =>
+                    {
+                        let mut wait = backoff_ms(delivery.attempts);
+                        if e.kind == SendErrorKind::Greylisted {
+                            wait = wait.max(GREYLIST_RETRY_MS);
+                        }
+                        let next = inner.clock.now_ms() + wait;
                         tracing::warn!(delivery = delivery.id, attempts = delivery.attempts,
                             error = %e.message, "transient failure, will retry");
                         if let Err(db) = inner

@@ -24,6 +24,18 @@
 //! Sessions idle for more than a minute are closed: servers drop quiet clients, and the stack
 //! order lets the surplus sessions of a finished campaign age out while busy ones stay warm.
 //!
+//! # A relay that limits connections
+//!
+//! A relay may allow fewer sessions than `smtp.pool_size` (Postfix's
+//! `smtpd_client_connection_count_limit`: a `421` greeting or a refused connect). Each such
+//! refusal shrinks the pool by one session, down to one, and closes a surplus idle session;
+//! after [`GROW_AFTER`] messages accepted in a row it grows back by one, up to `pool_size`.
+//! Permits taken away while in use are taken when they are given back (the `debt`).
+//!
+//! A session whose transactions the relay refused [`SESSION_ERROR_LIMIT`] times in a row is closed
+//! rather than fed more: Postfix delays every reply of a client after errors
+//! (`smtpd_error_sleep_time`), and greylisting servers often tarpit.
+//!
 //! # A refused login
 //!
 //! Real providers lock an account after a burst of failed logins, so a wrong password must
@@ -66,6 +78,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const REAP_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a polite `QUIT` or a `RSET` may take before the session is simply dropped.
 const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages accepted in a row before a shrunk pool grows back by one session.
+const GROW_AFTER: u32 = 100;
+/// Refused transactions in a row after which a session is closed instead of reused.
+const SESSION_ERROR_LIMIT: u32 = 3;
 /// After the relay refuses our credentials, the next login is tried after this long, then
 /// after twice as long each time, up to [`LOGIN_BACKOFF_MAX`].
 const LOGIN_BACKOFF_FIRST: Duration = Duration::from_secs(30);
@@ -94,6 +110,38 @@ struct Inner {
     first_login: tokio::sync::Mutex<()>,
     /// The first wait after a refusal ([`LOGIN_BACKOFF_FIRST`]; tests shorten it).
     login_backoff: Mutex<Duration>,
+    /// How many sessions the relay lets us have (see the module's documentation).
+    capacity: Mutex<Capacity>,
+}
+
+/// The pool's size as the relay allows it.
+struct Capacity {
+    /// Sessions allowed now: `permits` holds this many, less `debt`.
+    current: u32,
+    /// Permits to take away as they come back (they were in use when the pool shrank).
+    debt: u32,
+    /// Messages accepted since the last change.
+    good: u32,
+}
+
+/// A permit of the pool's semaphore that is forgotten instead of given back while the pool
+/// owes permits (it shrank while they were in use).
+struct SessionPermit<'a> {
+    permit: Option<tokio::sync::SemaphorePermit<'a>>,
+    inner: &'a Inner,
+}
+
+impl Drop for SessionPermit<'_> {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let mut capacity = self.inner.lock_capacity();
+        if capacity.debt > 0 {
+            capacity.debt -= 1;
+            permit.forget();
+        }
+    }
 }
 
 /// The relay refused our credentials.
@@ -147,6 +195,8 @@ struct Session {
     /// The server offers PIPELINING (RFC 2920): `MAIL FROM`, `RCPT TO` and `DATA` go out in
     /// one write and their replies are read afterwards, one round trip instead of three.
     pipelining: bool,
+    /// Transactions the relay refused on this session in a row.
+    errors: u32,
 }
 
 /// How to open a session.
@@ -218,6 +268,11 @@ impl SmtpPool {
             proven: AtomicBool::new(false),
             first_login: tokio::sync::Mutex::new(()),
             login_backoff: Mutex::new(LOGIN_BACKOFF_FIRST),
+            capacity: Mutex::new(Capacity {
+                current: pool_size,
+                debt: 0,
+                good: 0,
+            }),
         });
         spawn_reaper(&inner);
         Ok(SmtpPool { inner })
@@ -246,11 +301,16 @@ impl SmtpPool {
         if let Some(limiter) = &inner.limiter {
             limiter.until_ready().await;
         }
-        let _permit = inner
-            .permits
-            .acquire()
-            .await
-            .expect("the pool's semaphore is never closed");
+        let _permit = SessionPermit {
+            permit: Some(
+                inner
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("the pool's semaphore is never closed"),
+            ),
+            inner,
+        };
 
         let idle = match admission {
             Admission::Open => inner.take_idle(),
@@ -264,7 +324,9 @@ impl SmtpPool {
             let deadline = Instant::now() + inner.server.timeout;
             match transact(&mut session, envelope, &email, deadline).await {
                 Ok(response) => {
+                    session.errors = 0;
                     inner.put_back(session);
+                    inner.accepted();
                     return Ok(reply_text(&response));
                 }
                 Err(failure) if failure.fate == Fate::Stale && reused => {
@@ -274,8 +336,17 @@ impl SmtpPool {
                     reused = false;
                 }
                 Err(failure) => {
-                    if failure.fate == Fate::InStep && reset(&mut session.conn).await {
-                        inner.put_back(session);
+                    if failure.fate == Fate::InStep {
+                        session.errors += 1;
+                        if session.errors >= SESSION_ERROR_LIMIT {
+                            tracing::debug!(
+                                errors = session.errors,
+                                "closing an SMTP session after repeated refusals"
+                            );
+                            quit(session).await;
+                        } else if reset(&mut session.conn).await {
+                            inner.put_back(session);
+                        }
                     }
                     return Err(failure.error);
                 }
@@ -323,6 +394,11 @@ impl SmtpPool {
             }
         };
         let opened = inner.server.connect().await;
+        if let Err(e) = &opened
+            && e.kind == SendErrorKind::Relay(RelayFault::Connect)
+        {
+            self.shrink(&e.message).await;
+        }
         match &opened {
             Ok(_) => {
                 inner.proven.store(true, Ordering::Release);
@@ -351,6 +427,36 @@ impl SmtpPool {
             guard.disarm();
         }
         opened
+    }
+
+    /// The relay refused a session: one fewer from now on, and the least recently used idle
+    /// session beyond the new size is closed.
+    async fn shrink(&self, reason: &str) {
+        let inner = &self.inner;
+        let surplus = {
+            let mut capacity = inner.lock_capacity();
+            capacity.good = 0;
+            if capacity.current <= 1 {
+                return;
+            }
+            capacity.current -= 1;
+            if inner.permits.forget_permits(1) == 0 {
+                capacity.debt += 1;
+            }
+            tracing::warn!(relay = %inner.server.label(), sessions = capacity.current,
+                error = %reason, "the relay refused a session; using fewer");
+            let mut idle = inner.lock_idle();
+            (idle.len() > capacity.current as usize).then(|| idle.remove(0))
+        };
+        if let Some(idle) = surplus {
+            quit(idle.session).await;
+        }
+    }
+
+    /// Sessions the relay lets us have now (`smtp.pool_size` until it refuses one).
+    #[doc(hidden)]
+    pub fn capacity(&self) -> u32 {
+        self.inner.lock_capacity().current
     }
 
     /// Says `QUIT` to every idle session and closes it. Sessions in use finish their message
@@ -514,6 +620,30 @@ fn certificate_hint(error: String) -> String {
 }
 
 impl Inner {
+    fn lock_capacity(&self) -> MutexGuard<'_, Capacity> {
+        self.capacity.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A message was accepted: after [`GROW_AFTER`] in a row a shrunk pool grows by one.
+    fn accepted(&self) {
+        let mut capacity = self.lock_capacity();
+        if capacity.current >= self.pool_size {
+            return;
+        }
+        capacity.good += 1;
+        if capacity.good >= GROW_AFTER {
+            capacity.good = 0;
+            capacity.current += 1;
+            if capacity.debt > 0 {
+                capacity.debt -= 1;
+            } else {
+                self.permits.add_permits(1);
+            }
+            tracing::info!(relay = %self.server.label(), sessions = capacity.current,
+                "the relay's answers are good; using one more session");
+        }
+    }
+
     fn lock_refusal(&self) -> MutexGuard<'_, Option<Refusal>> {
         self.refusal.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -766,7 +896,11 @@ impl Server {
                 .await
                 .map_err(|e| (RelayFault::Auth, format!("AUTH: {}", error_chain(&e))))?;
         }
-        Ok(Session { conn, pipelining })
+        Ok(Session {
+            conn,
+            pipelining,
+            errors: 0,
+        })
     }
 }
 
@@ -952,6 +1086,8 @@ fn failure(stage: Stage, error: &SmtpError) -> Failure {
         } else {
             SendErrorKind::Permanent
         }
+    } else if is_greylisting(error) {
+        SendErrorKind::Greylisted
     } else {
         SendErrorKind::Transient
     };
@@ -971,6 +1107,22 @@ fn failure(stage: Stage, error: &SmtpError) -> Failure {
         error: SendError { kind, message },
         fate,
     }
+}
+
+/// A transient reply that greylists: enhanced status 4.7.1 ("try again later" from
+/// greylisting filters such as rspamd's and Exim's), or "greylist" (also "graylist") in its
+/// text, as postgrey's `450 4.2.0 ... Greylisted` says.
+fn is_greylisting(error: &SmtpError) -> bool {
+    if !error.is_transient() {
+        return false;
+    }
+    let Some(text) = std::error::Error::source(error).map(|reply| reply.to_string()) else {
+        return false;
+    };
+    let lower = text.to_ascii_lowercase();
+    lower.split_whitespace().next() == Some("4.7.1")
+        || lower.contains("greylist")
+        || lower.contains("graylist")
 }
 
 /// A permanent reply whose enhanced status code (RFC 3463) is about the recipient's address:

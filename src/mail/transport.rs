@@ -47,6 +47,9 @@ pub enum SendErrorKind {
     Permanent,
     /// A 5.1.x reply: the address itself is bad; stop mailing it.
     BadRecipient,
+    /// A 4xx reply that greylists the recipient (`451 4.7.1`, or "greylist" in its text):
+    /// retried, but not before the greylisting server lets it through (minutes, not seconds).
+    Greylisted,
     /// Nothing of the message reached the relay: connecting, TLS or the login failed. Retried
     /// like `Transient`; a delivery that ends failed this way is not the message's fault, and
     /// `sangha sends retry` puts it back once the relay or the configuration is fixed.
@@ -150,6 +153,15 @@ impl Transport {
     pub fn set_login_backoff(&self, first: std::time::Duration) {
         if let Transport::Smtp(pool) = self {
             pool.set_login_backoff(first);
+        }
+    }
+
+    /// Sessions the SMTP relay lets us have now (`None` for the file transport), for tests.
+    #[doc(hidden)]
+    pub fn pool_capacity(&self) -> Option<u32> {
+        match self {
+            Transport::File(_) => None,
+            Transport::Smtp(pool) => Some(pool.capacity()),
         }
     }
 

@@ -198,4 +198,18 @@ async fn greylisting_of_many_recipients_is_one_reason_in_sends_show(backend: Bac
         "{shown}"
     );
     assert!(!greylisted[0].contains("example.org"), "{shown}");
+
+    // Greylisted people are tried again when the greylisting lets them through (minutes),
+    // not after the usual 30 s, which would only be greylisted again.
+    let now = app.clock.now_ms();
+    let soonest: i64 =
+        sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap();
+    assert!(
+        soonest - now >= 5 * 60_000,
+        "greylisted retries come in {} s",
+        (soonest - now) / 1000
+    );
 }

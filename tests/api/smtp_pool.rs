@@ -145,6 +145,8 @@ async fn rejections_are_sorted(server: TestSmtpServer) {
     let err = transport.send(message(2)).await.unwrap_err();
     assert_eq!(err.kind, SendErrorKind::Permanent, "{}", err.message);
     assert!(err.message.contains("554"), "{}", err.message);
+    // An accepted message in between: three refusals in a row would close the session.
+    transport.send(message(10)).await.unwrap();
 
     server.push_data_reply("451 4.3.0 Try again later");
     let err = transport.send(message(3)).await.unwrap_err();
@@ -153,7 +155,10 @@ async fn rejections_are_sorted(server: TestSmtpServer) {
 
     let reply = transport.send(message(4)).await.unwrap();
     assert!(reply.starts_with("250"), "{reply}");
-    assert_eq!(message_ids(&server), ["4.pool-test@example.com"]);
+    assert_eq!(
+        message_ids(&server),
+        ["10.pool-test@example.com", "4.pool-test@example.com"]
+    );
     // A clean rejection leaves the session in step (after RSET): no reconnecting.
     assert_eq!(server.connections(), 1);
     assert_eq!(server.commands_ahead_of_reply(), 0);
@@ -525,4 +530,87 @@ async fn a_wrong_password_costs_one_login_and_one_probe_at_a_time_after_it() {
     assert_eq!(send_at_once(&transport, 60, 10).await, (10, 0, 0));
     assert_eq!(server.logins().1, 2, "no refused login after the fix");
     assert_eq!(server.messages().len(), 11);
+}
+
+/// Issue 14: against `smtpd_client_connection_count_limit = 2` a pool of 8 made 5,816 refused
+/// connections in a minute. A refused session shrinks the pool instead.
+#[tokio::test]
+async fn a_relay_that_allows_two_connections_shrinks_the_pool_instead_of_hammering_it() {
+    let server = TestSmtpServer::builder().connection_limit(2).start().await;
+    let transport = transport(&smtp_config(&server, 8));
+    // 250 messages, 16 at a time; those whose session was refused are sent again, as the
+    // outbox does.
+    let mut pending: Vec<usize> = (0..250).collect();
+    let mut rounds = 0;
+    while !pending.is_empty() {
+        rounds += 1;
+        assert!(rounds <= 20, "still {} to send", pending.len());
+        let results: Vec<(usize, Result<String, _>)> = stream::iter(pending)
+            .map(|n| {
+                let transport = transport.clone();
+                async move { (n, transport.send(message(n)).await) }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        pending = Vec::new();
+        for (n, result) in results {
+            if let Err(e) = result {
+                assert_eq!(
+                    e.kind,
+                    SendErrorKind::Relay(RelayFault::Connect),
+                    "{}",
+                    e.message
+                );
+                assert!(e.message.contains("421"), "{}", e.message);
+                pending.push(n);
+            }
+        }
+    }
+    let (refused, most_open) = server.connection_limit_stats();
+    // Six to learn the limit, and one each time the pool tries to grow back (every 100
+    // messages accepted in a row).
+    assert!(refused <= 10, "{refused} refused connections");
+    assert!(most_open <= 2);
+    assert!(transport.pool_capacity().unwrap() <= 3);
+    let ids: HashSet<String> = message_ids(&server).into_iter().collect();
+    assert_eq!(ids.len(), 250, "every message once");
+    assert_eq!(server.messages().len(), 250);
+}
+
+/// Greylisting is its own kind of failure (retried after minutes, by the worker), and a
+/// session the relay keeps refusing is closed rather than fed the rest of the batch.
+#[tokio::test]
+async fn greylisting_is_recognised_and_a_session_refused_three_times_is_closed() {
+    let server = TestSmtpServer::start().await;
+    for n in 0..3 {
+        server.reject_recipient(
+            &format!("reader{n}@example.org"),
+            &format!(
+                "451 4.7.1 <reader{n}@example.org>: Recipient address rejected: try again later"
+            ),
+        );
+    }
+    server.reject_recipient(
+        "reader3@example.org",
+        "450 4.2.0 <reader3@example.org>: Recipient address rejected: Greylisted, see \
+         http://postgrey.schweikert.ch/help/example.org.html",
+    );
+    server.reject_recipient("reader4@example.org", "451 4.3.0 Temporary lookup failure");
+    let transport = transport(&smtp_config(&server, 1));
+    for n in 0..4 {
+        let e = transport.send(message(n)).await.unwrap_err();
+        assert_eq!(e.kind, SendErrorKind::Greylisted, "{}", e.message);
+    }
+    let e = transport.send(message(4)).await.unwrap_err();
+    assert_eq!(
+        e.kind,
+        SendErrorKind::Transient,
+        "not greylisting: {}",
+        e.message
+    );
+    transport.send(message(5)).await.unwrap();
+    // Three refusals closed the first session (with QUIT); the rest went down a second one.
+    assert_eq!(server.connections(), 2);
+    assert_eq!(server.quits(), 1);
 }

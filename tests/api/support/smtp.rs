@@ -261,6 +261,11 @@ struct Inner {
     password: Option<String>,
     /// `QUIT` commands received.
     quits: usize,
+    /// Connections open right now, and the most there ever were at once.
+    open_connections: usize,
+    most_open_connections: usize,
+    /// Connections refused for the connection limit.
+    refused_connections: usize,
 }
 
 impl Inner {
@@ -285,6 +290,8 @@ struct State {
     /// How long each finished `DATA` waits before it is recorded and answered.
     message_delay: Duration,
     tls: Option<TestTls>,
+    /// See [`TestSmtpServerBuilder::connection_limit`].
+    connection_limit: Option<usize>,
     inner: Mutex<Inner>,
     /// Woken whenever a message is recorded (accepted, rejected or ambiguous).
     changed: Notify,
@@ -307,9 +314,17 @@ pub struct TestSmtpServerBuilder {
     defer_envelope_replies: bool,
     message_delay: Duration,
     tls: Option<TestTls>,
+    connection_limit: Option<usize>,
 }
 
 impl TestSmtpServerBuilder {
+    /// Keep at most `limit` connections open at once; one more gets `421 4.7.0 too many
+    /// connections` and is closed, as Postfix does with `smtpd_client_connection_count_limit`.
+    pub fn connection_limit(mut self, limit: usize) -> Self {
+        self.connection_limit = Some(limit);
+        self
+    }
+
     /// Speak TLS: by `STARTTLS` or from the first byte.
     pub fn tls(mut self, tls: TestTls) -> Self {
         self.tls = Some(tls);
@@ -356,6 +371,7 @@ impl TestSmtpServerBuilder {
             defer_envelope_replies: self.defer_envelope_replies,
             message_delay: self.message_delay,
             tls: self.tls,
+            connection_limit: self.connection_limit,
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
         });
@@ -411,6 +427,12 @@ impl TestSmtpServer {
     /// owner changes it at the provider.
     pub fn set_password(&self, password: &str) {
         self.state.lock().password = Some(password.to_owned());
+    }
+
+    /// Connections refused for the connection limit, and the most open at once.
+    pub fn connection_limit_stats(&self) -> (usize, usize) {
+        let inner = self.state.lock();
+        (inner.refused_connections, inner.most_open_connections)
     }
 
     /// `QUIT` commands received so far.
@@ -719,15 +741,36 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         let Ok((stream, _peer)) = listener.accept().await else {
             continue;
         };
-        let id = {
+        let (id, over_limit) = {
             let mut inner = state.lock();
             inner.connections += 1;
-            inner.connections
+            let over = state
+                .connection_limit
+                .is_some_and(|limit| inner.open_connections >= limit);
+            if over {
+                inner.refused_connections += 1;
+            } else {
+                inner.open_connections += 1;
+                inner.most_open_connections =
+                    inner.most_open_connections.max(inner.open_connections);
+            }
+            (inner.connections, over)
         };
+        if over_limit {
+            sessions.spawn(async move {
+                let mut stream = stream;
+                let _ = stream
+                    .write_all(b"421 4.7.0 Error: too many connections from 127.0.0.1\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        }
         let state = Arc::clone(&state);
         // An I/O error (or a refused TLS handshake) just ends that connection; there is nobody
         // to tell.
         sessions.spawn(async move {
+            let closed = OpenConnection(Arc::clone(&state));
             let _ = stream.set_nodelay(true);
             let io: BoxedIo = match &state.tls {
                 Some(TestTls::Implicit(config)) => {
@@ -742,10 +785,21 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                 _ => Box::new(stream),
             };
             let encrypted = matches!(state.tls, Some(TestTls::Implicit(_)));
-            let mut session = Session::new(id, io, state);
+            let mut session = Session::new(id, io, Arc::clone(&state));
             session.encrypted = encrypted;
             let _ = session.run().await;
+            drop(closed);
         });
+    }
+}
+
+/// Counts a connection as open until it is dropped (the session ended or was aborted).
+struct OpenConnection(Arc<State>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.open_connections = inner.open_connections.saturating_sub(1);
     }
 }
 
