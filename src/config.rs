@@ -217,6 +217,24 @@ impl SmtpConfig {
                  smtp.tls = \"starttls\" (usually port 587) or \"tls\" (port 465)"
             ));
         }
+        if self.danger_accept_invalid_certs && self.tls != TlsMode::None {
+            warnings.push(format!(
+                "smtp.danger_accept_invalid_certs = true: the relay's certificate ({host}) is \
+                 NOT checked; anyone between here and the relay can read the mail and the SMTP \
+                 password. Use smtp.ca_file or smtp.certificate_sha256 instead"
+            ));
+        }
+        if self.trust == TrustStore::Builtin
+            && self.tls != TlsMode::None
+            && (std::env::var_os("SSL_CERT_FILE").is_some()
+                || std::env::var_os("SSL_CERT_DIR").is_some())
+        {
+            warnings.push(
+                "SSL_CERT_FILE or SSL_CERT_DIR is set, but smtp.trust = \"builtin\" does not read \
+                 them; set smtp.trust = \"both\" (or \"system\") to trust what they name"
+                    .to_owned(),
+            );
+        }
         if self.tls == TlsMode::Starttls && self.port == 465 {
             warnings.push(
                 "smtp.port = 465 with smtp.tls = \"starttls\": port 465 speaks TLS from the \

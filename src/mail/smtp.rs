@@ -486,15 +486,6 @@ fn tls_parameters(
     } else {
         CertificateStore::None
     });
-    if smtp.trust == TrustStore::Builtin
-        && (std::env::var_os("SSL_CERT_FILE").is_some()
-            || std::env::var_os("SSL_CERT_DIR").is_some())
-    {
-        tracing::warn!(
-            "SSL_CERT_FILE or SSL_CERT_DIR is set, but smtp.trust = \"builtin\" does not read \
-             them; set smtp.trust = \"both\" (or \"system\") to trust what they name"
-        );
-    }
     if smtp.trust != TrustStore::Builtin {
         let found = rustls_native_certs::load_native_certs();
         let mut added = 0;
@@ -548,13 +539,8 @@ fn tls_parameters(
             .dangerous_accept_invalid_certs(true)
             .dangerous_accept_invalid_hostnames(true);
     }
+    // Its warning is among SmtpConfig::warnings, logged when the pool is made.
     if smtp.danger_accept_invalid_certs {
-        tracing::warn!(
-            host = %smtp.host,
-            "smtp.danger_accept_invalid_certs = true: the relay's certificate is NOT checked; \
-             anyone between here and the relay can read the mail and the SMTP password. \
-             Use smtp.ca_file or smtp.certificate_sha256 instead"
-        );
         builder = builder
             .dangerous_accept_invalid_certs(true)
             .dangerous_accept_invalid_hostnames(true);

@@ -10,7 +10,7 @@ use sangha::config::{CertificateSha256, Secret, TlsMode, TransportKind};
 use crate::backend_tests;
 use crate::support::smtp::{TestSmtpServer, TestTls};
 use crate::support::test_ca::{ServerCertificate, TestCa};
-use crate::support::{Backend, DEADLINE, Options, TestApp};
+use crate::support::{Backend, DEADLINE, Options, TestApp, run_cli_with, stderr};
 
 backend_tests!(
     starttls_to_a_private_ca_relay_is_refused_without_ca_file,
@@ -156,4 +156,76 @@ async fn a_relay_whose_certificate_does_not_match_the_pin_is_refused(backend: Ba
         error.contains(&cert.sha256()),
         "the certificate's own fingerprint is shown: {error}"
     );
+}
+
+/// `test-send` through a private-CA relay with the given environment; (success, stderr).
+/// The CLI is waited for on this thread: the test needs a multi-threaded runtime, so that the
+/// relay answers meanwhile.
+async fn test_send_with(env: &[(&str, String)]) -> (bool, String, TestSmtpServer) {
+    let (ca, cert) = private_ca_relay();
+    let server = relay(TestTls::Starttls(cert.server_config())).await;
+    let app = TestApp::spawn_without_worker(Backend::Sqlite).await;
+    let pem = ca.write_pem(app.dir.path());
+    let content = app.write_content("m.md", crate::sends::MORNING);
+    let mut all = vec![
+        ("SANGHA__MAIL__TRANSPORT", "smtp".to_owned()),
+        ("SANGHA__SMTP__HOST", "127.0.0.1".to_owned()),
+        ("SANGHA__SMTP__PORT", server.port().to_string()),
+        ("SANGHA__SMTP__TLS", "starttls".to_owned()),
+        ("SANGHA__SMTP__USERNAME", USER.to_owned()),
+        ("SANGHA__SMTP__PASSWORD", PASSWORD.to_owned()),
+    ];
+    for (k, v) in env {
+        all.push((k, v.replace("{ca}", pem.to_str().unwrap())));
+    }
+    let out = run_cli_with(
+        &app.config,
+        &[
+            "test-send",
+            "--content",
+            content.to_str().unwrap(),
+            "--to",
+            "owner@example.org",
+            "--offering",
+            "morning-meditation",
+        ],
+        &all,
+    );
+    (out.status.success(), stderr(&out), server)
+}
+
+/// The report: `SSL_CERT_FILE` was ignored. With `smtp.trust = "system"` it is read
+/// (rustls-native-certs); with the default `"builtin"` it is not, and a warning says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssl_cert_file_is_trusted_with_trust_system_and_named_with_builtin() {
+    let (ok, err, server) = test_send_with(&[
+        ("SSL_CERT_FILE", "{ca}".to_owned()),
+        ("SANGHA__SMTP__TRUST", "system".to_owned()),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(server.messages().len(), 1);
+
+    let (ok, err, server) = test_send_with(&[("SSL_CERT_FILE", "{ca}".to_owned())]).await;
+    assert!(!ok);
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(
+        err.contains("smtp.trust = \"builtin\" does not read"),
+        "the fix is named: {err}"
+    );
+    assert!(server.messages().is_empty());
+}
+
+/// No check at all only under a loud name, and with a warning every time.
+#[tokio::test(flavor = "multi_thread")]
+async fn danger_accept_invalid_certs_delivers_and_warns() {
+    let (ok, err, server) = test_send_with(&[(
+        "SANGHA__SMTP__DANGER_ACCEPT_INVALID_CERTS",
+        "true".to_owned(),
+    )])
+    .await;
+    assert!(ok, "{err}");
+    assert!(err.contains("is NOT checked"), "{err}");
+    assert!(!err.contains(PASSWORD), "{err}");
+    assert_eq!(server.messages().len(), 1);
 }

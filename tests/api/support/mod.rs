@@ -432,6 +432,9 @@ pub fn run_cli(config: &Config, args: &[&str]) -> Output {
 pub fn run_cli_with(config: &Config, args: &[&str], env: &[(&str, String)]) -> Output {
     let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
     std::process::Command::new(env!("CARGO_BIN_EXE_sangha"))
+        // The machine's own trust-store variables would change what the SMTP tests see.
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .arg("--config")
         .arg(&config_path)
