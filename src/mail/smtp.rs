@@ -812,10 +812,10 @@ impl Server {
                     "cannot open an SMTP session with {}: no answer within {} s{}",
                     self.label(),
                     self.timeout.as_secs(),
-                    if self.tls == TlsMode::Starttls && self.port == 465 {
-                        " (port 465 speaks TLS from the first byte and waits for us to start \
-                         it, while smtp.tls = \"starttls\" waits for its greeting: set \
-                         smtp.tls = \"tls\")"
+                    if self.tls == TlsMode::Starttls {
+                        " (a relay that speaks TLS from the first byte, as on port 465, waits \
+                         silently for us to start it while smtp.tls = \"starttls\" waits for \
+                         its greeting: if so, set smtp.tls = \"tls\")"
                     } else {
                         ""
                     }

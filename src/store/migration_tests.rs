@@ -229,6 +229,10 @@ async fn binding_links_to_rows_keeps_every_row_and_stops_id_reuse() {
 }
 
 /// Every row of `table` as text, without the column `skip`.
+/// Columns that later migrations add with NULL in every existing row (0010's
+/// `deliveries.failure_kind`): a test of an earlier migration compares rows without them.
+const ADDED_LATER: [&str; 1] = ["failure_kind"];
+
 async fn all_rows(pool: &SqlitePool, table: &str, skip: &str) -> Vec<String> {
     // Not kept as a prepared statement: the same text must read the table again after the
     // migration changed its columns.
@@ -240,7 +244,10 @@ async fn all_rows(pool: &SqlitePool, table: &str, skip: &str) -> Vec<String> {
         .iter()
         .map(|row| {
             let columns: Vec<String> = (0..row.len())
-                .filter(|&i| row.column(i).name() != skip)
+                .filter(|&i| {
+                    let name = row.column(i).name();
+                    name != skip && !ADDED_LATER.contains(&name)
+                })
                 .map(|i| {
                     let value: Option<String> = row
                         .try_get::<Option<i64>, _>(i)

@@ -576,6 +576,50 @@ async fn a_relay_that_allows_two_connections_shrinks_the_pool_instead_of_hammeri
     let ids: HashSet<String> = message_ids(&server).into_iter().collect();
     assert_eq!(ids.len(), 250, "every message once");
     assert_eq!(server.messages().len(), 250);
+
+    // The relay allows more again: the pool grows back, one session per 100 good answers.
+    server.set_connection_limit(None);
+    send_all(&transport, 400, 16).await;
+    let capacity = transport.pool_capacity().unwrap();
+    assert!(capacity >= 5, "grew back to {capacity} sessions");
+    assert!(server.connection_limit_stats().1 >= 5);
+}
+
+/// `tls = "starttls"` against a relay that waits for us to start TLS (port 465) hears no
+/// greeting: the error says what that silence likely means.
+#[tokio::test]
+async fn a_silent_relay_with_starttls_names_implicit_tls() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut config = Config::default();
+    config.mail.transport = TransportKind::Smtp;
+    config.smtp.host = "127.0.0.1".into();
+    config.smtp.port = port;
+    config.smtp.tls = TlsMode::Starttls;
+    config.smtp.timeout_seconds = 1;
+    let err = transport(&config).send(message(1)).await.unwrap_err();
+    assert_eq!(
+        err.kind,
+        SendErrorKind::Relay(RelayFault::Connect),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains("no answer within 1 s"),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains("set smtp.tls = \"tls\""),
+        "{}",
+        err.message
+    );
 }
 
 /// Greylisting is its own kind of failure (retried after minutes, by the worker), and a

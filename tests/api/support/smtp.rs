@@ -261,6 +261,8 @@ struct Inner {
     password: Option<String>,
     /// `QUIT` commands received.
     quits: usize,
+    /// See [`TestSmtpServerBuilder::connection_limit`].
+    connection_limit: Option<usize>,
     /// Connections open right now, and the most there ever were at once.
     open_connections: usize,
     most_open_connections: usize,
@@ -290,8 +292,6 @@ struct State {
     /// How long each finished `DATA` waits before it is recorded and answered.
     message_delay: Duration,
     tls: Option<TestTls>,
-    /// See [`TestSmtpServerBuilder::connection_limit`].
-    connection_limit: Option<usize>,
     inner: Mutex<Inner>,
     /// Woken whenever a message is recorded (accepted, rejected or ambiguous).
     changed: Notify,
@@ -371,8 +371,10 @@ impl TestSmtpServerBuilder {
             defer_envelope_replies: self.defer_envelope_replies,
             message_delay: self.message_delay,
             tls: self.tls,
-            connection_limit: self.connection_limit,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                connection_limit: self.connection_limit,
+                ..Inner::default()
+            }),
             changed: Notify::new(),
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
@@ -427,6 +429,14 @@ impl TestSmtpServer {
     /// owner changes it at the provider.
     pub fn set_password(&self, password: &str) {
         self.state.lock().password = Some(password.to_owned());
+    }
+
+    /// Changes the connection limit (see [`TestSmtpServerBuilder::connection_limit`]) and
+    /// forgets the most connections seen open at once.
+    pub fn set_connection_limit(&self, limit: Option<usize>) {
+        let mut inner = self.state.lock();
+        inner.connection_limit = limit;
+        inner.most_open_connections = inner.open_connections;
     }
 
     /// Connections refused for the connection limit, and the most open at once.
@@ -744,7 +754,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         let (id, over_limit) = {
             let mut inner = state.lock();
             inner.connections += 1;
-            let over = state
+            let over = inner
                 .connection_limit
                 .is_some_and(|limit| inner.open_connections >= limit);
             if over {
