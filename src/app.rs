@@ -17,7 +17,7 @@ use crate::delivery::{Scheduler, Worker};
 use crate::domain::TokenKey;
 use crate::links::Links;
 use crate::mail::{Composer, Templates, Transport};
-use crate::store::Store;
+use crate::store::{DeclaredOffering, Store};
 use crate::web::{AppState, router};
 
 /// The parts every command that touches the database needs.
@@ -48,8 +48,19 @@ impl Runtime {
             )
         })?;
         store.migrate().await.context("cannot apply migrations")?;
+        let declared: Vec<DeclaredOffering<'_>> = config
+            .offerings
+            .iter()
+            .map(|o| DeclaredOffering {
+                slug: &o.slug,
+                name: &o.name,
+                description: &o.description,
+                kind: o.kind,
+                public: o.public,
+            })
+            .collect();
         store
-            .sync_offerings(&config.offerings, clock.now_ms())
+            .sync_offerings(&declared, clock.now_ms())
             .await
             .context("cannot record the configured offerings")?;
         Ok(Self {

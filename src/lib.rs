@@ -12,6 +12,8 @@ pub mod clock;
 pub mod config;
 /// Email content: Markdown or handlebars files with front matter, checked at scheduling time.
 pub mod content;
+/// Courses: each person's lessons, day by day after their confirmation.
+pub mod courses;
 /// The delivery workers that drain the outbox.
 pub mod delivery;
 /// Newtypes and state enums parsed at the boundary.
@@ -20,11 +22,9 @@ pub mod domain;
 pub mod links;
 /// Templates, message building, transports.
 pub mod mail;
-/// The owner's side of sending: schedule, preview, test sends, watching sends.
-pub mod sending;
+/// The calendar of sends: times of day, dates, recurrence, content folders.
+pub mod schedule;
 /// The database: SQLite or PostgreSQL, migrations, queries.
 pub mod store;
-/// CSV import and export of subscribers.
-pub mod subscribers_csv;
 /// The website: signup, confirmation, pages.
 pub mod web;

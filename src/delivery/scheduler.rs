@@ -32,7 +32,7 @@ pub struct Scheduler {
     grace_ms: Millis,
     warn_below: u32,
     /// Moves each person through the courses (see `delivery::courses`).
-    courses: super::courses::Courses,
+    courses: crate::courses::Courses,
     /// Woken after every fan-out batch, so workers start on a big send while the rest of
     /// its deliveries are still being created (set by [`Scheduler::run`]).
     wake_workers: Option<Arc<Notify>>,
@@ -48,7 +48,7 @@ impl Scheduler {
             default_zone: config.site.timezone.clone(),
             grace_ms: i64::from(config.worker.grace_minutes) * 60_000,
             warn_below: config.worker.recurring_warn_below,
-            courses: super::courses::Courses::from_config(config),
+            courses: crate::courses::Courses::from_config(config),
             wake_workers: None,
         }
     }
@@ -98,11 +98,11 @@ impl Scheduler {
         date: &str,
         now: Millis,
     ) -> anyhow::Result<u64> {
-        let time = crate::sending::parse_local_time(time)?;
-        let date = crate::sending::parse_date("local_date", date)?;
+        let time = crate::schedule::parse_local_time(time)?;
+        let date = crate::schedule::parse_date("local_date", date)?;
         let mut created = 0;
         for (zone, _) in self.store.send_zones(due.id, &self.default_zone).await? {
-            let at = match crate::sending::local_instant(date, time, &zone) {
+            let at = match crate::schedule::local_instant(date, time, &zone) {
                 Ok(at) => at,
                 Err(e) => {
                     tracing::warn!(send = due.id, zone, error = %e, "skipping an unknown zone");
@@ -151,17 +151,17 @@ impl Scheduler {
     async fn create_occurrences(&self, now: Millis) -> anyhow::Result<usize> {
         let mut moved = 0;
         for r in self.store.recurrences(true).await? {
-            let every = crate::sending::Every::parse(&r.every)?;
-            let time = crate::sending::parse_local_time(&r.local_time)?;
-            let date = crate::sending::parse_date("next_date", &r.next_date)?;
-            let first = crate::sending::local_instant(date, time, "Pacific/Kiritimati")?;
+            let every = crate::schedule::Every::parse(&r.every)?;
+            let time = crate::schedule::parse_local_time(&r.local_time)?;
+            let date = crate::schedule::parse_date("next_date", &r.next_date)?;
+            let first = crate::schedule::local_instant(date, time, "Pacific/Kiritimati")?;
             if first > now {
                 continue;
             }
             let next = every.next_after(date).to_string();
             // The last zone (UTC-12) is done with this occurrence beyond the grace window:
             // the service was down the whole time; skip it without using up a piece.
-            let last = crate::sending::local_instant(date, time, "Etc/GMT+12")?;
+            let last = crate::schedule::local_instant(date, time, "Etc/GMT+12")?;
             if now - last > self.grace_ms {
                 let note = format!("{date} skipped: the service was down");
                 if self
@@ -176,7 +176,7 @@ impl Scheduler {
             }
             let dir = std::path::Path::new(&r.content_dir);
             let used = self.store.recurrence_files(r.id).await?;
-            let files = match crate::sending::content_files(dir) {
+            let files = match crate::schedule::content_files(dir) {
                 Ok(files) => files,
                 Err(e) => {
                     tracing::error!(recurrence = r.id, error = %e, "cannot read the content folder");
@@ -214,7 +214,7 @@ impl Scheduler {
             let Some(offering) = self.store.offering_by_id(r.offering_id).await? else {
                 continue;
             };
-            let mut send = crate::sending::new_send(&offering, content, &path, first);
+            let mut send = crate::schedule::new_send(&offering, content, &path, first);
             send.local = Some((r.local_time.clone(), date.to_string()));
             send.recurrence_id = Some(r.id);
             send.content_file = Some((*file).clone());

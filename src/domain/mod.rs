@@ -15,4 +15,14 @@ pub use status::{
     CourseState, DeliveryKind, DeliveryStatus, OfferingKind, SendStatus, SubscriptionStatus,
 };
 pub use timezone::Timezone;
+
+/// Lowercase hex of bytes (digests, random ids).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
 pub use token::{LinkTarget, Token, TokenError, TokenKey, TokenPurpose};

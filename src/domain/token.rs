@@ -143,11 +143,7 @@ impl TokenKey {
         let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(b"sangha-suppression");
         mac.update(email.to_lowercase().as_bytes());
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        super::hex(&mac.finalize().into_bytes())
     }
 
     /// Signs the claims into a URL-safe string.

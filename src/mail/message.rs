@@ -19,8 +19,7 @@ pub struct EmailContent {
 pub fn new_message_id(domain: &str) -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("<{hex}@{domain}>")
+    format!("<{}@{domain}>", crate::domain::hex(&bytes))
 }
 
 /// The first part of every Message-ID of one send, `<prefix.subscriber_id@domain>`: 80 random
@@ -29,7 +28,7 @@ pub fn new_message_id(domain: &str) -> String {
 pub fn new_message_id_prefix() -> String {
     let mut bytes = [0u8; 10];
     rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::domain::hex(&bytes)
 }
 
 /// Builds the message. The Date header is stamped now, at hand-off to the transport.

@@ -30,7 +30,7 @@ impl std::fmt::Debug for Transport {
 async fn write_eml(dir: &std::path::Path, bytes: &[u8]) -> std::io::Result<String> {
     let mut id = [0u8; 16];
     rand::rng().fill_bytes(&mut id);
-    let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let name = crate::domain::hex(&id);
     let tmp = dir.join(format!(".{name}.eml.tmp"));
     let path = dir.join(format!("{name}.eml"));
     tokio::fs::write(&tmp, bytes).await?;

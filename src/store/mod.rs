@@ -30,7 +30,7 @@ pub use courses::{
 pub use deliveries::{ClaimedDelivery, ClaimedSignup, ConfirmationEmail, DeliveryCounts};
 pub use import::{ExportLine, ExportSubscription, ImportCounts, ImportTerms, ImportedPerson};
 pub use leaving::{SubscriberRef, SuppressionReason};
-pub use offerings::{Offering, OfferingSummary};
+pub use offerings::{DeclaredOffering, Offering, OfferingSummary};
 pub use schedules::{DueSend, Recurrence, ZoneProgress};
 pub use sends::{FailureGroup, NewSend, RetryOutcome, SendContent, SendStatus, SendSummary};
 pub use signup_writer::SignupWriter;

@@ -7,7 +7,6 @@ use sqlx::Row;
 
 use super::{Store, placeholders};
 use crate::clock::Millis;
-use crate::config::OfferingConfig;
 use crate::domain::{OfferingKind, Slug};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -16,6 +15,16 @@ pub struct Offering {
     pub slug: String,
     pub name: String,
     pub description: String,
+    pub kind: OfferingKind,
+    pub public: bool,
+}
+
+/// An offering as the configuration declares it, for [`Store::sync_offerings`].
+#[derive(Debug, Clone, Copy)]
+pub struct DeclaredOffering<'a> {
+    pub slug: &'a str,
+    pub name: &'a str,
+    pub description: &'a str,
     pub kind: OfferingKind,
     pub public: bool,
 }
@@ -59,7 +68,7 @@ impl Store {
     /// ones updated, and ones no longer configured marked inactive (never deleted).
     pub async fn sync_offerings(
         &self,
-        offerings: &[OfferingConfig],
+        offerings: &[DeclaredOffering<'_>],
         now: Millis,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
@@ -71,8 +80,8 @@ impl Store {
                      name = excluded.name, description = excluded.description,
                      kind = excluded.kind, public = excluded.public, active = 1",
             )
-            .bind(&o.slug)
-            .bind(&o.name)
+            .bind(o.slug)
+            .bind(o.name)
             .bind(o.description.trim())
             .bind(o.kind.as_str())
             .bind(i64::from(o.public))
@@ -80,7 +89,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        let slugs: Vec<&str> = offerings.iter().map(|o| o.slug.as_str()).collect();
+        let slugs: Vec<&str> = offerings.iter().map(|o| o.slug).collect();
         let sql = if slugs.is_empty() {
             "UPDATE offerings SET active = 0".to_owned()
         } else {

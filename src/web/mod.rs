@@ -82,7 +82,8 @@ impl AppState {
         );
         let domain_limiter =
             DomainSourceLimiter::new(config.signup.signups_per_domain_per_network_per_hour);
-        let consent_hash = hex_digest(&Sha256::digest(config.signup.consent_text.as_bytes()));
+        let consent_hash =
+            crate::domain::hex(&Sha256::digest(config.signup.consent_text.as_bytes()));
         // The signup writer wakes a delivery worker when it queued confirmation emails.
         let signups = SignupWriter::spawn(store.clone(), clock.clone(), wake);
         Self {
@@ -131,11 +132,6 @@ impl AppState {
     pub fn consent_hash(&self) -> &str {
         &self.inner.consent_hash
     }
-}
-
-/// Lowercase hex of a digest.
-pub fn hex_digest(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The whole application's routes and layers.

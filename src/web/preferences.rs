@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::client::ClientInfo;
 use super::{AppError, AppState, pages};
-use crate::delivery::courses::Courses;
+use crate::courses::Courses;
 use crate::domain::{
     OfferingKind, Slug, SubscriberName, SubscriptionStatus, Timezone, TokenPurpose,
 };
@@ -232,8 +232,8 @@ async fn course(State(state): State<AppState>, Path(token): Path<String>, body: 
             .map(|r| {
                 matches!(
                     r,
-                    crate::delivery::courses::PauseOutcome::Paused
-                        | crate::delivery::courses::PauseOutcome::NotActive(
+                    crate::courses::PauseOutcome::Paused
+                        | crate::courses::PauseOutcome::NotActive(
                             crate::store::CourseState::Paused
                         )
                 )
@@ -242,10 +242,7 @@ async fn course(State(state): State<AppState>, Path(token): Path<String>, body: 
         (Some(o), "resume") => courses
             .resume(state.store(), who.id, o.id, now)
             .await
-            .map(|r| {
-                matches!(r, crate::delivery::courses::ResumeOutcome::Resumed(_))
-                    .then_some("resumed")
-            }),
+            .map(|r| matches!(r, crate::courses::ResumeOutcome::Resumed(_)).then_some("resumed")),
         _ => Ok(None),
     };
     match done {

@@ -285,7 +285,7 @@ async fn the_consent_record_keeps_time_ip_agent_offerings_and_text_hash(backend:
     let path = app.confirm_path(0).await;
     app.post_form(&path, "").await;
     let expected_hash =
-        sangha::web::hex_digest(&Sha256::digest(app.config.signup.consent_text.as_bytes()));
+        sangha::domain::hex(&Sha256::digest(app.config.signup.consent_text.as_bytes()));
 
     let out = app.cli(&["subscribers", "show", "c@example.org", "--json"]);
     assert!(out.status.success(), "{}", crate::support::stderr(&out));

@@ -13,6 +13,7 @@ use crate::clock::{Millis, format_ms};
 use crate::content::{self, Content};
 use crate::domain::{DeliveryKind, EmailAddress, Slug};
 use crate::mail::{CompiledSend, EmailContent, Transport};
+use crate::schedule::{Every, content_files, local_instant, new_send};
 use crate::store::{
     ClaimedDelivery, FailureGroup, NewSend, Offering, RetryOutcome, SendContent, SendStatus,
     SendSummary,
@@ -35,39 +36,6 @@ pub enum When {
 
 /// The zone furthest ahead (UTC+14): a local time happens there first.
 const FIRST_ZONE: &str = "Pacific/Kiritimati";
-
-/// Parses `HH:MM` for `--local-time`.
-pub fn parse_local_time(text: &str) -> anyhow::Result<jiff::civil::Time> {
-    let time: jiff::civil::Time = text
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--local-time: `{text}` is not a time like 06:30"))?;
-    Ok(time)
-}
-
-/// Parses `YYYY-MM-DD` for `--on` and `--from`.
-pub fn parse_date(flag: &str, text: &str) -> anyhow::Result<jiff::civil::Date> {
-    text.trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{flag}: `{text}` is not a date like 2026-12-01"))
-}
-
-/// The moment `time` on `date` happens in `zone` (jiff's compatible rule for times that a
-/// daylight-saving change skips or repeats).
-pub fn local_instant(
-    date: jiff::civil::Date,
-    time: jiff::civil::Time,
-    zone: &str,
-) -> anyhow::Result<Millis> {
-    let tz = jiff::tz::TimeZone::get(zone).map_err(|_| {
-        anyhow::anyhow!(
-            "`{}` is not a known IANA time zone",
-            crate::domain::Timezone::excerpt(zone)
-        )
-    })?;
-    let zoned = date.to_datetime(time).to_zoned(tz)?;
-    Ok(zoned.timestamp().as_millisecond())
-}
 
 impl When {
     /// Parses `--at "YYYY-MM-DD HH:MM"` in `zone`.
@@ -155,24 +123,6 @@ pub async fn schedule(
     Ok(runtime.store.create_send(&send, now).await?)
 }
 
-/// A send of checked content, to be sent at `send_at` (local settings are added by callers).
-pub fn new_send(offering: &Offering, content: Content, path: &Path, send_at: Millis) -> NewSend {
-    NewSend {
-        offering_id: offering.id,
-        subject: content.subject,
-        preheader: content.preheader,
-        html_template: content.html,
-        text_template: content.text,
-        source_path: path.display().to_string(),
-        send_at,
-        message_id_prefix: crate::mail::new_message_id_prefix(),
-        local: None,
-        send_late: false,
-        recurrence_id: None,
-        content_file: None,
-    }
-}
-
 /// Refuses a local-time send when its time has already passed in the zone of some current
 /// subscribers, unless the owner said to send those late.
 async fn refuse_passed_zones(
@@ -199,72 +149,6 @@ async fn refuse_passed_zones(
         );
     }
     Ok(())
-}
-
-/// How often a recurring send goes out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Every {
-    Day,
-    Weekday,
-    Week,
-}
-
-impl Every {
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        match text {
-            "day" => Ok(Every::Day),
-            "weekday" => Ok(Every::Weekday),
-            "week" => Ok(Every::Week),
-            other => bail!("--every: `{other}` is not one of day, weekday, week"),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Every::Day => "day",
-            Every::Weekday => "weekday",
-            Every::Week => "week",
-        }
-    }
-
-    /// The first occurrence date on or after `date`.
-    pub fn first_on_or_after(self, date: jiff::civil::Date) -> jiff::civil::Date {
-        let mut d = date;
-        if self == Every::Weekday {
-            while matches!(
-                d.weekday(),
-                jiff::civil::Weekday::Saturday | jiff::civil::Weekday::Sunday
-            ) {
-                d = d.tomorrow().expect("a representable date");
-            }
-        }
-        d
-    }
-
-    /// The occurrence date after `date`.
-    pub fn next_after(self, date: jiff::civil::Date) -> jiff::civil::Date {
-        match self {
-            Every::Day => date.tomorrow().expect("a representable date"),
-            Every::Week => date
-                .checked_add(jiff::Span::new().days(7))
-                .expect("a representable date"),
-            Every::Weekday => {
-                self.first_on_or_after(date.tomorrow().expect("a representable date"))
-            }
-        }
-    }
-}
-
-/// The Markdown files of a content folder, in name order.
-pub fn content_files(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the content folder {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".md") && !n.starts_with('.'))
-        .collect();
-    names.sort();
-    Ok(names)
 }
 
 /// Starts a recurring send: every checked now, so a broken piece is found today and not on

@@ -905,11 +905,7 @@ fn load_lessons(dir: &Path, slug: &str) -> Result<Vec<LessonFile>, Vec<String>> 
             hasher.update(part.as_bytes());
             hasher.update([0u8]);
         }
-        let hash = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = crate::domain::hex(&hasher.finalize());
         lessons.push(LessonFile { day, content, hash });
     }
     if errors.is_empty() && lessons.is_empty() {

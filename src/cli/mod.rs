@@ -1,5 +1,8 @@
 //! The owner's command line.
 
+pub mod sends;
+pub mod subscribers_csv;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -10,7 +13,6 @@ use crate::app::{Application, Runtime, shutdown_signal};
 use crate::clock::{Clock, format_ms};
 use crate::config::Config;
 use crate::domain::{EmailAddress, Slug, SubscriptionStatus};
-use crate::sending;
 use crate::store::{SubscriberDetail, SubscriberRow};
 
 #[derive(Debug, Parser)]
@@ -348,30 +350,31 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             now,
         } => {
             if let Some(dir) = content_dir {
-                let every = sending::Every::parse(every.as_deref().unwrap_or_default())?;
-                let time = sending::parse_local_time(local_time.as_deref().unwrap_or_default())?;
+                let every = crate::schedule::Every::parse(every.as_deref().unwrap_or_default())?;
+                let time =
+                    crate::schedule::parse_local_time(local_time.as_deref().unwrap_or_default())?;
                 let from = match from {
-                    Some(d) => sending::parse_date("--from", &d)?,
+                    Some(d) => crate::schedule::parse_date("--from", &d)?,
                     None => jiff::Timestamp::now()
                         .to_zoned(jiff::tz::TimeZone::get(&config.site.timezone)?)
                         .date(),
                 };
                 let runtime = Runtime::open(config, Clock::System).await?;
-                let id = sending::schedule_recurring(&runtime, &offering, &dir, every, time, from)
-                    .await?;
+                let id =
+                    sends::schedule_recurring(&runtime, &offering, &dir, every, time, from).await?;
                 writeln!(out, "recurring send {id}: see `sangha sends list`")?;
                 return Ok(());
             }
             let content = content.context("--content is required")?;
             let when = match (now, at, local_time) {
-                (true, _, _) => sending::When::Now,
+                (true, _, _) => sends::When::Now,
                 (false, Some(at), _) => {
                     let zone = timezone.unwrap_or_else(|| config.site.timezone.clone());
-                    sending::When::parse_at(&at, &zone)?
+                    sends::When::parse_at(&at, &zone)?
                 }
-                (false, None, Some(time)) => sending::When::Local {
-                    time: sending::parse_local_time(&time)?,
-                    date: sending::parse_date(
+                (false, None, Some(time)) => sends::When::Local {
+                    time: crate::schedule::parse_local_time(&time)?,
+                    date: crate::schedule::parse_date(
                         "--on",
                         on.as_deref().context("--local-time needs --on DATE")?,
                     )?,
@@ -382,7 +385,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 ),
             };
             let runtime = Runtime::open(config, Clock::System).await?;
-            let id = sending::schedule(&runtime, &offering, &content, &when).await?;
+            let id = sends::schedule(&runtime, &offering, &content, &when).await?;
             writeln!(out, "{id}")?;
             Ok(())
         }
@@ -402,11 +405,11 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                     if flag.json {
                         writeln!(out, "{}", serde_json::to_string_pretty(&sends)?)?;
                     } else {
-                        sending::print_send_list(&sends, out)?;
-                        sending::print_recurrences(&runtime, out).await?;
+                        sends::print_send_list(&sends, out)?;
+                        sends::print_recurrences(&runtime, out).await?;
                     }
                 }
-                SendsCommand::Show { id } => sending::print_send(&runtime, id, out).await?,
+                SendsCommand::Show { id } => sends::print_send(&runtime, id, out).await?,
                 SendsCommand::Pause { id } => {
                     changed(
                         store.pause_send(id, "paused by the owner").await?,
@@ -420,7 +423,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                     writeln!(out, "send {id} resumed")?;
                 }
                 SendsCommand::Retry { id, failed } => {
-                    sending::retry(&runtime, id, failed, out).await?
+                    sends::retry(&runtime, id, failed, out).await?
                 }
                 SendsCommand::Cancel { id } => {
                     changed(
@@ -430,7 +433,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                     )?;
                     writeln!(out, "send {id} cancelled")?;
                 }
-                SendsCommand::Watch { id } => sending::watch(&runtime, id, out).await?,
+                SendsCommand::Watch { id } => sends::watch(&runtime, id, out).await?,
                 SendsCommand::StopRecurring { id } => {
                     let now = runtime.clock.now_ms();
                     changed(
@@ -461,12 +464,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 Some(path) => {
                     let mut file = std::fs::File::create(&path)
                         .with_context(|| format!("cannot write {}", path.display()))?;
-                    sending::preview(
+                    sends::preview(
                         &runtime,
                         &content,
                         offering.as_deref(),
                         subscriber.as_ref(),
-                        sending::PreviewPart::Raw,
+                        sends::PreviewPart::Raw,
                         &mut file,
                     )
                     .await?;
@@ -474,11 +477,11 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 }
                 None => {
                     let part = if text {
-                        sending::PreviewPart::Text
+                        sends::PreviewPart::Text
                     } else {
-                        sending::PreviewPart::Html
+                        sends::PreviewPart::Html
                     };
-                    sending::preview(
+                    sends::preview(
                         &runtime,
                         &content,
                         offering.as_deref(),
@@ -500,7 +503,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)
                 .context("--to")?;
             let runtime = Runtime::open(config, Clock::System).await?;
-            let reply = sending::test_send(&runtime, &content, offering.as_deref(), &to).await?;
+            let reply = sends::test_send(&runtime, &content, offering.as_deref(), &to).await?;
             writeln!(out, "sent to {to}: {reply}")?;
             Ok(())
         }
@@ -511,7 +514,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             strict,
             batch_size,
         }) => {
-            let options = crate::subscribers_csv::ImportOptions {
+            let options = subscribers_csv::ImportOptions {
                 confirmed,
                 source,
                 strict,
@@ -520,7 +523,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             options.check()?;
             let runtime = Runtime::open(config, Clock::System).await?;
             let links = runtime.links()?;
-            let report = crate::subscribers_csv::import(
+            let report = subscribers_csv::import(
                 &runtime.store,
                 &links,
                 &file,
@@ -536,13 +539,13 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             let runtime = Runtime::open(config, Clock::System).await?;
             match output {
                 Some(path) => {
-                    let mut file = crate::subscribers_csv::create_private_file(&path)?;
-                    let n = crate::subscribers_csv::export(&runtime.store, &mut file).await?;
+                    let mut file = subscribers_csv::create_private_file(&path)?;
+                    let n = subscribers_csv::export(&runtime.store, &mut file).await?;
                     file.sync_all()?;
                     writeln!(out, "{n} subscriber(s) written to {}", path.display())?;
                 }
                 None => {
-                    crate::subscribers_csv::export(&runtime.store, out).await?;
+                    subscribers_csv::export(&runtime.store, out).await?;
                 }
             }
             Ok(())
@@ -629,7 +632,7 @@ async fn course(
     command: CourseCommand,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    use crate::delivery::courses::{Courses, PauseOutcome, ResumeOutcome, local_time_text};
+    use crate::courses::{Courses, PauseOutcome, ResumeOutcome, local_time_text};
     let (email, slug, pause) = match command {
         CourseCommand::Pause { email, offering } => (email, offering, true),
         CourseCommand::Resume { email, offering } => (email, offering, false),
@@ -701,7 +704,7 @@ fn print_courses(
     if detail.courses.is_empty() {
         return Ok(());
     }
-    let courses = crate::delivery::courses::Courses::from_config(config);
+    let courses = crate::courses::Courses::from_config(config);
     writeln!(out, "courses:")?;
     for c in &detail.courses {
         let line = courses.describe(c, detail.subscriber.timezone.as_deref());

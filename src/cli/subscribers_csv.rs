@@ -213,7 +213,7 @@ pub async fn import(
             )
         ),
     };
-    let text_hash = crate::web::hex_digest(&Sha256::digest(source.as_bytes()));
+    let text_hash = crate::domain::hex(&Sha256::digest(source.as_bytes()));
     let terms = Arc::new(ImportTerms {
         confirmed: options.confirmed,
         source,
