@@ -3,6 +3,7 @@
 
 mod support;
 
+mod architecture;
 mod bombing;
 mod cli;
 mod confirm;
