@@ -11,13 +11,11 @@ use anyhow::{Context, bail};
 use crate::app::Runtime;
 use crate::clock::{Millis, format_ms};
 use crate::content::{self, Content};
-use crate::domain::{DeliveryKind, EmailAddress, Slug};
-use crate::mail::{CompiledSend, EmailContent, Transport};
+use crate::delivery::for_mail;
+use crate::domain::{EmailAddress, LinkTarget, Slug};
+use crate::mail::{CompiledSend, EmailContent, Recipient, SendTemplates, Transport};
 use crate::schedule::{Every, content_files, local_instant, new_send};
-use crate::store::{
-    ClaimedDelivery, FailureGroup, NewSend, Offering, RetryOutcome, SendContent, SendStatus,
-    SendSummary,
-};
+use crate::store::{FailureGroup, NewSend, Offering, RetryOutcome, SendStatus, SendSummary};
 
 /// When a send goes out.
 #[derive(Debug, Clone)]
@@ -118,7 +116,7 @@ pub async fn schedule(
         send.send_late = *send_late;
     }
     // One real render through the send's own pipeline, as a worker will do it.
-    let compiled = CompiledSend::new(&as_stored(&send, 0))?;
+    let compiled = CompiledSend::new(&templates(&send))?;
     render_for(runtime, &compiled, &offering, None).await?;
     Ok(runtime.store.create_send(&send, now).await?)
 }
@@ -185,14 +183,14 @@ pub async fn schedule_recurring(
         .await?)
 }
 
-fn as_stored(send: &NewSend, id: i64) -> SendContent {
-    SendContent {
-        id,
-        offering_id: send.offering_id,
-        subject: send.subject.clone(),
-        preheader: send.preheader.clone(),
-        html_template: send.html_template.clone(),
-        text_template: send.text_template.clone(),
+/// A send not yet stored, as `mail` compiles it.
+fn templates(send: &NewSend) -> SendTemplates<'_> {
+    SendTemplates {
+        id: 0,
+        subject: &send.subject,
+        preheader: send.preheader.as_deref(),
+        html: &send.html_template,
+        text: &send.text_template,
         send_at: send.send_at,
     }
 }
@@ -204,39 +202,28 @@ async fn render_for(
     offering: &Offering,
     email: Option<&EmailAddress>,
 ) -> anyhow::Result<(EmailContent, lettre::Message)> {
-    let (subscriber_id, subscriber_secret, address, name) = match email {
+    let (link, address, name) = match email {
         Some(email) => match runtime.store.subscriber_detail(email).await? {
-            Some(d) => (
-                d.link.id,
-                d.link.secret,
-                d.subscriber.email,
-                d.subscriber.name,
-            ),
-            None => (0, 0, email.to_string(), None),
+            Some(d) => (d.link, d.subscriber.email, d.subscriber.name),
+            None => (LinkTarget { id: 0, secret: 0 }, email.to_string(), None),
         },
-        None => (0, 0, "friend@example.org".to_owned(), None),
+        None => (
+            LinkTarget { id: 0, secret: 0 },
+            "friend@example.org".to_owned(),
+            None,
+        ),
     };
-    let delivery = ClaimedDelivery {
-        id: 0,
-        kind: DeliveryKind::Send,
-        subscriber_id,
-        consent_id: None,
-        send_id: None,
-        offering_id: Some(offering.id),
-        subscription_status: None,
-        message_id: crate::mail::new_message_id(&runtime.config.mail.message_id_domain),
-        attempts: 0,
-        interrupted: 0,
-        due_at: 0,
-        local_time_send: false,
-        email: address,
-        name,
-        subscriber_secret,
-        signup: None,
+    let message_id = crate::mail::new_message_id(&runtime.config.mail.message_id_domain);
+    let to = Recipient {
+        email: &address,
+        name: name.as_deref(),
+        link,
+        message_id: &message_id,
     };
+    let offering = for_mail::offering(offering);
     let composer = runtime.composer(runtime.templates()?, runtime.links()?)?;
-    let (content, _) = composer.render_send(&delivery, send, offering)?;
-    Ok((content, composer.send_email(&delivery, send, offering)?))
+    let (content, _) = composer.render_send(&to, send, &offering)?;
+    Ok((content, composer.send_email(&to, send, &offering)?))
 }
 
 /// What `preview` prints.
@@ -267,7 +254,7 @@ pub async fn preview(
         })?;
     let offering = offering(runtime, &slug).await?;
     let send = new_send(&offering, content, path, runtime.clock.now_ms());
-    let compiled = CompiledSend::new(&as_stored(&send, 0))?;
+    let compiled = CompiledSend::new(&templates(&send))?;
     let (content, message) = render_for(runtime, &compiled, &offering, email).await?;
     match part {
         PreviewPart::Raw => out.write_all(&message.formatted())?,
@@ -299,7 +286,7 @@ pub async fn test_send(
     let offering = offering(runtime, &slug).await?;
     let mut send = new_send(&offering, content, path, runtime.clock.now_ms());
     send.subject = format!("[Test] {}", send.subject);
-    let compiled = CompiledSend::new(&as_stored(&send, 0))?;
+    let compiled = CompiledSend::new(&templates(&send))?;
     let (_, message) = render_for(runtime, &compiled, &offering, Some(to)).await?;
     let transport = Transport::from_config(&runtime.config)?;
     let sent = transport.send(message).await;

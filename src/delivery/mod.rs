@@ -1,6 +1,7 @@
 //! Sending: the scheduler that turns due sends into deliveries, and the delivery workers that
 //! drain the outbox.
 
+pub mod for_mail;
 mod scheduler;
 mod worker;
 

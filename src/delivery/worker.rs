@@ -17,6 +17,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::for_mail;
 use crate::clock::{Clock, Millis};
 use crate::config::WorkerConfig;
 use crate::domain::{DeliveryKind, DeliveryStatus, EmailAddress, SubscriptionStatus};
@@ -703,15 +704,20 @@ impl Worker {
                     return Ok(None);
                 }
                 let (send, offering) = self.send_parts(send_id, offering_id).await?;
-                Ok(Some(
-                    self.inner.composer.send_email(delivery, &send, &offering)?,
-                ))
+                Ok(Some(self.inner.composer.send_email(
+                    &for_mail::recipient(delivery),
+                    &send,
+                    &for_mail::offering(&offering),
+                )?))
             }
             DeliveryKind::Confirmation => {
                 let Some(signup) = self.inner.store.confirmation_email(delivery).await? else {
                     return Ok(None);
                 };
-                Ok(Some(self.inner.composer.confirmation(delivery, &signup)?))
+                Ok(Some(self.inner.composer.confirmation(
+                    &for_mail::recipient(delivery),
+                    &for_mail::signup(&signup),
+                )?))
             }
         }
     }
@@ -733,7 +739,10 @@ impl Worker {
             .offering_by_id(offering_id)
             .await?
             .ok_or_else(|| anyhow::anyhow!("offering {offering_id} is gone"))?;
-        let parts = (Arc::new(CompiledSend::new(&content)?), Arc::new(offering));
+        let parts = (
+            Arc::new(CompiledSend::new(&for_mail::templates(&content))?),
+            Arc::new(offering),
+        );
         self.inner
             .sends
             .lock()

@@ -1,5 +1,6 @@
-//! Turns a claimed delivery into a message: picks the templates, fills the context, renders
-//! the HTML and text parts and the subject.
+//! Turns a recipient and a send (or a signup) into a message: picks the templates, fills the
+//! context, renders the HTML and text parts and the subject. It knows nothing of store rows:
+//! callers describe what to render with the types below.
 
 use std::sync::Arc;
 
@@ -10,8 +11,50 @@ use serde_json::json;
 use handlebars::Handlebars;
 
 use super::{EmailContent, TemplateError, Templates, build_message};
+use crate::clock::Millis;
+use crate::domain::LinkTarget;
 use crate::links::Links;
-use crate::store::{ClaimedDelivery, ConfirmationEmail, Offering, SendContent};
+
+/// Who one copy goes to: the address, the name, the person's links and the Message-ID.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient<'a> {
+    pub email: &'a str,
+    pub name: Option<&'a str>,
+    /// What the person's unsubscribe and preferences links act on.
+    pub link: LinkTarget,
+    pub message_id: &'a str,
+}
+
+/// An offering as an email names it.
+#[derive(Debug, Clone, Copy)]
+pub struct OfferingInfo<'a> {
+    pub id: i64,
+    pub slug: &'a str,
+    pub name: &'a str,
+    pub description: &'a str,
+}
+
+/// The templates of a send, as the owner wrote them.
+#[derive(Debug, Clone, Copy)]
+pub struct SendTemplates<'a> {
+    /// Names the send in template errors.
+    pub id: i64,
+    pub subject: &'a str,
+    pub preheader: Option<&'a str>,
+    pub html: &'a str,
+    pub text: &'a str,
+    pub send_at: Millis,
+}
+
+/// The signup a confirmation email asks to confirm.
+#[derive(Debug, Clone)]
+pub struct SignupToConfirm<'a> {
+    /// What the confirm link acts on.
+    pub consent: LinkTarget,
+    /// When the signup happened; the link expires a fixed time after it.
+    pub signed_up_at: Millis,
+    pub offerings: Vec<OfferingInfo<'a>>,
+}
 
 /// Everything needed to render emails, shared by the workers.
 #[derive(Debug, Clone)]
@@ -40,21 +83,21 @@ pub struct CompiledSend {
 }
 
 impl CompiledSend {
-    pub fn new(send: &SendContent) -> Result<Self, TemplateError> {
+    pub fn new(send: &SendTemplates<'_>) -> Result<Self, TemplateError> {
         let invalid = |e: handlebars::TemplateError| TemplateError::Invalid {
             name: format!("send {}", send.id),
             message: e.to_string(),
         };
         let mut html = Handlebars::new();
         html.set_strict_mode(true);
-        html.register_template_string("html", &send.html_template)
+        html.register_template_string("html", send.html)
             .map_err(invalid)?;
         let mut text = Handlebars::new();
         text.set_strict_mode(true);
         text.register_escape_fn(handlebars::no_escape);
-        text.register_template_string("text", &send.text_template)
+        text.register_template_string("text", send.text)
             .map_err(invalid)?;
-        text.register_template_string("subject", &send.subject)
+        text.register_template_string("subject", send.subject)
             .map_err(invalid)?;
         let date = jiff::Timestamp::from_millisecond(send.send_at)
             .map(|t| t.strftime("%-d %B %Y").to_string())
@@ -62,7 +105,7 @@ impl CompiledSend {
         Ok(Self {
             html,
             text,
-            preheader: send.preheader.clone(),
+            preheader: send.preheader.map(str::to_owned),
             date,
         })
     }
@@ -107,15 +150,15 @@ impl Composer {
     /// one-click unsubscribe of RFC 8058.
     pub fn send_email(
         &self,
-        delivery: &ClaimedDelivery,
+        to: &Recipient<'_>,
         send: &CompiledSend,
-        offering: &Offering,
+        offering: &OfferingInfo<'_>,
     ) -> Result<Message, ComposeError> {
-        let (content, headers) = self.render_send(delivery, send, offering)?;
+        let (content, headers) = self.render_send(to, send, offering)?;
         Ok(build_message(
             &self.from,
-            Self::recipient(delivery)?,
-            &delivery.message_id,
+            Self::mailbox(to)?,
+            to.message_id,
             content,
             headers,
         )?)
@@ -124,21 +167,19 @@ impl Composer {
     /// The rendered parts and list headers of one recipient's copy of a send.
     pub fn render_send(
         &self,
-        delivery: &ClaimedDelivery,
+        to: &Recipient<'_>,
         send: &CompiledSend,
-        offering: &Offering,
+        offering: &OfferingInfo<'_>,
     ) -> Result<(EmailContent, ExtraHeaders), ComposeError> {
-        let unsubscribe_url = self
-            .links
-            .unsubscribe_url(delivery.subscriber_link(), offering.id);
+        let unsubscribe_url = self.links.unsubscribe_url(to.link, offering.id);
         let mut context = json!({
             "site": self.site(),
-            "name": delivery.name.clone().unwrap_or_else(|| "friend".to_owned()),
-            "email": delivery.email,
+            "name": to.name.unwrap_or("friend"),
+            "email": to.email,
             "offering": { "name": offering.name, "slug": offering.slug, "description": offering.description },
             "date": send.date,
             "unsubscribe_url": unsubscribe_url,
-            "preferences_url": self.links.preferences_url(delivery.subscriber_link()),
+            "preferences_url": self.links.preferences_url(to.link),
         });
         let subject = send.text.render("subject", &context)?;
         let body_html = send.html.render("html", &context)?;
@@ -184,23 +225,23 @@ impl Composer {
         json!({ "name": self.site_name, "base_url": self.links.base_url() })
     }
 
-    fn recipient(delivery: &ClaimedDelivery) -> Result<Mailbox, ComposeError> {
-        let address = delivery
+    fn mailbox(to: &Recipient<'_>) -> Result<Mailbox, ComposeError> {
+        let address = to
             .email
             .parse()
-            .map_err(|_| ComposeError::Recipient(delivery.email.clone()))?;
-        Ok(Mailbox::new(delivery.name.clone(), address))
+            .map_err(|_| ComposeError::Recipient(to.email.to_owned()))?;
+        Ok(Mailbox::new(to.name.map(str::to_owned), address))
     }
 
     /// The double opt-in email of one signup.
     pub fn confirmation(
         &self,
-        delivery: &ClaimedDelivery,
-        signup: &ConfirmationEmail,
+        to: &Recipient<'_>,
+        signup: &SignupToConfirm<'_>,
     ) -> Result<Message, ComposeError> {
         let mut context = json!({
             "site": self.site(),
-            "greeting_name": delivery.name.clone().unwrap_or_else(|| "friend".to_owned()),
+            "greeting_name": to.name.unwrap_or("friend"),
             "offerings": signup.offerings.iter()
                 .map(|o| json!({ "name": o.name, "description": o.description }))
                 .collect::<Vec<_>>(),
@@ -221,8 +262,8 @@ impl Composer {
         };
         Ok(build_message(
             &self.from,
-            Self::recipient(delivery)?,
-            &delivery.message_id,
+            Self::mailbox(to)?,
+            to.message_id,
             content,
             Vec::new(),
         )?)

@@ -6,7 +6,9 @@ mod smtp;
 mod templates;
 mod transport;
 
-pub use compose::{CompiledSend, ComposeError, Composer};
+pub use compose::{
+    CompiledSend, ComposeError, Composer, OfferingInfo, Recipient, SendTemplates, SignupToConfirm,
+};
 pub use message::{EmailContent, build_message, new_message_id, new_message_id_prefix};
 pub use templates::{TemplateError, Templates};
 pub use transport::{RelayFault, RelayState, SendError, SendErrorKind, Transport};
