@@ -21,7 +21,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::Store;
+use super::{Store, decode_error};
 use crate::clock::Millis;
 
 pub use crate::domain::CourseState;
@@ -182,8 +182,7 @@ fn progress_from_row(r: &sqlx::any::AnyRow) -> Result<Progress, sqlx::Error> {
     Ok(Progress {
         subscriber_id: r.try_get("subscriber_id")?,
         offering_id: r.try_get("offering_id")?,
-        state: CourseState::parse(&r.try_get::<String, _>("state")?)
-            .map_err(|e| sqlx::Error::Decode(e.into()))?,
+        state: CourseState::parse(&r.try_get::<String, _>("state")?).map_err(decode_error)?,
         started_at: r.try_get("started_at")?,
         anchor_date: r.try_get("anchor_date")?,
         last_day: r.try_get("last_day")?,
@@ -665,7 +664,7 @@ impl Store {
                 offering: r.try_get("slug")?,
                 offering_name: r.try_get("name")?,
                 state: CourseState::parse(&r.try_get::<String, _>("state")?)
-                    .map_err(|e| sqlx::Error::Decode(e.into()))?,
+                    .map_err(decode_error)?,
                 subscribed: r
                     .try_get::<Option<String>, _>("subscription_status")?
                     .as_deref()

@@ -12,7 +12,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Backend, Store};
+use super::{Backend, Store, decode_error};
 use crate::clock::Millis;
 use crate::domain::{DeliveryKind, DeliveryStatus, LinkTarget, SubscriptionStatus};
 
@@ -88,7 +88,7 @@ pub struct DeliveryCounts {
 
 impl DeliveryCounts {
     pub(crate) fn add(&mut self, status: &str, n: i64) -> Result<(), sqlx::Error> {
-        let slot = match DeliveryStatus::parse(status).map_err(|e| sqlx::Error::Decode(e.into()))? {
+        let slot = match DeliveryStatus::parse(status).map_err(decode_error)? {
             DeliveryStatus::Pending => &mut self.pending,
             DeliveryStatus::Sent => &mut self.sent,
             DeliveryStatus::Failed => &mut self.failed,
@@ -187,7 +187,7 @@ impl Store {
                 let kind: String = row.try_get("kind")?;
                 Ok(ClaimedDelivery {
                     id: row.try_get("id")?,
-                    kind: DeliveryKind::parse(&kind).map_err(|e| sqlx::Error::Decode(e.into()))?,
+                    kind: DeliveryKind::parse(&kind).map_err(decode_error)?,
                     subscriber_id: row.try_get("subscriber_id")?,
                     consent_id: row.try_get("consent_id")?,
                     send_id: row.try_get("send_id")?,
@@ -196,7 +196,7 @@ impl Store {
                         .try_get::<Option<String>, _>("subscription_status")?
                         .map(|s| SubscriptionStatus::parse(&s))
                         .transpose()
-                        .map_err(|e| sqlx::Error::Decode(e.into()))?,
+                        .map_err(decode_error)?,
                     message_id: row.try_get("message_id")?,
                     attempts: row.try_get("attempts")?,
                     interrupted: row.try_get("interrupted")?,
@@ -258,28 +258,6 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(due.is_some())
-    }
-
-    /// Records a hand-off to the transport. Ignored if the lease was lost meanwhile.
-    pub async fn mark_delivery_sent(
-        &self,
-        id: i64,
-        lease_id: &str,
-        now: Millis,
-        reply: &str,
-    ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE deliveries SET status = 'sent', sent_at = $3, smtp_reply = $4,
-                 lease_until = NULL, last_error = NULL
-             WHERE id = $1 AND leased_by = $2 AND status = 'pending'",
-        )
-        .bind(id)
-        .bind(lease_id)
-        .bind(now)
-        .bind(reply)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 
     /// Records many hand-offs of one lease in few statements: `sent` holds (id, reply).

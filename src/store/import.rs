@@ -27,7 +27,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use sqlx::Row;
 
-use super::{Backend, Offering, Store};
+use super::{Backend, Offering, Store, decode_error};
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, SubscriberName, SubscriptionStatus, Timezone};
 
@@ -286,8 +286,7 @@ impl Store {
                 let offering: Option<i64> = row.try_get("offering_id")?;
                 if let Some(offering) = offering {
                     let status: String = row.try_get("status")?;
-                    let status = SubscriptionStatus::parse(&status)
-                        .map_err(|e| sqlx::Error::Decode(e.into()))?;
+                    let status = SubscriptionStatus::parse(&status).map_err(decode_error)?;
                     entry.subscriptions.push((offering, status));
                 }
             }
@@ -326,8 +325,7 @@ fn export_line(row: &sqlx::any::AnyRow) -> Result<ExportLine, sqlx::Error> {
             Some(ExportSubscription {
                 offering,
                 offering_active: row.try_get::<i64, _>("active")? != 0,
-                status: SubscriptionStatus::parse(&status)
-                    .map_err(|e| sqlx::Error::Decode(e.into()))?,
+                status: SubscriptionStatus::parse(&status).map_err(decode_error)?,
                 confirmed_at: row.try_get("confirmed_at")?,
             })
         }

@@ -3,7 +3,7 @@
 use sqlx::Row;
 
 use super::subscribers::insert_consent;
-use super::{ConsentMeta, Store, SubscriberDetail, placeholders};
+use super::{ConsentMeta, Store, SubscriberDetail, decode_error, placeholders};
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, LinkTarget, SubscriberName, Timezone};
 
@@ -71,7 +71,7 @@ impl Store {
                     id: r.try_get("id")?,
                     secret: r.try_get("link_secret")?,
                 },
-                email: EmailAddress::parse(&email).map_err(|e| sqlx::Error::Decode(e.into()))?,
+                email: EmailAddress::parse(&email).map_err(decode_error)?,
                 name: r.try_get("name")?,
                 timezone: r.try_get("timezone")?,
             })

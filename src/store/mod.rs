@@ -318,6 +318,14 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// A value read from a row that its type refuses (an unknown status word, a bad address).
+pub(crate) fn decode_error<E>(e: E) -> sqlx::Error
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    sqlx::Error::Decode(e.into())
+}
+
 /// `$1, $2, …` starting after `offset` bound parameters, for a dynamic `IN (…)` list.
 pub(crate) fn placeholders(offset: usize, count: usize) -> String {
     (offset + 1..=offset + count)

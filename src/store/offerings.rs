@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
-use super::{Store, placeholders};
+use super::{Store, decode_error, placeholders};
 use crate::clock::Millis;
 use crate::domain::{OfferingKind, Slug};
 
@@ -58,7 +58,7 @@ fn offering_from_row(row: &sqlx::any::AnyRow) -> Result<Offering, sqlx::Error> {
         slug: row.try_get("slug")?,
         name: row.try_get("name")?,
         description: row.try_get("description")?,
-        kind: OfferingKind::parse(&kind).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        kind: OfferingKind::parse(&kind).map_err(decode_error)?,
         public: row.try_get::<i64, _>("public")? != 0,
     })
 }

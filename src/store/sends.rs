@@ -16,7 +16,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{DeliveryCounts, Store};
+use super::{DeliveryCounts, Store, decode_error};
 use crate::clock::Millis;
 
 /// A send to write; the content was checked before.
@@ -139,18 +139,6 @@ pub(super) async fn insert_send(
 }
 
 impl Store {
-    /// Sends whose time has come and whose fan-out is not finished.
-    pub async fn sends_to_fan_out(&self, now: Millis) -> Result<Vec<i64>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT id FROM sends
-             WHERE status IN ('scheduled', 'sending') AND fanout_done_at IS NULL AND send_at <= $1
-             ORDER BY send_at, id",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await
-    }
-
     /// Creates the deliveries of the next `limit` confirmed subscribers of a send, in one
     /// transaction. Returns how many rows were added, or `None` once the fan-out is complete
     /// (or the send was paused or cancelled meanwhile).
@@ -445,7 +433,7 @@ impl Store {
                 offering: r.try_get("slug")?,
                 offering_name: r.try_get("name")?,
                 status: SendStatus::parse(&r.try_get::<String, _>("status")?)
-                    .map_err(|e| sqlx::Error::Decode(e.into()))?,
+                    .map_err(decode_error)?,
                 subject: r.try_get("subject")?,
                 source_path: r.try_get("source_path")?,
                 send_at: r.try_get("send_at")?,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Store, placeholders};
+use super::{Store, decode_error, placeholders};
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, LinkTarget, SubscriberName, SubscriptionStatus, Timezone};
 use crate::store::Offering;
@@ -106,7 +106,7 @@ pub struct SubscriberDetail {
 }
 
 fn status_of(word: &str) -> Result<SubscriptionStatus, sqlx::Error> {
-    SubscriptionStatus::parse(word).map_err(|e| sqlx::Error::Decode(e.into()))
+    SubscriptionStatus::parse(word).map_err(decode_error)
 }
 
 pub(super) fn split_slugs(joined: &str) -> Vec<String> {
