@@ -107,7 +107,7 @@ impl LessonPlan {
 
     /// `local_time` on `date` in `tz`, as a UTC instant in milliseconds.
     pub fn at(&self, date: Date, tz: &TimeZone) -> Millis {
-        tz.to_ambiguous_zoned(date.to_datetime(self.time))
+        tz.to_ambiguous_zoned_datetime(date.to_datetime(self.time))
             .compatible()
             .map(|z| z.timestamp().as_millisecond())
             // Only for dates at the far end of jiff's range.
@@ -168,7 +168,7 @@ fn add_days(date: Date, days: i64) -> Date {
 pub fn local_date(ms: Millis, tz: &TimeZone) -> Date {
     Timestamp::from_millisecond(ms)
         .unwrap_or(Timestamp::UNIX_EPOCH)
-        .to_zoned(tz.clone())
+        .to_zoned_datetime(tz.clone())
         .date()
 }
 
@@ -769,7 +769,7 @@ impl Courses {
         let day = |ms: Millis| {
             Timestamp::from_millisecond(ms)
                 .map(|t| {
-                    t.to_zoned(tz.clone())
+                    t.to_zoned_datetime(tz.clone())
                         .strftime("%A %-d %B at %H:%M")
                         .to_string()
                 })
@@ -798,7 +798,7 @@ impl Courses {
 pub fn local_time_text(ms: Millis, tz: &TimeZone) -> String {
     Timestamp::from_millisecond(ms)
         .map(|t| {
-            t.to_zoned(tz.clone())
+            t.to_zoned_datetime(tz.clone())
                 .strftime("%Y-%m-%d %H:%M")
                 .to_string()
         })

@@ -38,7 +38,7 @@ pub fn local_instant(
             crate::domain::Timezone::excerpt(zone)
         )
     })?;
-    let zoned = date.to_datetime(time).to_zoned(tz)?;
+    let zoned = date.to_datetime(time).to_zoned_datetime(tz)?;
     Ok(zoned.timestamp().as_millisecond())
 }
 

@@ -356,7 +356,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 let from = match from {
                     Some(d) => crate::schedule::parse_date("--from", &d)?,
                     None => jiff::Timestamp::now()
-                        .to_zoned(jiff::tz::TimeZone::get(&config.site.timezone)?)
+                        .to_zoned_datetime(jiff::tz::TimeZone::get(&config.site.timezone)?)
                         .date(),
                 };
                 let runtime = Runtime::open(config, Clock::System).await?;

@@ -57,7 +57,7 @@ impl When {
             When::Local { time, date, .. } => local_instant(*date, *time, FIRST_ZONE),
             When::At(local, tz) => {
                 let zoned = local
-                    .to_zoned(tz.clone())
+                    .to_zoned_datetime(tz.clone())
                     .context("--at: that time does not exist in this zone")?;
                 let at = zoned.timestamp().as_millisecond();
                 if at < now {

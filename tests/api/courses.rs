@@ -334,7 +334,7 @@ async fn a_270_day_course_runs_to_its_end_through_a_pause_and_each_lesson_comes_
         let day = status.next_day.unwrap();
         let local = jiff::Timestamp::from_millisecond(next_at)
             .unwrap()
-            .to_zoned(new_york.clone());
+            .to_zoned_datetime(new_york.clone());
         assert_eq!((local.hour(), local.minute()), (7, 0), "day {day}: {local}");
         // A minute before: nothing.
         set_clock(&course.clock, next_at - 60_000);
@@ -398,7 +398,7 @@ async fn a_270_day_course_runs_to_its_end_through_a_pause_and_each_lesson_comes_
                 .checked_add(jiff::Span::new().days(140))
                 .unwrap()
                 .to_datetime(jiff::civil::time(7, 0, 0, 0))
-                .to_zoned(new_york.clone())
+                .to_zoned_datetime(new_york.clone())
                 .unwrap()
                 .timestamp()
                 .as_millisecond();

@@ -112,7 +112,7 @@ fn at_local(date: &str, time: &str, zone: &str) -> Millis {
     let date: jiff::civil::Date = date.parse().unwrap();
     let time: jiff::civil::Time = time.parse().unwrap();
     date.to_datetime(time)
-        .to_zoned(jiff::tz::TimeZone::get(zone).unwrap())
+        .to_zoned_datetime(jiff::tz::TimeZone::get(zone).unwrap())
         .unwrap()
         .timestamp()
         .as_millisecond()
@@ -121,7 +121,7 @@ fn at_local(date: &str, time: &str, zone: &str) -> Millis {
 fn local_of(ms: Millis, zone: &str) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .unwrap()
-        .to_zoned(jiff::tz::TimeZone::get(zone).unwrap())
+        .to_zoned_datetime(jiff::tz::TimeZone::get(zone).unwrap())
         .strftime("%Y-%m-%d %H:%M")
         .to_string()
 }
@@ -196,7 +196,7 @@ async fn a_local_time_that_has_passed_in_some_zones_is_refused_unless_sent_late(
     let file = app.write_content("m.md", PIECE);
     // 06:30 today (UTC date) is always in the past on Kiritimati (UTC+14).
     let today = jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::UTC)
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
         .date()
         .to_string();
     let args = [
