@@ -4,7 +4,7 @@
 use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use rand::RngCore;
+use rand::Rng;
 
 /// A rendered email.
 #[derive(Debug, Clone)]

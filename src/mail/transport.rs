@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use lettre::Message;
-use rand::RngCore;
+use rand::Rng;
 
 use super::smtp::SmtpPool;
 use crate::config::{Config, TransportKind};
