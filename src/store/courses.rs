@@ -168,14 +168,18 @@ pub struct CourseStatus {
     pub finished_at: Option<Millis>,
 }
 
-const PROGRESS_COLUMNS: &str = "p.subscriber_id, p.offering_id, p.state, p.started_at, \
-     p.anchor_date, p.last_day, p.next_day, p.next_at, p.paused_at, p.finished_at, p.version, \
-     s.timezone, sub.status AS subscription_status, sub.confirmed_at";
-
-const PROGRESS_FROM: &str = "course_progress p
-     JOIN subscribers s ON s.id = p.subscriber_id
-     LEFT JOIN subscriptions sub
-            ON sub.subscriber_id = p.subscriber_id AND sub.offering_id = p.offering_id";
+/// The start of every read of progress rows, with the columns `progress_from_row` reads.
+macro_rules! select_progress {
+    () => {
+        "SELECT p.subscriber_id, p.offering_id, p.state, p.started_at, \
+         p.anchor_date, p.last_day, p.next_day, p.next_at, p.paused_at, p.finished_at, p.version, \
+         s.timezone, sub.status AS subscription_status, sub.confirmed_at
+         FROM course_progress p
+         JOIN subscribers s ON s.id = p.subscriber_id
+         LEFT JOIN subscriptions sub
+                ON sub.subscriber_id = p.subscriber_id AND sub.offering_id = p.offering_id"
+    };
+}
 
 fn progress_from_row(r: &sqlx::any::AnyRow) -> Result<Progress, sqlx::Error> {
     let status: Option<String> = r.try_get("subscription_status")?;
@@ -440,12 +444,13 @@ impl Store {
         now: Millis,
         limit: u32,
     ) -> Result<Vec<Progress>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {PROGRESS_COLUMNS} FROM {PROGRESS_FROM}
+        let sql = concat!(
+            select_progress!(),
+            "
              WHERE p.state = 'active' AND p.next_at <= $1 AND p.offering_id = $2
              ORDER BY p.next_at, p.subscriber_id LIMIT $3"
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sql)
             .bind(now)
             .bind(offering_id)
             .bind(i64::from(limit))
@@ -460,13 +465,14 @@ impl Store {
         offering_id: i64,
         limit: u32,
     ) -> Result<Vec<Progress>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {PROGRESS_COLUMNS} FROM {PROGRESS_FROM}
+        let sql = concat!(
+            select_progress!(),
+            "
              WHERE p.offering_id = $1 AND p.state = 'left' AND sub.status = 'confirmed'
                AND sub.confirmed_at > p.paused_at
              ORDER BY p.subscriber_id LIMIT $2"
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sql)
             .bind(offering_id)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -482,13 +488,14 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Progress>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {PROGRESS_COLUMNS} FROM {PROGRESS_FROM}
+        let sql = concat!(
+            select_progress!(),
+            "
              WHERE p.offering_id = $1 AND p.state IN ('active', 'finished')
                AND p.subscriber_id > $2
              ORDER BY p.subscriber_id LIMIT $3"
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sql)
             .bind(offering_id)
             .bind(after)
             .bind(i64::from(limit))
@@ -503,11 +510,12 @@ impl Store {
         subscriber_id: i64,
         offering_id: i64,
     ) -> Result<Option<Progress>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {PROGRESS_COLUMNS} FROM {PROGRESS_FROM}
+        let sql = concat!(
+            select_progress!(),
+            "
              WHERE p.subscriber_id = $1 AND p.offering_id = $2"
         );
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(sql)
             .bind(subscriber_id)
             .bind(offering_id)
             .fetch_optional(&self.pool)

@@ -15,18 +15,17 @@
 //! guarded by `ON CONFLICT`, so a signup racing with the import can only make the counts in the
 //! report slightly off, never resubscribe someone who left.
 //!
-//! The multi-row statements are the one place that writes placeholders per dialect (see
-//! `Placeholders`): SQLite finds a named parameter such as `$7` by scanning a list, so
+//! The multi-row statements write placeholders per dialect (`Sql::positional`): SQLite finds a named parameter such as `$7` by scanning a list, so
 //! binding thousands of them is quadratic (it took over half the time of an import); its
 //! anonymous `?` is bound by position.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use sqlx::Row;
 
+use super::sql::Sql;
 use super::{Backend, Offering, Store, decode_error};
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, SubscriberName, SubscriptionStatus, Timezone};
@@ -242,10 +241,14 @@ impl Store {
             .flat_map(|p| p.email_hashes.iter().map(String::as_str))
             .collect();
         for chunk in hashes.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from("SELECT email_hash FROM suppressions WHERE email_hash IN (");
-            Placeholders::new(self.backend).list(&mut sql, chunk.len());
-            sql.push(')');
-            let mut query = sqlx::query_scalar::<_, String>(&sql).persistent(reused(chunk.len()));
+            let sql = Sql::positional(
+                self.backend,
+                "SELECT email_hash FROM suppressions WHERE email_hash IN (",
+            )
+            .list(chunk.len())
+            .push(")")
+            .build();
+            let mut query = sqlx::query_scalar::<_, String>(sql).persistent(reused(chunk.len()));
             for hash in chunk {
                 query = query.bind(*hash);
             }
@@ -261,14 +264,16 @@ impl Store {
     ) -> Result<HashMap<String, Existing>, sqlx::Error> {
         let mut found: HashMap<String, Existing> = HashMap::new();
         for chunk in people.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
+            let sql = Sql::positional(
+                self.backend,
                 "SELECT s.id, s.email, s.name, s.timezone, sub.offering_id, sub.status
                  FROM subscribers s LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id
                  WHERE s.email IN (",
-            );
-            Placeholders::new(self.backend).list(&mut sql, chunk.len());
-            sql.push(')');
-            let mut query = sqlx::query(&sql).persistent(reused(chunk.len()));
+            )
+            .list(chunk.len())
+            .push(")")
+            .build();
+            let mut query = sqlx::query(sql).persistent(reused(chunk.len()));
             for p in chunk {
                 query = query.bind(p.email.as_str());
             }
@@ -342,57 +347,6 @@ fn export_line(row: &sqlx::any::AnyRow) -> Result<ExportLine, sqlx::Error> {
     })
 }
 
-/// Writes the placeholders of one statement in the order its values are bound: `?` for
-/// SQLite (bound by position), `$1, $2, …` for PostgreSQL.
-struct Placeholders {
-    backend: Backend,
-    count: usize,
-}
-
-impl Placeholders {
-    fn new(backend: Backend) -> Self {
-        Self { backend, count: 0 }
-    }
-
-    fn push(&mut self, sql: &mut String) {
-        self.count += 1;
-        match self.backend {
-            Backend::Sqlite => sql.push('?'),
-            Backend::Postgres => {
-                let _ = write!(sql, "${}", self.count);
-            }
-        }
-    }
-
-    /// `n` placeholders separated by commas, for an `IN (…)` list.
-    fn list(&mut self, sql: &mut String, n: usize) {
-        for i in 0..n {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            self.push(sql);
-        }
-    }
-
-    /// `VALUES` rows from a template in which each `?` stands for one value, e.g.
-    /// `(?, ?, 'pending', ?)`.
-    fn rows(&mut self, sql: &mut String, template: &str, n: usize) {
-        sql.push_str(" VALUES ");
-        for i in 0..n {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            for c in template.chars() {
-                if c == '?' {
-                    self.push(sql);
-                } else {
-                    sql.push(c);
-                }
-            }
-        }
-    }
-}
-
 /// Whether a statement of `rows` rows has the one size worth keeping prepared.
 fn reused(rows: usize) -> bool {
     rows == ROWS_PER_STATEMENT
@@ -413,15 +367,19 @@ async fn upsert_subscribers(
         .collect();
     let mut ids = HashMap::with_capacity(upserts.len());
     for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::from("INSERT INTO subscribers (email, name, timezone, created_at)");
-        Placeholders::new(backend).rows(&mut sql, "(?, ?, ?, ?)", chunk.len());
-        sql.push_str(
+        let sql = Sql::positional(
+            backend,
+            "INSERT INTO subscribers (email, name, timezone, created_at) VALUES ",
+        )
+        .rows("(?, ?, ?, ?)", chunk.len())
+        .push(
             " ON CONFLICT (email) DO UPDATE SET
                  name = COALESCE(subscribers.name, excluded.name),
                  timezone = COALESCE(subscribers.timezone, excluded.timezone)
              RETURNING id, email",
-        );
-        let mut query = sqlx::query(&sql).persistent(reused(chunk.len()));
+        )
+        .build();
+        let mut query = sqlx::query(sql).persistent(reused(chunk.len()));
         for person in chunk {
             query = query
                 .bind(person.email.as_str())
@@ -447,28 +405,30 @@ async fn insert_subscriptions(
     now: Millis,
 ) -> Result<(), sqlx::Error> {
     for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
-        let mut placeholders = Placeholders::new(backend);
-        let mut sql = String::new();
-        if confirmed {
-            sql.push_str(
+        let sql = if confirmed {
+            Sql::positional(
+                backend,
                 "INSERT INTO subscriptions
-                     (subscriber_id, offering_id, status, created_at, updated_at, confirmed_at)",
-            );
-            placeholders.rows(&mut sql, "(?, ?, 'confirmed', ?, ?, ?)", chunk.len());
-            sql.push_str(
+                     (subscriber_id, offering_id, status, created_at, updated_at, confirmed_at)
+                 VALUES ",
+            )
+            .rows("(?, ?, 'confirmed', ?, ?, ?)", chunk.len())
+            .push(
                 " ON CONFLICT (subscriber_id, offering_id) DO UPDATE SET
                      status = 'confirmed', confirmed_at = excluded.confirmed_at,
                      updated_at = excluded.updated_at
                  WHERE subscriptions.status = 'pending'",
-            );
+            )
         } else {
-            sql.push_str(
-                "INSERT INTO subscriptions (subscriber_id, offering_id, status, created_at, updated_at)",
-            );
-            placeholders.rows(&mut sql, "(?, ?, 'pending', ?, ?)", chunk.len());
-            sql.push_str(" ON CONFLICT (subscriber_id, offering_id) DO NOTHING");
-        }
-        let mut query = sqlx::query(&sql).persistent(reused(chunk.len()));
+            Sql::positional(
+                backend,
+                "INSERT INTO subscriptions (subscriber_id, offering_id, status, created_at, updated_at)
+                 VALUES ",
+            )
+            .rows("(?, ?, 'pending', ?, ?)", chunk.len())
+            .push(" ON CONFLICT (subscriber_id, offering_id) DO NOTHING")
+        };
+        let mut query = sqlx::query(sql.build()).persistent(reused(chunk.len()));
         for (subscriber, offering) in chunk {
             query = query.bind(*subscriber).bind(*offering).bind(now).bind(now);
             if confirmed {
@@ -490,16 +450,15 @@ async fn insert_import_consents(
     now: Millis,
 ) -> Result<(), sqlx::Error> {
     for chunk in consents.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::from(
+        let sql = Sql::positional(
+            backend,
             "INSERT INTO consents
-                 (subscriber_id, action, at, ip, user_agent, offerings, text_hash, source)",
-        );
-        Placeholders::new(backend).rows(
-            &mut sql,
-            "(?, 'import', ?, NULL, NULL, ?, ?, ?)",
-            chunk.len(),
-        );
-        let mut query = sqlx::query(&sql).persistent(reused(chunk.len()));
+                 (subscriber_id, action, at, ip, user_agent, offerings, text_hash, source)
+             VALUES ",
+        )
+        .rows("(?, 'import', ?, NULL, NULL, ?, ?, ?)", chunk.len())
+        .build();
+        let mut query = sqlx::query(sql).persistent(reused(chunk.len()));
         for (subscriber, slugs) in chunk {
             query = query
                 .bind(*subscriber)

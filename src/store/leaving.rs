@@ -2,8 +2,9 @@
 
 use sqlx::Row;
 
+use super::sql::Sql;
 use super::subscribers::insert_consent;
-use super::{ConsentMeta, Store, SubscriberDetail, decode_error, placeholders};
+use super::{ConsentMeta, Store, SubscriberDetail, decode_error};
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, LinkTarget, SubscriberName, Timezone};
 
@@ -51,14 +52,17 @@ impl Store {
 
     async fn subscriber_where(
         &self,
-        condition: &str,
+        condition: &'static str,
         id: i64,
         secret: Option<i64>,
     ) -> Result<Option<SubscriberRef>, sqlx::Error> {
-        let sql = format!(
-            "SELECT id, email, name, timezone, link_secret FROM subscribers WHERE {condition}"
-        );
-        let mut query = sqlx::query(&sql).bind(id);
+        let sql = Sql::new(
+            "SELECT id, email, name, timezone, link_secret FROM subscribers WHERE ",
+            0,
+        )
+        .push(condition)
+        .build();
+        let mut query = sqlx::query(sql).bind(id);
         if let Some(secret) = secret {
             query = query.bind(secret);
         }
@@ -142,19 +146,18 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        let keep = if offering_ids.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "AND offering_id NOT IN ({})",
-                placeholders(2, offering_ids.len())
-            )
-        };
-        let sql = format!(
+        let mut sql = Sql::new(
             "UPDATE subscriptions SET status = 'unsubscribed', unsubscribed_at = $2, updated_at = $2
-             WHERE subscriber_id = $1 AND status <> 'unsubscribed' {keep}"
+             WHERE subscriber_id = $1 AND status <> 'unsubscribed'",
+            2,
         );
-        let mut query = sqlx::query(&sql).bind(subscriber_id).bind(now);
+        if !offering_ids.is_empty() {
+            sql = sql
+                .push(" AND offering_id NOT IN (")
+                .list(offering_ids.len())
+                .push(")");
+        }
+        let mut query = sqlx::query(sql.build()).bind(subscriber_id).bind(now);
         for id in offering_ids {
             query = query.bind(*id);
         }
@@ -250,11 +253,11 @@ async fn slugs_of(
     if ids.is_empty() {
         return Ok(String::new());
     }
-    let sql = format!(
-        "SELECT slug FROM offerings WHERE id IN ({}) ORDER BY id",
-        placeholders(0, ids.len())
-    );
-    let mut query = sqlx::query_scalar::<_, String>(&sql);
+    let sql = Sql::new("SELECT slug FROM offerings WHERE id IN (", 0)
+        .list(ids.len())
+        .push(") ORDER BY id")
+        .build();
+    let mut query = sqlx::query_scalar::<_, String>(sql);
     for id in ids {
         query = query.bind(*id);
     }

@@ -199,9 +199,9 @@ async fn binding_links_to_rows_keeps_every_row_and_stops_id_reuse() {
         .await
         .unwrap();
     for table in ["subscriptions", "consents", "deliveries", "course_progress"] {
-        let left: i64 = sqlx::query_scalar(&format!(
+        let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM {table} WHERE subscriber_id = 8"
-        ))
+        )))
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -236,30 +236,32 @@ const ADDED_LATER: [&str; 1] = ["failure_kind"];
 async fn all_rows(pool: &SqlitePool, table: &str, skip: &str) -> Vec<String> {
     // Not kept as a prepared statement: the same text must read the table again after the
     // migration changed its columns.
-    sqlx::query(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
-        .persistent(false)
-        .fetch_all(pool)
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| {
-            let columns: Vec<String> = (0..row.len())
-                .filter(|&i| {
-                    let name = row.column(i).name();
-                    name != skip && !ADDED_LATER.contains(&name)
-                })
-                .map(|i| {
-                    let value: Option<String> = row
-                        .try_get::<Option<i64>, _>(i)
-                        .map(|v| v.map(|v| v.to_string()))
-                        .or_else(|_| row.try_get::<Option<String>, _>(i))
-                        .unwrap();
-                    format!("{}={value:?}", row.column(i).name())
-                })
-                .collect();
-            columns.join(" ")
-        })
-        .collect()
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM {table} ORDER BY 1, 2"
+    )))
+    .persistent(false)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| {
+        let columns: Vec<String> = (0..row.len())
+            .filter(|&i| {
+                let name = row.column(i).name();
+                name != skip && !ADDED_LATER.contains(&name)
+            })
+            .map(|i| {
+                let value: Option<String> = row
+                    .try_get::<Option<i64>, _>(i)
+                    .map(|v| v.map(|v| v.to_string()))
+                    .or_else(|_| row.try_get::<Option<String>, _>(i))
+                    .unwrap();
+                format!("{}={value:?}", row.column(i).name())
+            })
+            .collect();
+        columns.join(" ")
+    })
+    .collect()
 }
 
 async fn all_deliveries(pool: &SqlitePool) -> Vec<String> {

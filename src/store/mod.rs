@@ -12,6 +12,7 @@ mod offerings;
 mod schedules;
 mod sends;
 mod signup_writer;
+mod sql;
 mod subscribers;
 
 use std::path::Path;
@@ -324,14 +325,6 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     sqlx::Error::Decode(e.into())
-}
-
-/// `$1, $2, …` starting after `offset` bound parameters, for a dynamic `IN (…)` list.
-pub(crate) fn placeholders(offset: usize, count: usize) -> String {
-    (offset + 1..=offset + count)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Runs SQLite migrations the way SQLite's own guide to changing a table asks: with foreign

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
-use super::{Store, decode_error, placeholders};
+use super::sql::Sql;
+use super::{Store, decode_error};
 use crate::clock::Millis;
 use crate::domain::{OfferingKind, Slug};
 
@@ -90,15 +91,11 @@ impl Store {
             .await?;
         }
         let slugs: Vec<&str> = offerings.iter().map(|o| o.slug).collect();
-        let sql = if slugs.is_empty() {
-            "UPDATE offerings SET active = 0".to_owned()
-        } else {
-            format!(
-                "UPDATE offerings SET active = 0 WHERE slug NOT IN ({})",
-                placeholders(0, slugs.len())
-            )
-        };
-        let mut query = sqlx::query(&sql);
+        let mut sql = Sql::new("UPDATE offerings SET active = 0", 0);
+        if !slugs.is_empty() {
+            sql = sql.push(" WHERE slug NOT IN (").list(slugs.len()).push(")");
+        }
+        let mut query = sqlx::query(sql.build());
         for slug in &slugs {
             query = query.bind(*slug);
         }

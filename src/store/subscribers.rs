@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Store, decode_error, placeholders};
+use super::sql::Sql;
+use super::{Store, decode_error};
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, LinkTarget, SubscriberName, SubscriptionStatus, Timezone};
 use crate::store::Offering;
@@ -213,12 +214,15 @@ impl Store {
         let waiting = if offerings.is_empty() {
             false
         } else {
-            let sql = format!(
+            let sql = Sql::new(
                 "SELECT COUNT(*) FROM subscriptions
-                 WHERE subscriber_id = $1 AND status = 'pending' AND offering_id IN ({})",
-                placeholders(1, offerings.len())
-            );
-            let mut query = sqlx::query_scalar::<_, i64>(&sql).bind(subscriber_id);
+                 WHERE subscriber_id = $1 AND status = 'pending' AND offering_id IN (",
+                1,
+            )
+            .list(offerings.len())
+            .push(")")
+            .build();
+            let mut query = sqlx::query_scalar::<_, i64>(sql).bind(subscriber_id);
             for o in &offerings {
                 query = query.bind(o.id);
             }
@@ -259,13 +263,15 @@ impl Store {
             return Ok(Some(signup));
         }
         let mut tx = self.pool.begin().await?;
-        let sql = format!(
+        let sql = Sql::new(
             "UPDATE subscriptions SET status = 'confirmed', confirmed_at = $2, updated_at = $2
-             WHERE subscriber_id = $1 AND status = 'pending' AND offering_id IN ({})
-             RETURNING offering_id",
-            placeholders(2, signup.offerings.len())
-        );
-        let mut query = sqlx::query_scalar::<_, i64>(&sql)
+             WHERE subscriber_id = $1 AND status = 'pending' AND offering_id IN (",
+            2,
+        )
+        .list(signup.offerings.len())
+        .push(") RETURNING offering_id")
+        .build();
+        let mut query = sqlx::query_scalar::<_, i64>(sql)
             .bind(signup.subscriber_id)
             .bind(now);
         for o in &signup.offerings {
@@ -442,25 +448,6 @@ fn rounds(signups: &[NewSignup]) -> Vec<Vec<usize>> {
     rounds
 }
 
-/// `(…), (…)` for `count` rows of `width` parameters each, numbered after `offset`; `shape`
-/// places one row's parameters among its constants.
-fn value_rows(
-    count: usize,
-    width: usize,
-    offset: usize,
-    shape: impl Fn(&[String]) -> String,
-) -> String {
-    (0..count)
-        .map(|row| {
-            let params: Vec<String> = (0..width)
-                .map(|col| format!("${}", offset + row * width + col + 1))
-                .collect();
-            shape(&params)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Writes signups of distinct addresses with one statement per step; see
 /// [`Store::record_signups`].
 async fn write_round(
@@ -471,17 +458,19 @@ async fn write_round(
     if signups.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = format!(
-        "INSERT INTO subscribers (email, name, timezone, created_at) VALUES {}
-         ON CONFLICT (email) DO UPDATE SET
+    let sql = Sql::new(
+        "INSERT INTO subscribers (email, name, timezone, created_at) VALUES ",
+        1,
+    )
+    .rows("(?, ?, ?, $1)", signups.len())
+    .push(
+        " ON CONFLICT (email) DO UPDATE SET
              name = COALESCE(subscribers.name, excluded.name),
              timezone = COALESCE(subscribers.timezone, excluded.timezone)
          RETURNING id, email",
-        value_rows(signups.len(), 3, 1, |p| {
-            format!("({}, {}, {}, $1)", p[0], p[1], p[2])
-        })
-    );
-    let mut query = sqlx::query(&sql).bind(now);
+    )
+    .build();
+    let mut query = sqlx::query(sql).bind(now);
     for signup in signups {
         query = query
             .bind(signup.email.as_str())
@@ -507,28 +496,33 @@ async fn write_round(
         .collect();
     let mut pending: HashSet<(i64, i64)> = HashSet::new();
     if !pairs.is_empty() {
-        let sql = format!(
+        let sql = Sql::new(
             "INSERT INTO subscriptions (subscriber_id, offering_id, status, created_at, updated_at)
-             VALUES {}
-             ON CONFLICT (subscriber_id, offering_id) DO UPDATE SET
+             VALUES ",
+            1,
+        )
+        .rows("(?, ?, 'pending', $1, $1)", pairs.len())
+        .push(
+            " ON CONFLICT (subscriber_id, offering_id) DO UPDATE SET
                  status = 'pending', updated_at = excluded.updated_at, unsubscribed_at = NULL
              WHERE subscriptions.status = 'unsubscribed'",
-            value_rows(pairs.len(), 2, 1, |p| {
-                format!("({}, {}, 'pending', $1, $1)", p[0], p[1])
-            })
-        );
-        let mut query = sqlx::query(&sql).bind(now);
+        )
+        .build();
+        let mut query = sqlx::query(sql).bind(now);
         for (subscriber, offering) in &pairs {
             query = query.bind(*subscriber).bind(*offering);
         }
         query.execute(&mut **tx).await?;
 
-        let sql = format!(
+        let sql = Sql::new(
             "SELECT subscriber_id, offering_id FROM subscriptions
-             WHERE status = 'pending' AND subscriber_id IN ({})",
-            placeholders(0, subscriber_ids.len())
-        );
-        let mut query = sqlx::query(&sql);
+             WHERE status = 'pending' AND subscriber_id IN (",
+            0,
+        )
+        .list(subscriber_ids.len())
+        .push(")")
+        .build();
+        let mut query = sqlx::query(sql);
         for id in &subscriber_ids {
             query = query.bind(*id);
         }
@@ -537,17 +531,15 @@ async fn write_round(
         }
     }
 
-    let sql = format!(
+    let sql = Sql::new(
         "INSERT INTO consents (subscriber_id, action, at, ip, user_agent, offerings, text_hash, source)
-         VALUES {} RETURNING id, subscriber_id, link_secret",
-        value_rows(signups.len(), 6, 1, |p| {
-            format!(
-                "({}, 'signup', $1, {}, {}, {}, {}, {})",
-                p[0], p[1], p[2], p[3], p[4], p[5]
-            )
-        })
-    );
-    let mut query = sqlx::query(&sql).bind(now);
+         VALUES ",
+        1,
+    )
+    .rows("(?, 'signup', $1, ?, ?, ?, ?, ?)", signups.len())
+    .push(" RETURNING id, subscriber_id, link_secret")
+    .build();
+    let mut query = sqlx::query(sql).bind(now);
     for (signup, id) in signups.iter().zip(&subscriber_ids) {
         let slugs: Vec<&str> = signup.offerings.iter().map(|o| o.slug.as_str()).collect();
         query = query
@@ -596,14 +588,18 @@ async fn write_round(
     }
     let mut claimed: Vec<usize> = Vec::new();
     for (cooldown_ms, candidates) in &by_cooldown {
-        let sql = format!(
-            "INSERT INTO confirmation_cooldowns (mailbox_key, sent_at) VALUES {}
-             ON CONFLICT (mailbox_key) DO UPDATE SET sent_at = excluded.sent_at
+        let sql = Sql::new(
+            "INSERT INTO confirmation_cooldowns (mailbox_key, sent_at) VALUES ",
+            2,
+        )
+        .rows("(?, $1)", candidates.len())
+        .push(
+            " ON CONFLICT (mailbox_key) DO UPDATE SET sent_at = excluded.sent_at
              WHERE confirmation_cooldowns.sent_at <= $2
              RETURNING mailbox_key",
-            value_rows(candidates.len(), 1, 2, |p| format!("({}, $1)", p[0]))
-        );
-        let mut query = sqlx::query_scalar::<_, String>(&sql)
+        )
+        .build();
+        let mut query = sqlx::query_scalar::<_, String>(sql)
             .bind(now)
             .bind(now - cooldown_ms);
         for &k in candidates {
@@ -647,18 +643,15 @@ async fn write_round(
         due.push(at);
     }
     if !claimed.is_empty() {
-        let sql = format!(
+        let sql = Sql::new(
             "INSERT INTO deliveries
                  (kind, subscriber_id, consent_id, message_id, next_attempt_at, created_at)
-             VALUES {}",
-            value_rows(claimed.len(), 4, 1, |p| {
-                format!(
-                    "('confirmation', {}, {}, {}, {}, $1)",
-                    p[0], p[1], p[2], p[3]
-                )
-            })
-        );
-        let mut query = sqlx::query(&sql).bind(now);
+             VALUES ",
+            1,
+        )
+        .rows("('confirmation', ?, ?, ?, ?, $1)", claimed.len())
+        .build();
+        let mut query = sqlx::query(sql).bind(now);
         for (&k, at) in claimed.iter().zip(&due) {
             query = query
                 .bind(subscriber_ids[k])

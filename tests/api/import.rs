@@ -61,7 +61,7 @@ async fn statuses(app: &TestApp, email: &str) -> Vec<String> {
 }
 
 async fn count(app: &TestApp, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
         .fetch_one(app.store().pool())
         .await
         .unwrap()

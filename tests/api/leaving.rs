@@ -391,9 +391,9 @@ async fn erasure_removes_the_person_and_keeps_only_a_hash(backend: Backend) {
             .is_none()
     );
     for table in ["consents", "deliveries", "subscriptions"] {
-        let n: i64 = sqlx::query_scalar(&format!(
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM {table} WHERE subscriber_id = $1"
-        ))
+        )))
         .bind(p.id)
         .fetch_one(app.store().pool())
         .await

@@ -180,7 +180,7 @@ async fn refuse_result_writes(store: &Store) {
         ],
     };
     for sql in statements {
-        sqlx::query(sql).execute(store.pool()).await.unwrap();
+        sqlx::query(*sql).execute(store.pool()).await.unwrap();
     }
     sqlx::query("INSERT INTO probe_refuse_writes VALUES (1)")
         .execute(store.pool())

@@ -57,9 +57,12 @@ impl Backend {
                 let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(admin_url)
                     .await
                     .expect("connect to TEST_DATABASE_URL");
-                sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-                    .await
-                    .expect("create test database");
+                sqlx::Executor::execute(
+                    &mut conn,
+                    sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+                )
+                .await
+                .expect("create test database");
                 let (base, _) = admin_url
                     .rsplit_once('/')
                     .expect("URL with a database name");
