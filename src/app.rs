@@ -46,7 +46,8 @@ impl Runtime {
                 "cannot open database {}",
                 redact_url_password(&config.database.url)
             )
-        })?;
+        })?
+        .with_message_id_domain(&config.mail.message_id_domain);
         store.migrate().await.context("cannot apply migrations")?;
         let declared: Vec<DeclaredOffering<'_>> = config
             .offerings

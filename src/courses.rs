@@ -213,7 +213,6 @@ struct Inner {
     /// The zone of subscribers who gave none.
     default_zone: String,
     grace_ms: Millis,
-    message_id_domain: String,
     /// Each lessons folder as last read, by course slug.
     seen: Mutex<HashMap<String, Fingerprint>>,
     /// The stored lessons (day and send) this process last planned with, by course slug.
@@ -266,7 +265,6 @@ impl Courses {
                 courses,
                 default_zone: config.site.timezone.clone(),
                 grace_ms: i64::from(config.worker.grace_minutes) * 60_000,
-                message_id_domain: config.mail.message_id_domain.clone(),
                 seen: Mutex::new(HashMap::new()),
                 planned: Mutex::new(HashMap::new()),
             }),
@@ -407,7 +405,6 @@ impl Courses {
                 text_template: file.content.text.clone(),
                 source_path: file.content.source.display().to_string(),
                 hash: file.hash.clone(),
-                message_id_prefix: crate::mail::new_message_id_prefix(),
             };
             let id = store
                 .store_lesson(&lesson, before.map(|s| s.send_id), now)
@@ -606,7 +603,6 @@ impl Courses {
                     send_id: lesson.send_id,
                     due_at: due,
                     skipped: missed.then(|| MISSED.to_owned()),
-                    message_id_domain: self.inner.message_id_domain.clone(),
                 };
                 if store.record_lesson(p, &change, &delivery, now).await? {
                     moved += 1;

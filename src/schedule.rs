@@ -52,7 +52,6 @@ pub fn new_send(offering: &Offering, content: Content, path: &Path, send_at: Mil
         text_template: content.text,
         source_path: path.display().to_string(),
         send_at,
-        message_id_prefix: crate::mail::new_message_id_prefix(),
         local: None,
         send_late: false,
         recurrence_id: None,

@@ -213,7 +213,11 @@ async fn render_for(
             None,
         ),
     };
-    let message_id = crate::mail::new_message_id(&runtime.config.mail.message_id_domain);
+    let message_id = crate::store::message_id(
+        &crate::store::new_message_id_prefix(),
+        link.id,
+        &runtime.config.mail.message_id_domain,
+    );
     let to = Recipient {
         email: &address,
         name: name.as_deref(),

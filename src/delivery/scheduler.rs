@@ -25,7 +25,6 @@ pub struct ScheduleOutcome {
 pub struct Scheduler {
     store: Store,
     clock: Clock,
-    message_id_domain: String,
     batch_size: u32,
     /// The zone of subscribers who gave none.
     default_zone: String,
@@ -43,7 +42,6 @@ impl Scheduler {
         Self {
             store,
             clock,
-            message_id_domain: config.mail.message_id_domain.clone(),
             batch_size: config.worker.fanout_batch_size,
             default_zone: config.site.timezone.clone(),
             grace_ms: i64::from(config.worker.grace_minutes) * 60_000,
@@ -65,7 +63,7 @@ impl Scheduler {
                     let mut created = 0;
                     while let Some(n) = self
                         .store
-                        .fan_out_batch(due.id, &self.message_id_domain, now, self.batch_size)
+                        .fan_out_batch(due.id, now, self.batch_size)
                         .await?
                     {
                         created += n;
@@ -137,8 +135,8 @@ impl Scheduler {
                     &self.default_zone,
                     when,
                     skip,
-                    &self.message_id_domain,
                     now,
+                    self.batch_size,
                 )
                 .await?;
         }

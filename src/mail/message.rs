@@ -4,7 +4,6 @@
 use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use rand::Rng;
 
 /// A rendered email.
 #[derive(Debug, Clone)]
@@ -12,23 +11,6 @@ pub struct EmailContent {
     pub subject: String,
     pub html: String,
     pub text: String,
-}
-
-/// A fresh Message-ID, `<32 hex digits@domain>`, fixed when the delivery row is written so a
-/// retry carries the same one.
-pub fn new_message_id(domain: &str) -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("<{}@{domain}>", crate::domain::hex(&bytes))
-}
-
-/// The first part of every Message-ID of one send, `<prefix.subscriber_id@domain>`: 80 random
-/// bits as 20 hex digits. The database checks that no two sends share one (migration 0007), so
-/// with one delivery per send and person no two deliveries share a Message-ID.
-pub fn new_message_id_prefix() -> String {
-    let mut bytes = [0u8; 10];
-    rand::rng().fill_bytes(&mut bytes);
-    crate::domain::hex(&bytes)
 }
 
 /// Builds the message. The Date header is stamped now, at hand-off to the transport.
@@ -109,15 +91,7 @@ fn crlf_line_endings(text: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{crlf_line_endings, new_message_id_prefix};
-
-    #[test]
-    fn a_message_id_prefix_is_20_random_hex_digits() {
-        let a = new_message_id_prefix();
-        assert_eq!(a.len(), 20, "{a}");
-        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()), "{a}");
-        assert_ne!(a, new_message_id_prefix());
-    }
+    use super::crlf_line_endings;
 
     #[test]
     fn line_endings_become_crlf_once() {

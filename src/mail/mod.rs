@@ -9,6 +9,6 @@ mod transport;
 pub use compose::{
     CompiledSend, ComposeError, Composer, OfferingInfo, Recipient, SendTemplates, SignupToConfirm,
 };
-pub use message::{EmailContent, build_message, new_message_id, new_message_id_prefix};
+pub use message::{EmailContent, build_message};
 pub use templates::{TemplateError, Templates};
 pub use transport::{RelayFault, RelayState, SendError, SendErrorKind, Transport};

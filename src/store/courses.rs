@@ -21,7 +21,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Store, decode_error};
+use super::{Store, decode_error, outbox};
 use crate::clock::Millis;
 
 pub use crate::domain::CourseState;
@@ -48,7 +48,6 @@ pub struct NewLesson {
     pub text_template: String,
     pub source_path: String,
     pub hash: String,
-    pub message_id_prefix: String,
 }
 
 /// One person's progress row, with what the course step needs to move it on.
@@ -137,7 +136,6 @@ pub struct LessonDelivery {
     pub due_at: Millis,
     /// `Some(why)`: recorded as skipped instead of sent.
     pub skipped: Option<String>,
-    pub message_id_domain: String,
 }
 
 /// Where one person is in one course, for `subscribers show`, the preferences page and the
@@ -322,7 +320,7 @@ impl Store {
         .bind(&lesson.text_template)
         .bind(&lesson.source_path)
         .bind(now)
-        .bind(&lesson.message_id_prefix)
+        .bind(super::new_message_id_prefix())
         .bind(lesson.day)
         .bind(&lesson.hash)
         .fetch_one(&mut *tx)
@@ -571,30 +569,14 @@ impl Store {
             (None, "cancelled") => Some("the lesson was withdrawn".to_owned()),
             (None, _) => None,
         };
-        let message_id = format!(
-            "<{prefix}.{}@{}>",
-            p.subscriber_id, lesson.message_id_domain
-        );
-        sqlx::query(
-            "INSERT INTO deliveries (kind, subscriber_id, send_id, message_id, status,
-                                     next_attempt_at, created_at, last_error, sent_at)
-             VALUES ('send', $1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(p.subscriber_id)
-        .bind(lesson.send_id)
-        .bind(message_id)
-        .bind(if skipped.is_some() {
-            "skipped"
-        } else {
-            "pending"
-        })
-        .bind(lesson.due_at.min(now))
-        .bind(now)
-        .bind(skipped.clone())
-        .bind(skipped.as_ref().map(|_| now))
-        .execute(&mut *tx)
-        .await?;
+        let lesson = outbox::Lesson {
+            subscriber_id: p.subscriber_id,
+            send_id: lesson.send_id,
+            prefix: &prefix,
+            due: lesson.due_at,
+            skipped: skipped.as_deref(),
+        };
+        outbox::enqueue_lesson(&mut tx, lesson, &self.message_id_domain, now).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -9,6 +9,7 @@ mod leaving;
 #[cfg(test)]
 mod migration_tests;
 mod offerings;
+mod outbox;
 mod schedules;
 mod sends;
 mod signup_writer;
@@ -32,6 +33,7 @@ pub use deliveries::{ClaimedDelivery, ClaimedSignup, ConfirmationEmail, Delivery
 pub use import::{ExportLine, ExportSubscription, ImportCounts, ImportTerms, ImportedPerson};
 pub use leaving::{SubscriberRef, SuppressionReason};
 pub use offerings::{DeclaredOffering, Offering, OfferingSummary};
+pub use outbox::{message_id, new_message_id_prefix};
 pub use schedules::{DueSend, Recurrence, ZoneProgress};
 pub use sends::{FailureGroup, NewSend, RetryOutcome, SendContent, SendStatus, SendSummary};
 pub use signup_writer::SignupWriter;
@@ -59,6 +61,8 @@ pub struct Store {
     /// Whether SQLite connections checkpoint the WAL themselves, inside the commit that
     /// crosses 1,000 pages; off once [`Store::checkpoint_in_background`] does it instead.
     inline_checkpoints: Arc<AtomicBool>,
+    /// The domain of the Message-IDs the outbox writes (`mail.message_id_domain`).
+    message_id_domain: Arc<str>,
 }
 
 /// How often `sangha serve` copies SQLite's WAL into the database file (see
@@ -132,7 +136,14 @@ impl Store {
             writer: Default::default(),
             offerings: Default::default(),
             inline_checkpoints,
+            message_id_domain: Arc::from("localhost"),
         })
+    }
+
+    /// The domain of the Message-IDs of the delivery rows this store writes.
+    pub fn with_message_id_domain(mut self, domain: &str) -> Self {
+        self.message_id_domain = Arc::from(domain);
+        self
     }
 
     /// Applies pending migrations of this backend's dialect.

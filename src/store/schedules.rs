@@ -131,54 +131,6 @@ impl Store {
             .collect()
     }
 
-    /// Creates the deliveries of one zone of a local-time send, due at `due`. With a
-    /// `skip_reason` they are created already `skipped`, so the send reports them.
-    ///
-    /// Two schedulers may fan out the same send at once. The conflict clause names no index on
-    /// purpose: on PostgreSQL a named target only absorbs clashes on that index, and the racing
-    /// insert would fail on the Message-ID one instead.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn fan_out_zone(
-        &self,
-        send_id: i64,
-        zone: &str,
-        default: &str,
-        due: Millis,
-        skip_reason: Option<&str>,
-        domain: &str,
-        now: Millis,
-    ) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query(
-            "INSERT INTO deliveries
-                 (kind, subscriber_id, send_id, message_id, next_attempt_at, created_at,
-                  status, last_error)
-             SELECT 'send', sub.subscriber_id, se.id,
-                    '<' || se.message_id_prefix || '.' || sub.subscriber_id || '@' || $3 || '>',
-                    $4, $5, $6, $7
-             FROM sends se
-             JOIN subscriptions sub ON sub.offering_id = se.offering_id
-             JOIN subscribers s ON s.id = sub.subscriber_id
-             WHERE se.id = $1 AND sub.status = 'confirmed'
-               AND COALESCE(s.timezone, $8) = $2
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(send_id)
-        .bind(zone)
-        .bind(domain)
-        .bind(due)
-        .bind(now)
-        .bind(if skip_reason.is_some() {
-            "skipped"
-        } else {
-            "pending"
-        })
-        .bind(skip_reason.map(str::to_owned))
-        .bind(default)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
     /// Ends the fan-out of a send (every zone done).
     pub async fn finish_fan_out(&self, send_id: i64, now: Millis) -> Result<(), sqlx::Error> {
         sqlx::query(

@@ -8,10 +8,9 @@
 //!      └──────────────► cancelled (pending deliveries cancelled)
 //! ```
 //!
-//! Fan-out is set-based and resumable: each batch inserts the deliveries of the next block of
-//! subscriber ids with one `INSERT … SELECT` and moves `fanout_cursor` in the same
-//! transaction, so no recipient list is ever held in memory and a crash resumes where the last
-//! committed batch ended. The unique (send_id, subscriber_id) index makes a repeat harmless.
+//! The deliveries of a send are written by the outbox (`store/outbox.rs`): each batch inserts
+//! the next block of subscriber ids and moves `fanout_cursor` in the same transaction, so no
+//! recipient list is ever held in memory and a crash resumes where the last batch ended.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -29,7 +28,6 @@ pub struct NewSend {
     pub text_template: String,
     pub source_path: String,
     pub send_at: Millis,
-    pub message_id_prefix: String,
     /// For a send at a local time of day in each subscriber's zone: ('HH:MM', 'YYYY-MM-DD').
     pub local: Option<(String, String)>,
     /// Zones whose local time had passed when it was scheduled get it at once.
@@ -127,7 +125,7 @@ pub(super) async fn insert_send(
         .bind(&send.source_path)
         .bind(send.send_at)
         .bind(now)
-        .bind(&send.message_id_prefix)
+        .bind(super::new_message_id_prefix())
         .bind(send.local.as_ref().map(|l| l.0.clone()))
         .bind(send.local.as_ref().map(|l| l.1.clone()))
         .bind(i64::from(send.send_late))
@@ -139,83 +137,6 @@ pub(super) async fn insert_send(
 }
 
 impl Store {
-    /// Creates the deliveries of the next `limit` confirmed subscribers of a send, in one
-    /// transaction. Returns how many rows were added, or `None` once the fan-out is complete
-    /// (or the send was paused or cancelled meanwhile).
-    pub async fn fan_out_batch(
-        &self,
-        send_id: i64,
-        domain: &str,
-        now: Millis,
-        limit: u32,
-    ) -> Result<Option<u64>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // Writing first takes SQLite's write lock at once (a read-then-write transaction can
-        // fail to upgrade) and on PostgreSQL locks the send row against a second scheduler.
-        let Some(row) = sqlx::query(
-            "UPDATE sends SET status = 'sending'
-             WHERE id = $1 AND status IN ('scheduled', 'sending') AND fanout_done_at IS NULL
-             RETURNING offering_id, fanout_cursor, message_id_prefix",
-        )
-        .bind(send_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let offering_id: i64 = row.try_get("offering_id")?;
-        let cursor: i64 = row.try_get("fanout_cursor")?;
-        let prefix: String = row.try_get("message_id_prefix")?;
-        let upper: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(subscriber_id) FROM (
-                 SELECT subscriber_id FROM subscriptions
-                 WHERE offering_id = $1 AND status = 'confirmed' AND subscriber_id > $2
-                 ORDER BY subscriber_id LIMIT $3) AS block",
-        )
-        .bind(offering_id)
-        .bind(cursor)
-        .bind(i64::from(limit))
-        .fetch_one(&mut *tx)
-        .await?;
-        let Some(upper) = upper else {
-            sqlx::query("UPDATE sends SET fanout_done_at = $2 WHERE id = $1")
-                .bind(send_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(None);
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO deliveries
-                 (kind, subscriber_id, send_id, message_id, next_attempt_at, created_at)
-             SELECT 'send', subscriber_id, $1,
-                    '<' || $2 || '.' || subscriber_id || '@' || $3 || '>', $4, $4
-             FROM subscriptions
-             WHERE offering_id = $5 AND status = 'confirmed'
-               AND subscriber_id > $6 AND subscriber_id <= $7
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(send_id)
-        .bind(&prefix)
-        .bind(domain)
-        .bind(now)
-        .bind(offering_id)
-        .bind(cursor)
-        .bind(upper)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query("UPDATE sends SET fanout_cursor = $2 WHERE id = $1")
-            .bind(send_id)
-            .bind(upper)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(inserted))
-    }
-
     /// Marks sending sends whose every delivery is final as done. Returns their ids.
     pub async fn finish_sends(&self, now: Millis) -> Result<Vec<i64>, sqlx::Error> {
         sqlx::query_scalar(

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::sql::Sql;
-use super::{Store, decode_error};
+use super::{Store, decode_error, outbox};
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, LinkTarget, SubscriberName, SubscriptionStatus, Timezone};
 use crate::store::Offering;
@@ -33,8 +33,6 @@ pub struct NewSignup {
     pub timezone: Option<Timezone>,
     pub offerings: Vec<Offering>,
     pub consent: ConsentMeta,
-    /// Message-ID for the confirmation email, should one be queued.
-    pub message_id: String,
     /// No second confirmation email to one address within this many milliseconds.
     pub cooldown_ms: i64,
     /// At most this many confirmation emails to the address's domain in the past hour; more
@@ -152,7 +150,7 @@ impl Store {
         for round in rounds(signups) {
             for chunk in round.chunks(ROUND_MAX) {
                 let batch: Vec<&NewSignup> = chunk.iter().map(|&i| &signups[i]).collect();
-                let written = write_round(&mut tx, &batch, now).await?;
+                let written = write_round(&mut tx, &batch, &self.message_id_domain, now).await?;
                 for (&i, outcome) in chunk.iter().zip(written) {
                     outcomes[i] = Some(outcome);
                 }
@@ -453,6 +451,7 @@ fn rounds(signups: &[NewSignup]) -> Vec<Vec<usize>> {
 async fn write_round(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     signups: &[&NewSignup],
+    domain: &str,
     now: Millis,
 ) -> Result<Vec<SignupOutcome>, sqlx::Error> {
     if signups.is_empty() {
@@ -642,25 +641,16 @@ async fn write_round(
         }
         due.push(at);
     }
-    if !claimed.is_empty() {
-        let sql = Sql::new(
-            "INSERT INTO deliveries
-                 (kind, subscriber_id, consent_id, message_id, next_attempt_at, created_at)
-             VALUES ",
-            1,
-        )
-        .rows("('confirmation', ?, ?, ?, ?, $1)", claimed.len())
-        .build();
-        let mut query = sqlx::query(sql).bind(now);
-        for (&k, at) in claimed.iter().zip(&due) {
-            query = query
-                .bind(subscriber_ids[k])
-                .bind(consents[k].id)
-                .bind(signups[k].message_id.as_str())
-                .bind(*at);
-        }
-        query.execute(&mut **tx).await?;
-    }
+    let confirmations: Vec<outbox::Confirmation> = claimed
+        .iter()
+        .zip(&due)
+        .map(|(&k, &due)| outbox::Confirmation {
+            subscriber_id: subscriber_ids[k],
+            consent_id: consents[k].id,
+            due,
+        })
+        .collect();
+    outbox::enqueue_confirmations(tx, &confirmations, domain, now).await?;
 
     Ok((0..signups.len())
         .map(|k| SignupOutcome {

@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 use super::client::ClientInfo;
 use super::{AppError, AppState, pages};
 use crate::domain::{EmailAddress, SubscriberName, Timezone};
-use crate::mail::new_message_id;
 use crate::store::{ConsentMeta, NewSignup, Offering};
 
 pub fn routes() -> Router<AppState> {
@@ -233,7 +232,6 @@ async fn subscribe(
                 Format::Json => "api",
             },
         },
-        message_id: new_message_id(&config.mail.message_id_domain),
         cooldown_ms: i64::from(config.signup.confirmation_cooldown_minutes) * 60_000,
         domain_cap_per_hour: Some(config.signup.confirmations_per_domain_per_hour)
             .filter(|cap| *cap > 0),

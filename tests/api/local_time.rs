@@ -178,6 +178,7 @@ async fn ten_zones_each_get_the_email_at_their_own_0630(backend: Backend) {
     for (email, at) in rig.sent().await {
         assert_eq!(local_of(at, who[&email]), "2099-06-01 06:30", "{email}");
     }
+    crate::support::assert_message_ids_come_from_the_outbox(&rig.app, 10).await;
     let show = stdout(&rig.app.cli(&["sends", "show", &id]));
     assert!(
         show.contains("by zone") && show.contains("Asia/Kathmandu"),

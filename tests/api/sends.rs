@@ -6,7 +6,7 @@ use std::time::Duration;
 use sangha::app::Runtime;
 use sangha::clock::Clock;
 use sangha::delivery::Worker;
-use sangha::store::{NewSend, SendStatus};
+use sangha::store::SendStatus;
 
 use crate::backend_tests;
 use crate::support::{Backend, DEADLINE, Options, TestApp, eventually_async, stderr, stdout};
@@ -105,11 +105,7 @@ async fn a_send_reaches_every_confirmed_subscriber_exactly_once(backend: Backend
     let runtime = Runtime::open(app.config.clone(), Clock::System)
         .await
         .unwrap();
-    let again = runtime
-        .store
-        .fan_out_batch(id, "example.com", 0, 100)
-        .await
-        .unwrap();
+    let again = runtime.store.fan_out_batch(id, 0, 100).await.unwrap();
     assert_eq!(again, None);
     assert_eq!(app.store().send_counts(id).await.unwrap().total(), 3);
 }
@@ -136,27 +132,19 @@ async fn every_delivery_has_a_message_id_of_its_own(backend: Backend) {
     let distinct: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), 6, "{ids:?}");
 
-    let (offering_id, prefix): (i64, String) =
-        sqlx::query_as("SELECT offering_id, message_id_prefix FROM sends WHERE id = $1")
-            .bind(first)
-            .fetch_one(app.store().pool())
-            .await
-            .unwrap();
-    let repeat = NewSend {
-        offering_id,
-        subject: "Again".into(),
-        preheader: None,
-        html_template: "<p>x</p>".into(),
-        text_template: "x".into(),
-        source_path: "again.md".into(),
-        send_at: 0,
-        message_id_prefix: prefix,
-        local: None,
-        send_late: false,
-        recurrence_id: None,
-        content_file: None,
-    };
-    let refused = app.store().create_send(&repeat, 0).await;
+    crate::support::assert_message_ids_come_from_the_outbox(&app, 4).await;
+
+    // The store makes each send's prefix; one made twice would be refused.
+    let prefix: String = sqlx::query_scalar("SELECT message_id_prefix FROM sends WHERE id = $1")
+        .bind(first)
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+    let refused = sqlx::query("UPDATE sends SET message_id_prefix = $1 WHERE id = $2")
+        .bind(prefix)
+        .bind(second)
+        .execute(app.store().pool())
+        .await;
     assert!(
         refused.is_err(),
         "a repeated prefix was stored: {refused:?}"

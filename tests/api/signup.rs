@@ -1,8 +1,5 @@
 //! Signing up: the page, the form, the JSON API, validation, and abuse handling.
 
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::SeqCst;
-
 use reqwest::StatusCode;
 use sangha::clock::Clock;
 use sangha::domain::{DeliveryKind, EmailAddress};
@@ -459,8 +456,6 @@ async fn an_invalid_timezone_is_refused_and_a_valid_one_kept(backend: Backend) {
     assert_eq!(rows[0].timezone.as_deref(), Some("Asia/Kathmandu"));
 }
 
-static NEXT_MESSAGE: AtomicUsize = AtomicUsize::new(0);
-
 /// A signup as the form would make it, to `offerings` (slugs), through the store.
 async fn new_signup(app: &TestApp, email: &str, offerings: &[&str]) -> NewSignup {
     let all = app.store().active_offerings().await.unwrap();
@@ -482,10 +477,6 @@ async fn new_signup(app: &TestApp, email: &str, offerings: &[&str]) -> NewSignup
             text_hash: "0".repeat(64),
             source: "api",
         },
-        message_id: format!(
-            "<{}.{email}@test.example>",
-            NEXT_MESSAGE.fetch_add(1, SeqCst)
-        ),
         cooldown_ms: 3_600_000,
         domain_cap_per_hour: None,
     }
@@ -565,15 +556,16 @@ async fn signups_written_together_each_behave_as_if_written_alone(backend: Backe
     assert_eq!(counts.pending, 4, "one from before, three from the batch");
     // Each queued confirmation points at its own signup.
     for (signup, outcome) in batch.iter().zip(&outcomes) {
-        let consent: Option<i64> =
-            sqlx::query_scalar("SELECT consent_id FROM deliveries WHERE message_id = $1")
-                .bind(&signup.message_id)
-                .fetch_optional(store.pool())
-                .await
-                .unwrap()
-                .flatten();
-        let expected = outcome.confirmation_queued.then_some(outcome.consent.id);
-        assert_eq!(consent, expected, "{}", signup.email.as_str());
+        let person: Option<i64> = sqlx::query_scalar(
+            "SELECT subscriber_id FROM deliveries
+             WHERE kind = 'confirmation' AND consent_id = $1",
+        )
+        .bind(outcome.consent.id)
+        .fetch_optional(store.pool())
+        .await
+        .unwrap();
+        let expected = outcome.confirmation_queued.then_some(outcome.subscriber_id);
+        assert_eq!(person, expected, "{}", signup.email.as_str());
     }
 
     // The domain cap counts the confirmations queued earlier in the same batch; the one over

@@ -525,3 +525,22 @@ pub fn link_path_in(raw: &[u8], marker: &str) -> String {
 pub fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+/// Every delivery of a send carries the Message-ID the outbox makes,
+/// `<prefix.subscriber_id@message_id_domain>`, whichever path wrote it; `expected` rows.
+pub async fn assert_message_ids_come_from_the_outbox(app: &TestApp, expected: usize) {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT d.message_id, se.message_id_prefix, d.subscriber_id
+         FROM deliveries d JOIN sends se ON se.id = d.send_id",
+    )
+    .fetch_all(app.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), expected, "{rows:?}");
+    for (id, prefix, subscriber) in rows {
+        assert_eq!(
+            id,
+            sangha::store::message_id(&prefix, subscriber, &app.config.mail.message_id_domain)
+        );
+    }
+}
