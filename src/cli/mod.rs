@@ -438,7 +438,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                     let now = runtime.clock.now_ms();
                     changed(
                         store
-                            .end_recurrence(id, "cancelled", "stopped by the owner", now)
+                            .end_recurrence(
+                                id,
+                                crate::domain::RecurrenceStatus::Cancelled,
+                                "stopped by the owner",
+                                now,
+                            )
                             .await?,
                         id,
                         "stopped",

@@ -344,7 +344,7 @@ pub async fn print_recurrences(
             "{:>4}  {:<22} every {} at {} local, {}",
             r.id, r.offering, r.every, r.local_time, r.status
         );
-        if r.status == "active" {
+        if r.status == crate::domain::RecurrenceStatus::Active {
             line.push_str(&format!(", next {}, {left} piece(s) left", r.next_date));
             if left < i64::from(runtime.config.worker.recurring_warn_below) {
                 line.push_str(&format!(

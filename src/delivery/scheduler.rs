@@ -9,6 +9,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
+use crate::domain::RecurrenceStatus;
 use crate::store::{DueSend, Store};
 
 /// How often the scheduler loop looks for a send that just fell due.
@@ -189,7 +190,7 @@ impl Scheduler {
                 );
                 if self
                     .store
-                    .end_recurrence(r.id, "finished", &note, now)
+                    .end_recurrence(r.id, RecurrenceStatus::Finished, &note, now)
                     .await?
                 {
                     tracing::warn!(

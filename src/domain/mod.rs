@@ -12,7 +12,8 @@ pub use email::EmailAddress;
 pub use name::SubscriberName;
 pub use slug::Slug;
 pub use status::{
-    CourseState, DeliveryKind, DeliveryStatus, OfferingKind, SendStatus, SubscriptionStatus,
+    CourseState, DeliveryKind, DeliveryStatus, OfferingKind, RecurrenceStatus, SendStatus,
+    SubscriptionStatus, SuppressionReason, UnknownWord,
 };
 pub use timezone::Timezone;
 

@@ -33,8 +33,20 @@ macro_rules! word_enum {
                 f.pad(self.as_str())
             }
         }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownWord;
+            fn from_str(word: &str) -> Result<Self, UnknownWord> {
+                $name::parse(word).map_err(UnknownWord)
+            }
+        }
     };
 }
+
+/// A word that is not one of a status's words; the text names the ones that are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownWord(pub String);
 
 word_enum!(
     /// What an offering is: a newsletter (sends scheduled by the owner) or a course (steps
@@ -92,5 +104,20 @@ word_enum!(
         Left => "left",
         /// No lesson left.
         Finished => "finished",
+    }
+);
+
+word_enum!(
+    /// Why an address is on the suppression list.
+    SuppressionReason { Erased => "erased", Bounced => "bounced" }
+);
+
+word_enum!(
+    /// Where a recurring send is: `active` while it makes occurrences, `finished` when its
+    /// files ran out or its end came, `cancelled` by the owner.
+    RecurrenceStatus {
+        Active => "active",
+        Finished => "finished",
+        Cancelled => "cancelled",
     }
 );

@@ -21,8 +21,9 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Store, decode_error, outbox};
+use super::{Store, outbox};
 use crate::clock::Millis;
+use crate::domain::SubscriptionStatus;
 
 pub use crate::domain::CourseState;
 
@@ -184,7 +185,7 @@ fn progress_from_row(r: &sqlx::any::AnyRow) -> Result<Progress, sqlx::Error> {
     Ok(Progress {
         subscriber_id: r.try_get("subscriber_id")?,
         offering_id: r.try_get("offering_id")?,
-        state: CourseState::parse(&r.try_get::<String, _>("state")?).map_err(decode_error)?,
+        state: super::word(r, "state")?,
         started_at: r.try_get("started_at")?,
         anchor_date: r.try_get("anchor_date")?,
         last_day: r.try_get("last_day")?,
@@ -653,12 +654,9 @@ impl Store {
             out.push(CourseStatus {
                 offering: r.try_get("slug")?,
                 offering_name: r.try_get("name")?,
-                state: CourseState::parse(&r.try_get::<String, _>("state")?)
-                    .map_err(decode_error)?,
-                subscribed: r
-                    .try_get::<Option<String>, _>("subscription_status")?
-                    .as_deref()
-                    == Some("confirmed"),
+                state: super::word(r, "state")?,
+                subscribed: super::word_opt(r, "subscription_status")?
+                    == Some(SubscriptionStatus::Confirmed),
                 lessons: r.try_get("lessons")?,
                 sent,
                 queued,

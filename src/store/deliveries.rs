@@ -13,7 +13,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::sql::Sql;
-use super::{Backend, Store, decode_error};
+use super::{Backend, Store, decode_error, word, word_opt};
 use crate::clock::Millis;
 use crate::domain::{DeliveryKind, DeliveryStatus, LinkTarget, SubscriptionStatus};
 
@@ -190,19 +190,14 @@ impl Store {
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
-                let kind: String = row.try_get("kind")?;
                 Ok(ClaimedDelivery {
                     id: row.try_get("id")?,
-                    kind: DeliveryKind::parse(&kind).map_err(decode_error)?,
+                    kind: word(row, "kind")?,
                     subscriber_id: row.try_get("subscriber_id")?,
                     consent_id: row.try_get("consent_id")?,
                     send_id: row.try_get("send_id")?,
                     offering_id: row.try_get("offering_id")?,
-                    subscription_status: row
-                        .try_get::<Option<String>, _>("subscription_status")?
-                        .map(|s| SubscriptionStatus::parse(&s))
-                        .transpose()
-                        .map_err(decode_error)?,
+                    subscription_status: word_opt(row, "subscription_status")?,
                     message_id: row.try_get("message_id")?,
                     attempts: row.try_get("attempts")?,
                     interrupted: row.try_get("interrupted")?,

@@ -26,7 +26,7 @@ use futures::stream::BoxStream;
 use sqlx::Row;
 
 use super::sql::Sql;
-use super::{Backend, Offering, Store, decode_error};
+use super::{Backend, Offering, Store};
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, SubscriberName, SubscriptionStatus, Timezone};
 
@@ -290,9 +290,9 @@ impl Store {
                 };
                 let offering: Option<i64> = row.try_get("offering_id")?;
                 if let Some(offering) = offering {
-                    let status: String = row.try_get("status")?;
-                    let status = SubscriptionStatus::parse(&status).map_err(decode_error)?;
-                    entry.subscriptions.push((offering, status));
+                    entry
+                        .subscriptions
+                        .push((offering, super::word(&row, "status")?));
                 }
             }
         }
@@ -325,15 +325,12 @@ fn export_line(row: &sqlx::any::AnyRow) -> Result<ExportLine, sqlx::Error> {
     let slug: Option<String> = row.try_get("slug")?;
     let subscription = match slug {
         None => None,
-        Some(offering) => {
-            let status: String = row.try_get("status")?;
-            Some(ExportSubscription {
-                offering,
-                offering_active: row.try_get::<i64, _>("active")? != 0,
-                status: SubscriptionStatus::parse(&status).map_err(decode_error)?,
-                confirmed_at: row.try_get("confirmed_at")?,
-            })
-        }
+        Some(offering) => Some(ExportSubscription {
+            offering,
+            offering_active: row.try_get::<i64, _>("active")? != 0,
+            status: super::word(row, "status")?,
+            confirmed_at: row.try_get("confirmed_at")?,
+        }),
     };
     Ok(ExportLine {
         subscriber_id: row.try_get("id")?,

@@ -8,21 +8,7 @@ use super::{ConsentMeta, Store, SubscriberDetail, decode_error};
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, LinkTarget, SubscriberName, Timezone};
 
-/// Why an address is on the suppression list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SuppressionReason {
-    Erased,
-    Bounced,
-}
-
-impl SuppressionReason {
-    fn as_str(self) -> &'static str {
-        match self {
-            SuppressionReason::Erased => "erased",
-            SuppressionReason::Bounced => "bounced",
-        }
-    }
-}
+pub use crate::domain::SuppressionReason;
 
 /// The subscriber a preferences link points at.
 #[derive(Debug, Clone)]

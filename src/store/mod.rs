@@ -330,6 +330,31 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// A word (or other typed text) read from `column`, refused as a decode error when its type
+/// refuses it: an unknown status word, a bad address.
+pub(crate) fn word<T>(row: &sqlx::any::AnyRow, column: &str) -> Result<T, sqlx::Error>
+where
+    T: std::str::FromStr,
+    T::Err: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use sqlx::Row;
+    row.try_get::<String, _>(column)?
+        .parse()
+        .map_err(decode_error)
+}
+
+/// As [`word`], for a column that may be NULL.
+pub(crate) fn word_opt<T>(row: &sqlx::any::AnyRow, column: &str) -> Result<Option<T>, sqlx::Error>
+where
+    T: std::str::FromStr,
+    T::Err: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use sqlx::Row;
+    row.try_get::<Option<String>, _>(column)?
+        .map(|w| w.parse().map_err(decode_error))
+        .transpose()
+}
+
 /// A value read from a row that its type refuses (an unknown status word, a bad address).
 pub(crate) fn decode_error<E>(e: E) -> sqlx::Error
 where

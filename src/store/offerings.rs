@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
+use super::Store;
 use super::sql::Sql;
-use super::{Store, decode_error};
 use crate::clock::Millis;
 use crate::domain::{OfferingKind, Slug};
 
@@ -53,13 +53,12 @@ pub(super) struct Cached {
 }
 
 fn offering_from_row(row: &sqlx::any::AnyRow) -> Result<Offering, sqlx::Error> {
-    let kind: String = row.try_get("kind")?;
     Ok(Offering {
         id: row.try_get("id")?,
         slug: row.try_get("slug")?,
         name: row.try_get("name")?,
         description: row.try_get("description")?,
-        kind: OfferingKind::parse(&kind).map_err(decode_error)?,
+        kind: super::word(row, "kind")?,
         public: row.try_get::<i64, _>("public")? != 0,
     })
 }

@@ -10,6 +10,7 @@ use sqlx::Row;
 
 use super::{NewSend, Store};
 use crate::clock::Millis;
+use crate::domain::RecurrenceStatus;
 
 /// A recurring schedule as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -21,7 +22,7 @@ pub struct Recurrence {
     pub every: String,
     pub local_time: String,
     pub next_date: String,
-    pub status: String,
+    pub status: RecurrenceStatus,
     pub note: Option<String>,
     /// Files of the folder already used by an occurrence.
     pub used: i64,
@@ -238,7 +239,7 @@ impl Store {
                     every: r.try_get("every")?,
                     local_time: r.try_get("local_time")?,
                     next_date: r.try_get("next_date")?,
-                    status: r.try_get("status")?,
+                    status: super::word(r, "status")?,
                     note: r.try_get("note")?,
                     used: r.try_get("used")?,
                 })
@@ -311,7 +312,7 @@ impl Store {
     pub async fn end_recurrence(
         &self,
         id: i64,
-        status: &str,
+        status: RecurrenceStatus,
         note: &str,
         now: Millis,
     ) -> Result<bool, sqlx::Error> {
@@ -321,7 +322,7 @@ impl Store {
              WHERE id = $1 AND status = 'active'",
         )
         .bind(id)
-        .bind(status)
+        .bind(status.as_str())
         .bind(note)
         .bind(now)
         .execute(&self.pool)

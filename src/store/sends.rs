@@ -15,7 +15,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{DeliveryCounts, Store, decode_error};
+use super::{DeliveryCounts, Store};
 use crate::clock::Millis;
 
 /// A send to write; the content was checked before.
@@ -353,8 +353,7 @@ impl Store {
                 id,
                 offering: r.try_get("slug")?,
                 offering_name: r.try_get("name")?,
-                status: SendStatus::parse(&r.try_get::<String, _>("status")?)
-                    .map_err(decode_error)?,
+                status: super::word(r, "status")?,
                 subject: r.try_get("subject")?,
                 source_path: r.try_get("source_path")?,
                 send_at: r.try_get("send_at")?,

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::sql::Sql;
-use super::{Store, decode_error, outbox};
+use super::{Store, outbox};
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, LinkTarget, SubscriberName, SubscriptionStatus, Timezone};
 use crate::store::Offering;
@@ -102,10 +102,6 @@ pub struct SubscriberDetail {
     pub consents: Vec<ConsentRecord>,
     /// Where the person is in each course they have started.
     pub courses: Vec<super::CourseStatus>,
-}
-
-fn status_of(word: &str) -> Result<SubscriptionStatus, sqlx::Error> {
-    SubscriptionStatus::parse(word).map_err(decode_error)
 }
 
 pub(super) fn split_slugs(joined: &str) -> Vec<String> {
@@ -334,14 +330,14 @@ impl Store {
             }
             let slug: Option<String> = row.try_get("slug")?;
             if let Some(slug) = slug {
-                let status: String = row.try_get("status")?;
+                let status = super::word(row, "status")?;
                 out.last_mut()
                     .expect("pushed above")
                     .subscriptions
                     .push(SubscriptionRow {
                         offering: slug,
                         offering_name: row.try_get("offering_name")?,
-                        status: status_of(&status)?,
+                        status,
                         created_at: row.try_get("sub_created_at")?,
                         confirmed_at: row.try_get("confirmed_at")?,
                         unsubscribed_at: row.try_get("unsubscribed_at")?,
@@ -399,7 +395,7 @@ impl Store {
                         Ok(SubscriptionRow {
                             offering: r.try_get("slug")?,
                             offering_name: r.try_get("name")?,
-                            status: status_of(&r.try_get::<String, _>("status")?)?,
+                            status: super::word(r, "status")?,
                             created_at: r.try_get("created_at")?,
                             confirmed_at: r.try_get("confirmed_at")?,
                             unsubscribed_at: r.try_get("unsubscribed_at")?,
