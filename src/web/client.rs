@@ -16,6 +16,7 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use super::AppState;
+use crate::store::ConsentMeta;
 
 /// The client of one request.
 #[derive(Debug, Clone)]
@@ -43,6 +44,19 @@ impl FromRequestParts<AppState> for ClientInfo {
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.chars().filter(|c| !c.is_control()).take(512).collect());
         Ok(ClientInfo { ip, user_agent })
+    }
+}
+
+impl ClientInfo {
+    /// The consent record of what this client did: `text_hash` is the consent text agreed to
+    /// (empty where none is shown), `source` where it happened.
+    pub fn consent(self, text_hash: String, source: &'static str) -> ConsentMeta {
+        ConsentMeta {
+            ip: self.ip.map(|ip| ip.to_string()),
+            user_agent: self.user_agent,
+            text_hash,
+            source,
+        }
     }
 }
 
@@ -107,10 +121,7 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
+    use crate::web::ip;
 
     #[test]
     fn forwarded_headers_are_ignored_from_untrusted_peers() {

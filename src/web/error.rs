@@ -1,103 +1,228 @@
-//! The one error type of the web layer. 4xx carry a message a person can act on; 5xx are
-//! logged with their cause chain and shown only as a generic sentence.
+//! The one error type of the web layer, and how it becomes an answer: a page in the site layout
+//! for the form routes, JSON for the JSON API. 4xx carry a message a person can act on; 5xx are
+//! logged once with their cause chain and shown only as a generic sentence.
+//!
+//! A page needs the templates, which an [`IntoResponse`] has no way to reach: an error to be
+//! shown as a page answers with its status and headers and an [`ErrorPage`] extension, and
+//! [`render_error_pages`], a layer of the router, renders that into the body.
 
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
+use super::{AppState, pages};
+
+/// Why a request failed, and whether its answer is a page or JSON (a page unless told).
+#[derive(Debug)]
+pub struct AppError {
+    kind: ErrorKind,
+    answer: Answer,
+}
+
+/// Why a request failed.
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub enum ErrorKind {
+    /// A request the client can correct; the message says how.
     #[error("{0}")]
     BadRequest(String),
+    /// A body that could not be read to its end.
+    #[error("The request could not be read.")]
+    UnreadableBody,
+    /// A body over [`super::MAX_BODY_BYTES`].
+    #[error("The request is too large (the limit is 64 KiB).")]
+    PayloadTooLarge,
+    /// A body in a format the route does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// Over a rate limit; answered with `Retry-After`.
     #[error("too many requests; try again in {retry_after_secs} seconds")]
     TooManyRequests { retry_after_secs: u64 },
+    /// An unknown, expired or tampered link, or one naming someone no longer there.
+    #[error("This link is not valid.")]
+    InvalidLink,
+    /// Our fault: logged, never shown.
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+/// The form of an error's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// A page in the site layout.
+    Page,
+    /// `{"error": "..."}`.
+    Json,
+    /// Plain text: for when the page itself could not be rendered.
+    Text,
+}
+
+impl From<ErrorKind> for AppError {
+    fn from(kind: ErrorKind) -> Self {
+        AppError {
+            kind,
+            answer: Answer::Page,
+        }
+    }
+}
+
+impl From<anyhow::Error> for AppError {
+    fn from(e: anyhow::Error) -> Self {
+        ErrorKind::Internal(e).into()
+    }
 }
 
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
-        AppError::Internal(e.into())
+        anyhow::Error::from(e).into()
     }
 }
 
 impl From<crate::mail::TemplateError> for AppError {
     fn from(e: crate::mail::TemplateError) -> Self {
-        AppError::Internal(e.into())
+        anyhow::Error::from(e).into()
     }
 }
 
 impl AppError {
+    /// A request the client can correct, with the sentence that says how.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ErrorKind::BadRequest(message.into()).into()
+    }
+
+    /// A body in a format this route does not take.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        ErrorKind::UnsupportedMediaType(message.into()).into()
+    }
+
+    /// Over a rate limit; the answer carries `Retry-After`.
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        ErrorKind::TooManyRequests { retry_after_secs }.into()
+    }
+
+    /// The same error, answered with JSON instead of a page.
+    pub fn in_json(self) -> Self {
+        self.answered(Answer::Json)
+    }
+
+    /// The same error, answered with JSON when `json` is true.
+    pub fn in_json_if(self, json: bool) -> Self {
+        if json { self.in_json() } else { self }
+    }
+
+    /// The same error, answered as plain text (when rendering a page is what failed).
+    pub(super) fn in_plain_text(self) -> Self {
+        self.answered(Answer::Text)
+    }
+
+    fn answered(self, answer: Answer) -> Self {
+        AppError { answer, ..self }
+    }
+
+    /// The status code of the answer.
     pub fn status(&self) -> StatusCode {
-        match self {
-            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        match self.kind {
+            ErrorKind::BadRequest(_) | ErrorKind::UnreadableBody => StatusCode::BAD_REQUEST,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::InvalidLink => StatusCode::NOT_FOUND,
+            ErrorKind::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The sentence shown to the client: never the cause of a 500.
     pub fn public_message(&self) -> String {
-        match self {
-            AppError::Internal(_) => {
+        match self.kind {
+            ErrorKind::Internal(_) => {
                 "Something went wrong on our side. Please try again in a little while.".into()
             }
-            other => other.to_string(),
+            ref other => other.to_string(),
         }
     }
 
-    fn log(&self) {
-        if let AppError::Internal(e) = self {
+    /// The page that shows this error.
+    fn page(&self) -> ErrorPage {
+        let message = |title| ErrorPage {
+            name: "message",
+            title,
+            context: json!({ "message": self.public_message() }),
+        };
+        match self.kind {
+            ErrorKind::InvalidLink => ErrorPage {
+                name: "token_invalid",
+                title: "Link not valid",
+                context: json!({}),
+            },
+            ErrorKind::PayloadTooLarge => message("Too large"),
+            ErrorKind::UnreadableBody => message("Not understood"),
+            ErrorKind::TooManyRequests { .. } => message("Please slow down"),
+            ErrorKind::Internal(_) => message("Something went wrong"),
+            ErrorKind::BadRequest(_) | ErrorKind::UnsupportedMediaType(_) => {
+                message("That did not work")
+            }
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let ErrorKind::Internal(e) = &self.kind {
+            // The cause chain; handlers put no link token or secret into their errors.
             tracing::error!(error = ?e, "request failed");
         }
-    }
-
-    fn retry_after(&self) -> Option<HeaderValue> {
-        match self {
-            AppError::TooManyRequests { retry_after_secs } => {
-                HeaderValue::from_str(&retry_after_secs.to_string()).ok()
+        let status = self.status();
+        let mut response = match self.answer {
+            Answer::Json => {
+                (status, Json(json!({ "error": self.public_message() }))).into_response()
             }
-            _ => None,
-        }
-    }
-
-    /// The error as a JSON body `{"error": "..."}`.
-    pub fn into_json_response(self) -> Response {
-        self.log();
-        let mut response = (
-            self.status(),
-            Json(json!({ "error": self.public_message() })),
-        )
-            .into_response();
-        if let Some(v) = self.retry_after() {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        response
-    }
-
-    /// Adds `Retry-After` where it applies to an already rendered response.
-    pub fn decorate(&self, mut response: Response) -> Response {
-        self.log();
-        *response.status_mut() = self.status();
-        if let Some(v) = self.retry_after() {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
+            Answer::Text => (status, self.public_message()).into_response(),
+            Answer::Page => {
+                let mut response = status.into_response();
+                response.extensions_mut().insert(self.page());
+                response
+            }
+        };
+        if let ErrorKind::TooManyRequests { retry_after_secs } = self.kind {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
     }
 }
 
-/// Plain-text fallback, for handlers that have no page to render the error into.
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        self.log();
-        let mut response = (self.status(), self.public_message()).into_response();
-        if let Some(v) = self.retry_after() {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        response
-    }
+/// A page still to be rendered into an error answer: `pages/{name}.html` with `context`.
+#[derive(Clone)]
+struct ErrorPage {
+    name: &'static str,
+    title: &'static str,
+    context: Value,
+}
+
+/// Renders the [`ErrorPage`] of an answer into its body, keeping its status and headers.
+pub(super) async fn render_error_pages(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let Some(page) = response.extensions_mut().remove::<ErrorPage>() else {
+        return response;
+    };
+    let (parts, _) = response.into_parts();
+    let mut rendered = pages::render(&state, parts.status, page.name, page.title, page.context);
+    *rendered.status_mut() = parts.status;
+    rendered.headers_mut().extend(parts.headers);
+    rendered
+}
+
+/// Whether a request's body is JSON, by its `Content-Type`.
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"))
 }

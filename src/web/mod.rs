@@ -1,8 +1,9 @@
 //! The website: signup, confirmation, unsubscribe, preferences, and the plumbing they share.
 //!
 //! Each page group owns its routes; [`router`] puts them together with the layers every
-//! request passes: a 64 KiB body limit, CORS for the JSON API, and request tracing that names
-//! routes by their pattern, so tokens in paths never reach the log.
+//! request passes: a 64 KiB body limit, error pages rendered from [`AppError`]s, CORS for the
+//! JSON API, and request tracing that names routes by their pattern, so tokens in paths never
+//! reach the log.
 
 mod answer_pace;
 mod client;
@@ -17,23 +18,21 @@ mod unsubscribe;
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::Router;
 use axum::body::{Body, HttpBody};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 pub use client::{ClientInfo, RateLimiter};
-pub use error::AppError;
+pub use error::{AppError, ErrorKind};
 pub use server::{ConnectionTimeouts, raise_open_file_limit, serve};
 pub use signup_limits::DomainSourceLimiter;
 
@@ -158,9 +157,10 @@ pub fn router(state: AppState) -> Router {
         .merge(preferences::routes())
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(refuse_oversized_bodies))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            refuse_oversized_bodies,
+            error::render_error_pages,
         ))
         .layer(cors)
         .layer(trace)
@@ -182,11 +182,7 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 ///
 /// What the client is still sending is read and dropped first (up to [`LINGER_BYTES`]): closing
 /// a socket with unread data resets the connection, and the client may then lose the answer.
-async fn refuse_oversized_bodies(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn refuse_oversized_bodies(request: Request, next: Next) -> Response {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -198,11 +194,7 @@ async fn refuse_oversized_bodies(
         None if request.body().is_end_stream() => return next.run(request).await,
         None => {}
     }
-    let json = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+    let json = error::is_json(request.headers());
     let (mut parts, body) = request.into_parts();
     let mut body = body.into_data_stream();
     if declared.is_none() {
@@ -222,8 +214,8 @@ async fn refuse_oversized_bodies(
                 }
                 Some(Ok(_)) => break,
                 Some(Err(_)) => {
-                    let message = "The request could not be read.";
-                    return refusal(&state, json, StatusCode::BAD_REQUEST, message);
+                    let error = AppError::from(ErrorKind::UnreadableBody);
+                    return error.in_json_if(json).into_response();
                 }
             }
         }
@@ -238,22 +230,15 @@ async fn refuse_oversized_bodies(
         }
     })
     .await;
-    let message = "The request is too large (the limit is 64 KiB).";
-    refusal(&state, json, StatusCode::PAYLOAD_TOO_LARGE, message)
+    AppError::from(ErrorKind::PayloadTooLarge)
+        .in_json_if(json)
+        .into_response()
 }
 
-/// A refusal in the form the client asked in: JSON for the JSON API, a page otherwise.
-fn refusal(state: &AppState, json: bool, status: StatusCode, message: &str) -> Response {
-    let response = if json {
-        Json(json!({ "error": message })).into_response()
-    } else {
-        let title = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "Too large",
-            _ => "Not understood",
-        };
-        pages::message(state, StatusCode::OK, title, message)
-    };
-    (status, response).into_response()
+/// An address from its text, for unit tests.
+#[cfg(test)]
+fn ip(text: &str) -> std::net::IpAddr {
+    text.parse().expect("an IP address")
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

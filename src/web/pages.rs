@@ -1,4 +1,4 @@
-//! Rendering pages into the site layout, and the pages every route may fall back to.
+//! Rendering pages into the site layout, and the page for an address no route answers.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,7 +25,7 @@ pub fn render(
         .render_html(&format!("pages/{name}.html"), &context)
     {
         Ok(html) => (status, Html(html)).into_response(),
-        Err(e) => AppError::from(e).into_response(),
+        Err(e) => AppError::from(e).in_plain_text().into_response(),
     }
 }
 
@@ -40,28 +40,7 @@ pub fn message(state: &AppState, status: StatusCode, title: &str, message: &str)
     )
 }
 
-/// An error as a page; `Retry-After` kept.
-pub fn error_page(state: &AppState, error: AppError) -> Response {
-    let title = match error.status() {
-        StatusCode::TOO_MANY_REQUESTS => "Please slow down",
-        s if s.is_server_error() => "Something went wrong",
-        _ => "That did not work",
-    };
-    let page = message(state, error.status(), title, &error.public_message());
-    error.decorate(page)
-}
-
-/// The page for an unknown, expired or tampered link.
-pub fn invalid_link(state: &AppState) -> Response {
-    render(
-        state,
-        StatusCode::NOT_FOUND,
-        "token_invalid",
-        "Link not valid",
-        json!({}),
-    )
-}
-
+/// The page for an address no route answers.
 pub async fn not_found(State(state): State<AppState>) -> Response {
     message(
         &state,

@@ -14,12 +14,12 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::client::ClientInfo;
-use super::{AppError, AppState, pages};
-use crate::courses::Courses;
+use super::{AppError, AppState, ErrorKind, pages};
+use crate::courses::{Courses, PauseOutcome, ResumeOutcome};
 use crate::domain::{
     OfferingKind, Slug, SubscriberName, SubscriptionStatus, Timezone, TokenPurpose,
 };
-use crate::store::{ConsentMeta, Offering, SubscriberRef};
+use crate::store::{CourseState, Offering, SubscriberRef};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -38,21 +38,21 @@ struct Saved {
 
 type FieldErrors = BTreeMap<&'static str, String>;
 
-/// The person a preferences token points at; `Err` is the response to give instead.
-async fn subscriber(state: &AppState, token: &str) -> Result<SubscriberRef, Response> {
+/// The person a preferences token points at.
+async fn subscriber(state: &AppState, token: &str) -> Result<SubscriberRef, AppError> {
     let now = state.clock().now_secs();
     let link = match state.links().verify(token, TokenPurpose::Preferences, now) {
         Ok(t) => t.target(),
         Err(e) => {
             tracing::info!(reason = %e, "preferences token refused");
-            return Err(pages::invalid_link(state));
+            return Err(ErrorKind::InvalidLink.into());
         }
     };
-    match state.store().subscriber_by_link(link).await {
-        Ok(Some(s)) => Ok(s),
-        Ok(None) => Err(pages::invalid_link(state)),
-        Err(e) => Err(pages::error_page(state, e.into())),
-    }
+    Ok(state
+        .store()
+        .subscriber_by_link(link)
+        .await?
+        .ok_or(ErrorKind::InvalidLink)?)
 }
 
 /// Offerings shown: every public one, plus any private one the person has.
@@ -90,78 +90,86 @@ async fn choices(state: &AppState, who: &SubscriberRef) -> Result<Vec<(Offering,
         .collect())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn page(
-    state: &AppState,
-    status: StatusCode,
-    token: &str,
-    who: &SubscriberRef,
-    choices: &[(Offering, bool)],
-    values: (&str, &str),
-    errors: &FieldErrors,
+/// What the preferences page shows.
+struct View<'a> {
+    who: &'a SubscriberRef,
+    /// Each offering shown, and whether it is ticked.
+    choices: Vec<(Offering, bool)>,
+    /// The name and time zone in the fields.
+    values: (&'a str, &'a str),
+    errors: FieldErrors,
     saved: bool,
-    courses: &CourseViews,
-) -> Response {
-    let error = |field: &str| errors.get(field).map_or(Value::Null, |m| json!(m));
-    pages::render(
-        state,
-        status,
-        "preferences",
-        "Your preferences",
-        json!({
-            "action": format!("/preferences/{token}"),
-            "data_url": format!("/preferences/{token}/data"),
-            "erase_action": format!("/preferences/{token}/erase"),
-            "course_action": format!("/preferences/{token}/course"),
-            "email": who.email.as_str(),
-            "saved": saved,
-            "offerings": choices.iter().map(|(o, on)| json!({
-                "slug": o.slug, "name": o.name, "description": o.description, "checked": on,
-            })).collect::<Vec<_>>(),
-            "values": { "name": values.0, "timezone": values.1 },
-            "courses": courses.items,
-            "course_notice": courses.notice,
-            "errors": { "name": error("name"), "timezone": error("timezone"), "form": error("form") },
-        }),
-    )
+    courses: CourseViews,
+}
+
+impl<'a> View<'a> {
+    /// The page as stored: the person's offerings, name, time zone and courses.
+    async fn load(state: &AppState, who: &'a SubscriberRef) -> Result<Self, AppError> {
+        Ok(View {
+            who,
+            choices: choices(state, who).await?,
+            values: (
+                who.name.as_deref().unwrap_or(""),
+                who.timezone.as_deref().unwrap_or(""),
+            ),
+            errors: FieldErrors::new(),
+            saved: false,
+            courses: course_views(state, who).await?,
+        })
+    }
+
+    /// The stored page again, with `message` above the form (422).
+    async fn refused(
+        state: &AppState,
+        token: &str,
+        who: &'a SubscriberRef,
+        message: &str,
+    ) -> Result<Response, AppError> {
+        let mut view = View::load(state, who).await?;
+        view.errors.insert("form", message.into());
+        Ok(view.render(state, StatusCode::UNPROCESSABLE_ENTITY, token))
+    }
+
+    fn render(&self, state: &AppState, status: StatusCode, token: &str) -> Response {
+        let error = |field: &str| self.errors.get(field).map_or(Value::Null, |m| json!(m));
+        pages::render(
+            state,
+            status,
+            "preferences",
+            "Your preferences",
+            json!({
+                "action": format!("/preferences/{token}"),
+                "data_url": format!("/preferences/{token}/data"),
+                "erase_action": format!("/preferences/{token}/erase"),
+                "course_action": format!("/preferences/{token}/course"),
+                "email": self.who.email.as_str(),
+                "saved": self.saved,
+                "offerings": self.choices.iter().map(|(o, on)| json!({
+                    "slug": o.slug, "name": o.name, "description": o.description, "checked": on,
+                })).collect::<Vec<_>>(),
+                "values": { "name": self.values.0, "timezone": self.values.1 },
+                "courses": self.courses.items,
+                "course_notice": self.courses.notice,
+                "errors": { "name": error("name"), "timezone": error("timezone"), "form": error("form") },
+            }),
+        )
+    }
 }
 
 async fn preferences_page(
     State(state): State<AppState>,
     Path(token): Path<String>,
     Query(saved): Query<Saved>,
-) -> Response {
-    let who = match subscriber(&state, &token).await {
-        Ok(who) => who,
-        Err(response) => return response,
-    };
-    let choices = match choices(&state, &who).await {
-        Ok(c) => c,
-        Err(e) => return pages::error_page(&state, e),
-    };
-    let mut courses = match course_views(&state, &who).await {
-        Ok(c) => c,
-        Err(e) => return pages::error_page(&state, e),
-    };
-    courses.notice = match saved.course.as_deref() {
+) -> Result<Response, AppError> {
+    let who = subscriber(&state, &token).await?;
+    let mut view = View::load(&state, &who).await?;
+    view.saved = saved.saved.is_some();
+    view.courses.notice = match saved.course.as_deref() {
         Some("paused") => Some("Your course is paused. Resume it whenever you are ready."),
         Some("resumed") => Some("Your course continues with its next lesson."),
         _ => None,
     };
-    page(
-        &state,
-        StatusCode::OK,
-        &token,
-        &who,
-        &choices,
-        (
-            who.name.as_deref().unwrap_or(""),
-            who.timezone.as_deref().unwrap_or(""),
-        ),
-        &FieldErrors::new(),
-        saved.saved.is_some(),
-        &courses,
-    )
+    Ok(view.render(&state, StatusCode::OK, &token))
 }
 
 /// The courses a person follows, with where they are and a pause or resume button.
@@ -191,8 +199,8 @@ async fn course_views(state: &AppState, who: &SubscriberRef) -> Result<CourseVie
                 "slug": c.offering,
                 "name": c.offering_name,
                 "text": courses.describe_for_person(c, who.timezone.as_deref()),
-                "can_pause": c.state == crate::store::CourseState::Active,
-                "can_resume": c.state == crate::store::CourseState::Paused,
+                "can_pause": c.state == CourseState::Active,
+                "can_resume": c.state == CourseState::Paused,
             })
         })
         .collect();
@@ -203,11 +211,12 @@ async fn course_views(state: &AppState, who: &SubscriberRef) -> Result<CourseVie
 }
 
 /// `POST /preferences/{token}/course`: `offering=SLUG&action=pause|resume`.
-async fn course(State(state): State<AppState>, Path(token): Path<String>, body: Bytes) -> Response {
-    let who = match subscriber(&state, &token).await {
-        Ok(who) => who,
-        Err(response) => return response,
-    };
+async fn course(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let who = subscriber(&state, &token).await?;
     let (mut slug, mut action) = (String::new(), String::new());
     for (k, v) in form_urlencoded::parse(&body) {
         match k.as_ref() {
@@ -217,77 +226,38 @@ async fn course(State(state): State<AppState>, Path(token): Path<String>, body: 
         }
     }
     let offering = match Slug::parse(&slug) {
-        Ok(slug) => match state.store().offering_by_slug(&slug).await {
-            Ok(o) => o.filter(|o| o.kind == OfferingKind::Course),
-            Err(e) => return pages::error_page(&state, e.into()),
-        },
+        Ok(slug) => state
+            .store()
+            .offering_by_slug(&slug)
+            .await?
+            .filter(|o| o.kind == OfferingKind::Course),
         Err(_) => None,
     };
     let courses = Courses::from_config(state.config());
     let now = state.clock().now_ms();
     let done = match (offering, action.as_str()) {
-        (Some(o), "pause") => courses
-            .pause(state.store(), who.id, o.id, now)
-            .await
-            .map(|r| {
-                matches!(
-                    r,
-                    crate::courses::PauseOutcome::Paused
-                        | crate::courses::PauseOutcome::NotActive(
-                            crate::store::CourseState::Paused
-                        )
-                )
-                .then_some("paused")
-            }),
-        (Some(o), "resume") => courses
-            .resume(state.store(), who.id, o.id, now)
-            .await
-            .map(|r| matches!(r, crate::courses::ResumeOutcome::Resumed(_)).then_some("resumed")),
-        _ => Ok(None),
+        (Some(o), "pause") => {
+            let outcome = courses.pause(state.store(), who.id, o.id, now).await?;
+            matches!(
+                outcome,
+                PauseOutcome::Paused | PauseOutcome::NotActive(CourseState::Paused)
+            )
+            .then_some("paused")
+        }
+        (Some(o), "resume") => {
+            let outcome = courses.resume(state.store(), who.id, o.id, now).await?;
+            matches!(outcome, ResumeOutcome::Resumed(_)).then_some("resumed")
+        }
+        _ => None,
     };
     match done {
-        Ok(Some(word)) => {
-            Redirect::to(&format!("/preferences/{token}?course={word}")).into_response()
+        Some(word) => {
+            Ok(Redirect::to(&format!("/preferences/{token}?course={word}")).into_response())
         }
-        Ok(None) => {
-            let choices = match choices(&state, &who).await {
-                Ok(c) => c,
-                Err(e) => return pages::error_page(&state, e),
-            };
-            let courses = match course_views(&state, &who).await {
-                Ok(c) => c,
-                Err(e) => return pages::error_page(&state, e),
-            };
-            let mut errors = FieldErrors::new();
-            errors.insert(
-                "form",
-                "That course cannot be paused or resumed from here just now.".into(),
-            );
-            page(
-                &state,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &token,
-                &who,
-                &choices,
-                (
-                    who.name.as_deref().unwrap_or(""),
-                    who.timezone.as_deref().unwrap_or(""),
-                ),
-                &errors,
-                false,
-                &courses,
-            )
+        None => {
+            let message = "That course cannot be paused or resumed from here just now.";
+            View::refused(&state, &token, &who, message).await
         }
-        Err(e) => pages::error_page(&state, e.into()),
-    }
-}
-
-fn meta(client: ClientInfo) -> ConsentMeta {
-    ConsentMeta {
-        ip: client.ip.map(|ip| ip.to_string()),
-        user_agent: client.user_agent,
-        text_hash: String::new(),
-        source: "email",
     }
 }
 
@@ -296,15 +266,9 @@ async fn save(
     Path(token): Path<String>,
     client: ClientInfo,
     body: Bytes,
-) -> Response {
-    let who = match subscriber(&state, &token).await {
-        Ok(who) => who,
-        Err(response) => return response,
-    };
-    let mut choices = match choices(&state, &who).await {
-        Ok(c) => c,
-        Err(e) => return pages::error_page(&state, e),
-    };
+) -> Result<Response, AppError> {
+    let who = subscriber(&state, &token).await?;
+    let mut choices = choices(&state, &who).await?;
     let (mut name, mut timezone, mut wanted) = (String::new(), String::new(), Vec::new());
     for (k, v) in form_urlencoded::parse(&body) {
         match k.as_ref() {
@@ -336,114 +300,81 @@ async fn save(
         *on = wanted.contains(&o.slug);
     }
     if !errors.is_empty() {
-        let courses = match course_views(&state, &who).await {
-            Ok(c) => c,
-            Err(e) => return pages::error_page(&state, e),
+        let view = View {
+            who: &who,
+            choices,
+            values: (&name, &timezone),
+            errors,
+            saved: false,
+            courses: course_views(&state, &who).await?,
         };
-        return page(
-            &state,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &token,
-            &who,
-            &choices,
-            (&name, &timezone),
-            &errors,
-            false,
-            &courses,
-        );
+        return Ok(view.render(&state, StatusCode::UNPROCESSABLE_ENTITY, &token));
     }
     let ids: Vec<i64> = choices
         .iter()
         .filter(|(_, on)| *on)
         .map(|(o, _)| o.id)
         .collect();
-    if let Err(e) = state
+    state
         .store()
         .update_preferences(
             who.id,
             parsed_name.as_ref(),
             parsed_zone.as_ref(),
             &ids,
-            &meta(client),
+            &client.consent(String::new(), "email"),
             state.clock().now_ms(),
         )
-        .await
-    {
-        return pages::error_page(&state, e.into());
-    }
-    Redirect::to(&format!("/preferences/{token}?saved=1")).into_response()
+        .await?;
+    Ok(Redirect::to(&format!("/preferences/{token}?saved=1")).into_response())
 }
 
-async fn download(State(state): State<AppState>, Path(token): Path<String>) -> Response {
-    let who = match subscriber(&state, &token).await {
-        Ok(who) => who,
-        Err(response) => return response,
-    };
-    match state.store().subscriber_data(who.id).await {
-        Ok(Some(detail)) => {
-            let body = serde_json::to_string_pretty(&detail).unwrap_or_default();
+async fn download(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, AppError> {
+    let who = subscriber(&state, &token).await?;
+    let detail = state
+        .store()
+        .subscriber_data(who.id)
+        .await?
+        .ok_or(ErrorKind::InvalidLink)?;
+    let body = serde_json::to_string_pretty(&detail).unwrap_or_default();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json; charset=utf-8"),
             (
-                [
-                    (header::CONTENT_TYPE, "application/json; charset=utf-8"),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        "attachment; filename=\"my-data.json\"",
-                    ),
-                ],
-                body,
-            )
-                .into_response()
-        }
-        Ok(None) => pages::invalid_link(&state),
-        Err(e) => pages::error_page(&state, e.into()),
-    }
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"my-data.json\"",
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
-async fn erase(State(state): State<AppState>, Path(token): Path<String>, body: Bytes) -> Response {
-    let who = match subscriber(&state, &token).await {
-        Ok(who) => who,
-        Err(response) => return response,
-    };
+async fn erase(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let who = subscriber(&state, &token).await?;
     let confirmed = form_urlencoded::parse(&body).any(|(k, v)| k == "confirm" && v == "yes");
     if !confirmed {
-        let choices = match choices(&state, &who).await {
-            Ok(c) => c,
-            Err(e) => return pages::error_page(&state, e),
-        };
-        let mut errors = FieldErrors::new();
-        errors.insert(
-            "form",
-            "To erase your data, tick the box that says you want it erased.".into(),
-        );
-        let courses = match course_views(&state, &who).await {
-            Ok(c) => c,
-            Err(e) => return pages::error_page(&state, e),
-        };
-        return page(
-            &state,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &token,
-            &who,
-            &choices,
-            (
-                who.name.as_deref().unwrap_or(""),
-                who.timezone.as_deref().unwrap_or(""),
-            ),
-            &errors,
-            false,
-            &courses,
-        );
+        let message = "To erase your data, tick the box that says you want it erased.";
+        return View::refused(&state, &token, &who, message).await;
     }
     let hash = state.links().email_hash(&who.email);
-    match state
+    state
         .store()
         .erase_subscriber(who.id, &hash, state.clock().now_ms())
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(subscriber = who.id, "subscriber erased");
-            pages::render(&state, StatusCode::OK, "erased", "Erased", json!({}))
-        }
-        Err(e) => pages::error_page(&state, e.into()),
-    }
+        .await?;
+    tracing::info!(subscriber = who.id, "subscriber erased");
+    Ok(pages::render(
+        &state,
+        StatusCode::OK,
+        "erased",
+        "Erased",
+        json!({}),
+    ))
 }

@@ -79,10 +79,7 @@ impl DomainSourceLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
+    use crate::web::ip;
 
     #[test]
     fn one_network_is_limited_per_domain_and_others_are_not() {

@@ -17,9 +17,10 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::client::ClientInfo;
-use super::{AppError, AppState, pages};
+use super::error::is_json;
+use super::{AppError, AppState, ErrorKind, pages};
 use crate::domain::{EmailAddress, SubscriberName, Timezone};
-use crate::store::{ConsentMeta, NewSignup, Offering};
+use crate::store::{NewSignup, Offering};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -46,17 +47,15 @@ struct RawSignup {
 
 type FieldErrors = BTreeMap<&'static str, String>;
 
-async fn signup_page(State(state): State<AppState>) -> Response {
-    match public_offerings(&state).await {
-        Ok(offerings) => form_page(
-            &state,
-            StatusCode::OK,
-            &offerings,
-            &RawSignup::default(),
-            &FieldErrors::new(),
-        ),
-        Err(e) => pages::error_page(&state, e),
-    }
+async fn signup_page(State(state): State<AppState>) -> Result<Response, AppError> {
+    let offerings = public_offerings(&state).await?;
+    Ok(form_page(
+        &state,
+        StatusCode::OK,
+        &offerings,
+        &RawSignup::default(),
+        &FieldErrors::new(),
+    ))
 }
 
 async fn check_inbox(State(state): State<AppState>) -> Response {
@@ -120,46 +119,51 @@ async fn subscribe(
     client: ClientInfo,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Response, AppError> {
     let started = std::time::Instant::now();
-    let content_type = headers
+    let format = if is_json(&headers) {
+        Format::Json
+    } else if headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let format = if content_type.starts_with("application/json") {
-        Format::Json
-    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+    {
         Format::Form
     } else {
-        return AppError::UnsupportedMediaType(
-            "Send the signup as application/x-www-form-urlencoded or application/json.".into(),
+        return Err(AppError::unsupported_media_type(
+            "Send the signup as application/x-www-form-urlencoded or application/json.",
         )
-        .into_json_response();
+        .in_json());
     };
-    let fail = |error: AppError| match format {
-        Format::Json => error.into_json_response(),
-        Format::Form => pages::error_page(&state, error),
-    };
+    signup(&state, client, format, body, started)
+        .await
+        .map_err(|e| e.in_json_if(format == Format::Json))
+}
 
+/// A signup in `format`; its errors are answered in that format by [`subscribe`].
+async fn signup(
+    state: &AppState,
+    client: ClientInfo,
+    format: Format,
+    body: Result<Bytes, BytesRejection>,
+    started: std::time::Instant,
+) -> Result<Response, AppError> {
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let message = "The request is too large (the limit is 64 KiB).";
-            let response = match format {
-                Format::Json => Json(json!({ "error": message })).into_response(),
-                Format::Form => pages::message(&state, StatusCode::OK, "Too large", message),
-            };
-            return (StatusCode::PAYLOAD_TOO_LARGE, response).into_response();
+            return Err(ErrorKind::PayloadTooLarge.into());
         }
-        Err(rejection) => return fail(AppError::BadRequest(rejection.body_text())),
+        Err(rejection) => return Err(AppError::bad_request(rejection.body_text())),
     };
 
     if let (Some(limiter), Some(ip)) = (state.limiter(), client.ip)
         && let Err(retry_after_secs) = limiter.check(ip)
     {
         tracing::info!(%ip, "signup rate limit reached");
-        return fail(AppError::TooManyRequests { retry_after_secs });
+        return Err(AppError::too_many_requests(retry_after_secs));
     }
 
     let honeypot_field = state.config().signup.honeypot_field.as_str();
@@ -167,8 +171,8 @@ async fn subscribe(
         Format::Form => parse_form(&body, honeypot_field),
         Format::Json => match parse_json(&body, honeypot_field) {
             Ok(raw) => raw,
-            Err(Reject::BadRequest(message)) => return fail(AppError::BadRequest(message)),
-            Err(Reject::Fields(errors)) => return field_errors_json(&errors),
+            Err(Reject::BadRequest(message)) => return Err(AppError::bad_request(message)),
+            Err(Reject::Fields(errors)) => return Ok(field_errors_json(&errors)),
         },
     };
 
@@ -180,26 +184,23 @@ async fn subscribe(
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        return success(format);
+        return Ok(success(format));
     }
 
-    let offerings = match public_offerings(&state).await {
-        Ok(o) => o,
-        Err(e) => return fail(e),
-    };
+    let offerings = public_offerings(state).await?;
     let signup = match validate(&raw, &offerings) {
         Ok(valid) => valid,
         Err(errors) => {
-            return match format {
+            return Ok(match format {
                 Format::Json => field_errors_json(&errors),
                 Format::Form => form_page(
-                    &state,
+                    state,
                     StatusCode::UNPROCESSABLE_ENTITY,
                     &offerings,
                     &raw,
                     &errors,
                 ),
-            };
+            });
         }
     };
 
@@ -212,48 +213,40 @@ async fn subscribe(
             domain = signup.email.domain(),
             "signup limit for this domain from this network reached"
         );
-        return fail(AppError::TooManyRequests { retry_after_secs });
+        return Err(AppError::too_many_requests(retry_after_secs));
     }
 
     let config = state.config();
     let mailbox_key = state.links().mailbox_key(&signup.email);
+    let source = match format {
+        Format::Form => "form",
+        Format::Json => "api",
+    };
     let new = NewSignup {
         mailbox_key,
         email: signup.email,
         name: signup.name,
         timezone: signup.timezone,
         offerings: signup.offerings,
-        consent: ConsentMeta {
-            ip: client.ip.map(|ip| ip.to_string()),
-            user_agent: client.user_agent,
-            text_hash: state.consent_hash().to_owned(),
-            source: match format {
-                Format::Form => "form",
-                Format::Json => "api",
-            },
-        },
+        consent: client.consent(state.consent_hash().to_owned(), source),
         cooldown_ms: i64::from(config.signup.confirmation_cooldown_minutes) * 60_000,
         domain_cap_per_hour: Some(config.signup.confirmations_per_domain_per_hour)
             .filter(|cap| *cap > 0),
     };
-    match state.signups().record(new).await {
-        Ok(outcome) => {
-            tracing::debug!(
-                subscriber = outcome.subscriber_id,
-                queued = outcome.confirmation_queued,
-                "signup recorded"
-            );
-            // As late as an answer that queued an email, so the time tells nothing.
-            let wait = state
-                .answer_pace()
-                .wait_for(outcome.confirmation_queued, started.elapsed());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            success(format)
-        }
-        Err(e) => fail(e.into()),
+    let outcome = state.signups().record(new).await?;
+    tracing::debug!(
+        subscriber = outcome.subscriber_id,
+        queued = outcome.confirmation_queued,
+        "signup recorded"
+    );
+    // As late as an answer that queued an email, so the time tells nothing.
+    let wait = state
+        .answer_pace()
+        .wait_for(outcome.confirmation_queued, started.elapsed());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
+    Ok(success(format))
 }
 
 fn success(format: Format) -> Response {

@@ -13,9 +13,8 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::client::ClientInfo;
-use super::{AppState, pages};
+use super::{AppError, AppState, ErrorKind, pages};
 use crate::domain::{LinkTarget, TokenPurpose};
-use crate::store::ConsentMeta;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route(
@@ -25,40 +24,40 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// (subscriber, offering id) of a valid unsubscribe token.
-fn claims(state: &AppState, token: &str) -> Option<(LinkTarget, i64)> {
+fn claims(state: &AppState, token: &str) -> Result<(LinkTarget, i64), AppError> {
     let now = state.clock().now_secs();
     match state.links().verify(token, TokenPurpose::Unsubscribe, now) {
-        Ok(t) => Some((t.target(), t.scope)),
+        Ok(t) => Ok((t.target(), t.scope)),
         Err(e) => {
             tracing::info!(reason = %e, "unsubscribe token refused");
-            None
+            Err(ErrorKind::InvalidLink.into())
         }
     }
 }
 
 /// Whether the person a link names still exists (the same person: id and link secret).
-async fn still_there(state: &AppState, subscriber: LinkTarget) -> Result<bool, Response> {
-    match state.store().subscriber_by_link(subscriber).await {
-        Ok(found) => Ok(found.is_some()),
-        Err(e) => Err(pages::error_page(state, e.into())),
-    }
+async fn still_there(state: &AppState, subscriber: LinkTarget) -> Result<bool, AppError> {
+    Ok(state
+        .store()
+        .subscriber_by_link(subscriber)
+        .await?
+        .is_some())
 }
 
-async fn unsubscribe_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
-    let Some((subscriber, offering_id)) = claims(&state, &token) else {
-        return pages::invalid_link(&state);
-    };
-    match still_there(&state, subscriber).await {
-        Ok(true) => {}
-        Ok(false) => return pages::invalid_link(&state),
-        Err(response) => return response,
+async fn unsubscribe_page(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, AppError> {
+    let (subscriber, offering_id) = claims(&state, &token)?;
+    if !still_there(&state, subscriber).await? {
+        return Err(ErrorKind::InvalidLink.into());
     }
-    let offering = match state.store().offering_by_id(offering_id).await {
-        Ok(Some(o)) => o,
-        Ok(None) => return pages::invalid_link(&state),
-        Err(e) => return pages::error_page(&state, e.into()),
-    };
-    pages::render(
+    let offering = state
+        .store()
+        .offering_by_id(offering_id)
+        .await?
+        .ok_or(ErrorKind::InvalidLink)?;
+    Ok(pages::render(
         &state,
         StatusCode::OK,
         "unsubscribe",
@@ -68,7 +67,7 @@ async fn unsubscribe_page(State(state): State<AppState>, Path(token): Path<Strin
             "offering": { "name": offering.name },
             "preferences_url": state.links().preferences_url(subscriber),
         }),
-    )
+    ))
 }
 
 /// Which button was pressed; anything else (the one-click body, an empty body) means "this
@@ -103,35 +102,21 @@ async fn unsubscribe(
     Path(token): Path<String>,
     client: ClientInfo,
     request: Request,
-) -> Response {
-    let Some((subscriber, offering_id)) = claims(&state, &token) else {
-        return pages::invalid_link(&state);
-    };
+) -> Result<Response, AppError> {
+    let (subscriber, offering_id) = claims(&state, &token)?;
     // A person who is gone (erased, or never the one this id now names) has nothing to leave.
     // The answer is still 200: a mailbox provider reads any other answer to its one-click POST
     // (RFC 8058) as a failed unsubscribe and tells the recipient so. Nothing is changed.
-    let present = match still_there(&state, subscriber).await {
-        Ok(present) => present,
-        Err(response) => return response,
-    };
+    let present = still_there(&state, subscriber).await?;
     let subscriber_id = subscriber.id;
     let everything = wants_everything(&state, request).await;
-    let meta = ConsentMeta {
-        ip: client.ip.map(|ip| ip.to_string()),
-        user_agent: client.user_agent,
-        text_hash: String::new(),
-        source: "email",
-    };
+    let meta = client.consent(String::new(), "email");
     let scope = (!everything).then_some(offering_id);
     let left = if present {
-        match state
+        state
             .store()
             .unsubscribe(subscriber_id, scope, &meta, state.clock().now_ms())
-            .await
-        {
-            Ok(left) => left,
-            Err(e) => return pages::error_page(&state, e.into()),
-        }
+            .await?
     } else {
         Vec::new()
     };
@@ -145,7 +130,7 @@ async fn unsubscribe(
         Ok(Some(o)) => o.name,
         _ => String::new(),
     };
-    pages::render(
+    Ok(pages::render(
         &state,
         StatusCode::OK,
         "unsubscribed",
@@ -155,5 +140,5 @@ async fn unsubscribe(
             "offering": { "name": name },
             "preferences_url": state.links().preferences_url(subscriber),
         }),
-    )
+    ))
 }
