@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: 16% less CPU per delivered message (BENCHMARKS.md).
+/// mimalloc instead of glibc's malloc: less CPU per delivered message (BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

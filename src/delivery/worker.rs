@@ -847,10 +847,8 @@ impl Worker {
     }
 }
 
-/// Batches a worker has in flight at once (see [`Worker::run`]). On PostgreSQL, where a claim
-/// and the record of a batch of 200 took 12 and 20 ms, one lane left the SMTP sessions idle
-/// while it waited: 2,700-2,900 msg/s with one, 2,900-3,900 with two, 3,600-3,900 with four
-/// (20k recipients). SQLite was the same with two or four.
+/// Batches a worker has in flight at once (see [`Worker::run`]), so that the SMTP sessions
+/// do not wait for a claim or a record (measured: BENCHMARKS.md, "Measurements behind the code").
 pub const LANES: usize = 4;
 
 fn hostname() -> String {

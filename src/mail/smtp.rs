@@ -2,12 +2,10 @@
 //! Where the server offers PIPELINING (RFC 2920), `MAIL FROM`, `RCPT TO` and `DATA` go out in
 //! one write, and the body with its closing dot in one more: two round trips per message.
 //!
-//! Why not lettre's pooled `AsyncSmtpTransport`: it opens its sockets without `TCP_NODELAY`.
-//! lettre writes the message body and the closing `.` line in two writes; Nagle's algorithm
-//! holds the small second write back until the server acknowledges the first, and the server
-//! delays that acknowledgement (~40 ms) hoping to piggyback it on a reply. Every message stalls,
-//! which caps a connection at ~22 messages a second. Here the pool opens the TCP stream itself,
-//! turns Nagle off, and hands the stream to lettre for the SMTP conversation.
+//! Why not lettre's pooled `AsyncSmtpTransport`: it opens its sockets without `TCP_NODELAY`,
+//! and Nagle's algorithm then stalls every message on the server's delayed acknowledgement
+//! (measured: BENCHMARKS.md, "Measurements behind the code"). Here the pool opens the TCP stream itself, turns Nagle off, and
+//! hands the stream to lettre for the SMTP conversation.
 //!
 //! ```text
 //!  send(message)

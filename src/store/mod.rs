@@ -54,7 +54,7 @@ pub struct Store {
     backend: Backend,
     /// SQLite has one write lock per file. Connections of this process that want it at the
     /// same moment take turns here, in order, instead of in SQLite's busy handler, which
-    /// sleeps in growing steps (up to 100 ms) and put p99 of signups under load at 250-370 ms.
+    /// sleeps in growing steps (measured: BENCHMARKS.md, "Measurements behind the code").
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// The active offerings as last read (see [`Store::active_offerings`]).
     offerings: std::sync::Arc<std::sync::Mutex<Option<offerings::Cached>>>,
@@ -185,11 +185,10 @@ impl Store {
 
     /// On SQLite, takes WAL checkpoints off the connections that write, for a long-running
     /// process (`sangha serve`): a task copies the WAL into the database file every 100 ms
-    /// until `stop` turns true, and no commit does it any more. SQLite's own checkpoint runs
-    /// inside the commit that crosses 1,000 pages of WAL, and that commit (often a batch of
-    /// signups, all waiting for their answer) waited for the copy and its fsync: 80–470 ms
-    /// now and then, which set p99 of the signup benchmark. A passive checkpoint on another
-    /// connection blocks no writer. Returns the task; `None` on PostgreSQL.
+    /// until `stop` turns true, and no commit does it any more: SQLite's own checkpoint runs
+    /// inside a commit, which then waits for the copy and its fsync (measured: BENCHMARKS.md, "Measurements behind the code").
+    /// A passive checkpoint on another connection blocks no writer. Returns the task; `None`
+    /// on PostgreSQL.
     pub async fn checkpoint_in_background(
         &self,
         mut stop: tokio::sync::watch::Receiver<bool>,
@@ -225,11 +224,9 @@ impl Store {
     }
 
     /// One passive checkpoint. Under constant writes it never catches up with the end of
-    /// the WAL, and SQLite starts the WAL over only once a checkpoint has copied all of it:
-    /// it grew to 350 MB in a 10-second signup benchmark. So past `WAL_RESTART_PAGES` the
-    /// rest is copied during a write turn, when nothing is appended, and the next write
-    /// starts the WAL from the beginning. That short pause comes once per ~16 MB of WAL
-    /// instead of in every commit that crossed 4 MB.
+    /// the WAL, which SQLite starts over only once a checkpoint has copied all of it; so past
+    /// `WAL_RESTART_PAGES` the rest is copied during a write turn, when nothing is appended
+    /// (measured: BENCHMARKS.md, "Measurements behind the code").
     async fn checkpoint(&self) -> Result<(), sqlx::Error> {
         let (_busy, wal_pages, _copied): (i64, i64, i64) =
             sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")

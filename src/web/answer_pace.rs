@@ -1,10 +1,9 @@
 //! The answer to a signup takes as long whether or not the address was known.
 //!
 //! A signup that queues a confirmation email writes more (the cooldown, the outbox row) than one
-//! for an address that is confirmed already or in its cooldown, so its answer came later: 2.1
-//! against 1.4 ms, which told a stranger whether an address was on the list about two times in
-//! three. The answer must not reveal that, so every answer that queued nothing waits until the
-//! typical time of one that did: a moving average of recent answers that queued an email.
+//! for an address that is confirmed already or in its cooldown, so its answer came later, which
+//! told a stranger whether an address was on the list (measured: BENCHMARKS.md, "Measurements behind the code"). So every
+//! answer that queued nothing waits until the typical time of one that did.
 //! Answers that queue an email (nearly all signups, and all of the signup benchmark) wait for
 //! nothing.
 
