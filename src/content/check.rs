@@ -7,12 +7,67 @@ use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
     RenderErrorReason, Renderable, TemplateError,
 };
+use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::registry::{Escape, registry};
 use super::{Content, ContentError};
 
-/// The top-level variables that content may use; the sending code puts all of them in the
-/// handlebars context of every recipient (see [`sample_context`] for their shape).
+/// The handlebars context of one recipient's copy of a send: every variable content may use.
+/// The check renders content against [`Variables::sample`]; `mail` fills the same struct for
+/// each recipient, so a variable added here is known to both.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variables<'a> {
+    /// The person's name, or `friend` when they gave none.
+    pub name: &'a str,
+    pub email: &'a str,
+    pub offering: OfferingVariables<'a>,
+    /// The send's date, as `1 December 2026`.
+    pub date: &'a str,
+    pub unsubscribe_url: String,
+    pub preferences_url: String,
+    pub site: SiteVariables<'a>,
+}
+
+/// `offering.*`: the offering a send belongs to.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct OfferingVariables<'a> {
+    pub name: &'a str,
+    pub slug: &'a str,
+    pub description: &'a str,
+}
+
+/// `site.*`: the site's name and address, in every email.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SiteVariables<'a> {
+    pub name: &'a str,
+    pub base_url: &'a str,
+}
+
+impl Variables<'static> {
+    /// Sample values of every variable, for checks and previews.
+    pub fn sample() -> Self {
+        Self {
+            name: "Asha",
+            email: "asha@example.com",
+            offering: OfferingVariables {
+                name: "Morning Meditation",
+                slug: "morning-meditation",
+                description: "A short guided meditation to begin the day.",
+            },
+            date: "1 December 2026",
+            unsubscribe_url: "http://localhost:3000/unsubscribe/sample-token".to_owned(),
+            preferences_url: "http://localhost:3000/preferences/sample-token".to_owned(),
+            site: SiteVariables {
+                name: "Shakti Temple",
+                base_url: "http://localhost:3000",
+            },
+        }
+    }
+}
+
+/// The names of the fields of [`Variables`], in the order error messages list them (a test
+/// holds the two equal).
 pub const VARIABLES: &[&str] = &[
     "name",
     "email",
@@ -23,25 +78,9 @@ pub const VARIABLES: &[&str] = &[
     "site",
 ];
 
-/// A context with every variable of [`VARIABLES`] filled with sample values, for checks and
-/// previews. The sending code builds the same shape for each recipient.
+/// [`Variables::sample`] as a handlebars context, for checks and previews.
 pub fn sample_context() -> Value {
-    json!({
-        "name": "Asha",
-        "email": "asha@example.com",
-        "offering": {
-            "name": "Morning Meditation",
-            "slug": "morning-meditation",
-            "description": "A short guided meditation to begin the day.",
-        },
-        "date": "1 December 2026",
-        "unsubscribe_url": "http://localhost:3000/unsubscribe/sample-token",
-        "preferences_url": "http://localhost:3000/preferences/sample-token",
-        "site": {
-            "name": "Shakti Temple",
-            "base_url": "http://localhost:3000",
-        },
-    })
+    json!(Variables::sample())
 }
 
 /// Renders every template of `content` in strict mode against [`sample_context`]. An unknown
@@ -50,7 +89,7 @@ pub fn sample_context() -> Value {
 pub fn check(content: &Content) -> Result<(), ContentError> {
     let origin = &content.origin;
     let at_line = |line: usize, what: &str, template: &str| {
-        render_sample(template, false).map_err(|(_, message)| {
+        render_sample(template, Escape::None).map_err(|(_, message)| {
             ContentError::at(&content.source, line, format!("{what}: {message}"))
         })
     };
@@ -67,7 +106,7 @@ pub fn check(content: &Content) -> Result<(), ContentError> {
         at_line(line, "preheader", preheader)?;
     }
     for body in &origin.bodies {
-        render_sample(&body.template, false).map_err(|(line, message)| ContentError {
+        render_sample(&body.template, Escape::None).map_err(|(line, message)| ContentError {
             path: body.path.clone(),
             line: line.map(|l| body.first_line + l - 1),
             message,
@@ -75,8 +114,8 @@ pub fn check(content: &Content) -> Result<(), ContentError> {
     }
     // The bodies passed, so these only fail if conversion itself went wrong.
     for (what, template, escape) in [
-        ("HTML", &content.html, true),
-        ("text", &content.text, false),
+        ("HTML", &content.html, Escape::Html),
+        ("text", &content.text, Escape::None),
     ] {
         render_sample(template, escape).map_err(|(_, message)| {
             ContentError::file(
@@ -90,12 +129,8 @@ pub fn check(content: &Content) -> Result<(), ContentError> {
 
 /// Compiles and renders `template` in strict mode with the sample context. On failure gives
 /// the line within the template (when handlebars knows it) and a message without position.
-fn render_sample(template: &str, escape_html: bool) -> Result<String, (Option<usize>, String)> {
-    let mut registry = Handlebars::new();
-    registry.set_strict_mode(true);
-    if !escape_html {
-        registry.register_escape_fn(handlebars::no_escape);
-    }
+fn render_sample(template: &str, escape: Escape) -> Result<String, (Option<usize>, String)> {
+    let mut registry = registry(escape);
     registry.register_helper("if", Box::new(BothBranches));
     registry.register_helper("unless", Box::new(BothBranches));
     registry

@@ -17,15 +17,17 @@
 mod check;
 mod front_matter;
 mod html;
+mod registry;
 mod text;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use check::compile;
-pub use check::{VARIABLES, check, sample_context};
+pub use check::{OfferingVariables, SiteVariables, VARIABLES, Variables, check, sample_context};
 use front_matter::FrontMatter;
 use html::{Masked, Unescaped};
+pub use registry::{Escape, registry};
 
 /// A checked email, ready to be stored with a send. The bodies do not include the layout.
 ///
@@ -243,10 +245,9 @@ fn parse_handlebars_pair(
 mod test_support {
     use std::path::Path;
 
-    use handlebars::Handlebars;
     use serde_json::Value;
 
-    use super::{Content, ContentError, parse_markdown};
+    use super::{Content, ContentError, Escape, parse_markdown, registry};
 
     pub fn md(source: &str) -> Content {
         parse_markdown(Path::new("email.md"), source).unwrap_or_else(|e| panic!("{e}"))
@@ -260,12 +261,12 @@ mod test_support {
     }
 
     pub fn render(template: &str, escape_html: bool, context: &Value) -> String {
-        let mut registry = Handlebars::new();
-        registry.set_strict_mode(true);
-        if !escape_html {
-            registry.register_escape_fn(handlebars::no_escape);
-        }
-        registry
+        let escape = if escape_html {
+            Escape::Html
+        } else {
+            Escape::None
+        };
+        registry(escape)
             .render_template(template, context)
             .unwrap_or_else(|e| panic!("{e}\n---\n{template}"))
     }
