@@ -205,48 +205,55 @@ mod tests {
     use super::super::test_support::md;
     use super::*;
 
+    /// The error `check` gives for the Markdown `source`, which must name `line`.
+    fn check_err(source: &str, line: usize) -> ContentError {
+        let err = check(&md(source)).unwrap_err();
+        assert_eq!(err.line, Some(line), "{err}");
+        err
+    }
+
     #[test]
     fn unknown_variable_is_reported_at_its_line_in_the_file() {
         // Four front-matter lines, then `{{nmae}}` on line 3 of the body: line 7 of the file.
-        let content = md("---\nsubject: Hi\nday: 1\n---\nDear friend,\n\nHow are you, {{nmae}}?\n");
-        let err = check(&content).unwrap_err();
-        assert_eq!(err.line, Some(7), "{err}");
+        let err = check_err(
+            "---\nsubject: Hi\nday: 1\n---\nDear friend,\n\nHow are you, {{nmae}}?\n",
+            7,
+        );
         assert!(err.message.contains("unknown variable `nmae`"), "{err}");
         assert!(err.to_string().starts_with("email.md:7: "), "{err}");
     }
 
     #[test]
     fn unknown_nested_variable_and_subject_errors() {
-        let content = md("---\nsubject: Hi\n---\nA\n\n{{#if name}}\n{{offering.title}}\n{{/if}}\n");
-        let err = check(&content).unwrap_err();
-        assert_eq!(err.line, Some(7), "{err}");
+        let err = check_err(
+            "---\nsubject: Hi\n---\nA\n\n{{#if name}}\n{{offering.title}}\n{{/if}}\n",
+            7,
+        );
         assert!(err.message.contains("offering.title"), "{err}");
 
-        let content = md("---\n# c\nsubject: Hello {{nmae}}\n---\nBody\n");
-        let err = check(&content).unwrap_err();
-        assert_eq!(err.line, Some(3), "{err}");
+        let err = check_err("---\n# c\nsubject: Hello {{nmae}}\n---\nBody\n", 3);
         assert!(
             err.message.starts_with("subject: unknown variable `nmae`"),
             "{err}"
         );
 
-        let content = md("---\nsubject: Hi\npreheader: For {{site.nam}}\n---\nBody\n");
-        assert_eq!(check(&content).unwrap_err().line, Some(3));
+        check_err(
+            "---\nsubject: Hi\npreheader: For {{site.nam}}\n---\nBody\n",
+            3,
+        );
     }
 
     #[test]
     fn conditions_and_both_branches_are_checked() {
-        let err = check(&md("---\nsubject: Hi\n---\nA\n\n{{#if nmae}}x{{/if}}\n")).unwrap_err();
-        assert_eq!(err.line, Some(6), "{err}");
+        let err = check_err("---\nsubject: Hi\n---\nA\n\n{{#if nmae}}x{{/if}}\n", 6);
         assert!(err.message.contains("unknown variable `nmae`"), "{err}");
         // The sample name is set, so the else branch is never taken with it; still checked.
         let source = "---\nsubject: Hi\n---\n{{#if name}}\nDear {{name}}\n{{else}}\nDear {{frend}}\n{{/if}}\n";
-        let err = check(&md(source)).unwrap_err();
-        assert_eq!(err.line, Some(7), "{err}");
-        let err = check(&md(
+        check_err(source, 7);
+        let err = check_err(
             "---\nsubject: Hi\n---\n{{#unless name}}{{nope}}{{/unless}}\n",
-        ))
-        .unwrap_err();
+            4,
+        );
         assert!(err.message.contains("`nope`"), "{err}");
     }
 

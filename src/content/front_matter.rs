@@ -21,8 +21,27 @@ pub(super) struct FrontMatter {
 const KEYS: &str = "subject, preheader, offering or day";
 
 impl FrontMatter {
+    /// Reads the front matter that must open `source`, and returns it with the body after it
+    /// and the line the body starts on. An empty body is refused.
+    pub(super) fn parse_with_body<'s>(
+        path: &Path,
+        source: &'s str,
+    ) -> Result<(Self, &'s str, usize), ContentError> {
+        let front = Self::parse_required(path, source)?;
+        let body = &source[front.body_offset..];
+        if body.trim().is_empty() {
+            return Err(ContentError::at(
+                path,
+                front.lines,
+                "the email has no body after the front matter",
+            ));
+        }
+        let first_line = front.lines + 1;
+        Ok((front, body, first_line))
+    }
+
     /// Like [`FrontMatter::parse`], but front matter with a subject must be there.
-    pub(super) fn parse_required(path: &Path, source: &str) -> Result<Self, ContentError> {
+    fn parse_required(path: &Path, source: &str) -> Result<Self, ContentError> {
         let front = Self::parse(path, source)?.ok_or_else(|| {
             ContentError::at(
                 path,

@@ -156,16 +156,7 @@ fn read(path: &Path) -> Result<String, ContentError> {
 /// Parses a Markdown file with front matter into HTML and text templates. Does not render
 /// anything: call [`check`] (as [`load`] does) to catch unknown variables.
 pub fn parse_markdown(path: &Path, source: &str) -> Result<Content, ContentError> {
-    let front = FrontMatter::parse_required(path, source)?;
-    let body = &source[front.body_offset..];
-    let first_line = front.lines + 1;
-    if body.trim().is_empty() {
-        return Err(ContentError::at(
-            path,
-            front.lines,
-            "the email has no body after the front matter",
-        ));
-    }
+    let (front, body, first_line) = FrontMatter::parse_with_body(path, source)?;
     // Masking first: it names the line of an unclosed `{{`, where handlebars names the end.
     let masked = Masked::new(path, first_line, body, Unescaped::Refused)?;
     compile(path, first_line, body)?;
@@ -191,16 +182,7 @@ fn parse_handlebars_pair(
     text_path: &Path,
     text_source: &str,
 ) -> Result<Content, ContentError> {
-    let front = FrontMatter::parse_required(html_path, html_source)?;
-    let html = &html_source[front.body_offset..];
-    let html_first_line = front.lines + 1;
-    if html.trim().is_empty() {
-        return Err(ContentError::at(
-            html_path,
-            front.lines,
-            "the email has no body after the front matter",
-        ));
-    }
+    let (front, html, html_first_line) = FrontMatter::parse_with_body(html_path, html_source)?;
     // Masked only for its checks; `{{{x}}}` is refused: no variable is trusted HTML.
     Masked::new(html_path, html_first_line, html, Unescaped::Refused)?;
     compile(html_path, html_first_line, html)?;
@@ -297,6 +279,12 @@ mod tests {
         assert_eq!(err.path, text);
         assert!(err.message.contains("welcome.txt.hbs"), "{err}");
 
+        // `load` refuses the pair, naming `path` and `line`.
+        let refused_at = |path: &Path, line: usize| {
+            let err = load(&html).unwrap_err();
+            assert_eq!((err.path.as_path(), err.line), (path, Some(line)), "{err}");
+        };
+
         std::fs::write(&text, "Dear {{name}},\n\n{{unsubscribe_url}}\n").unwrap();
         let content = load(&html).unwrap();
         assert_eq!(content.subject, "Welcome, {{name}}");
@@ -311,31 +299,16 @@ mod tests {
             "---\nsubject: Welcome, {{name}}\n---\nDear {{nmae}},\n",
         )
         .unwrap();
-        let err = load(&html).unwrap_err();
-        assert_eq!(
-            (err.path.as_path(), err.line),
-            (text.as_path(), Some(4)),
-            "{err}"
-        );
+        refused_at(&text, 4);
 
         // Front matter in the text file must agree with the HTML file's.
         std::fs::write(&text, "---\nday: 2\n---\nDear {{name}},\n").unwrap();
-        let err = load(&html).unwrap_err();
-        assert_eq!(
-            (err.path.as_path(), err.line),
-            (text.as_path(), Some(2)),
-            "{err}"
-        );
+        refused_at(&text, 2);
 
         // And one in the HTML file is counted after its front matter.
         std::fs::write(&text, "Dear {{name}}\n").unwrap();
         std::fs::write(&html, "---\nsubject: Hi\n---\n<p>\n{{nmae}}</p>\n").unwrap();
-        let err = load(&html).unwrap_err();
-        assert_eq!(
-            (err.path.as_path(), err.line),
-            (html.as_path(), Some(5)),
-            "{err}"
-        );
+        refused_at(&html, 5);
     }
 
     #[test]

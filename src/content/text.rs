@@ -601,16 +601,8 @@ mod tests {
     use super::super::check;
     use super::super::test_support::{assert_no_placeholder, md};
 
-    #[test]
-    fn text_part_is_readable() {
-        let content = md("---\nsubject: Hi\n---\n\
-# Welcome, {{name}}
-
-Some *emphasis*, **strong** and `code`.
-A second line.
-
-## Practice
-
+    /// Lists, quotes and indented code read well as they are: the text part keeps them.
+    const VERBATIM: &str = "\
 - Breathe in
 - Breathe out
   - slowly
@@ -626,7 +618,22 @@ A second line.
 
     let breath = 1;
     let again = 2;
+";
 
+    #[test]
+    fn text_part_is_readable() {
+        let source = [
+            "---\nsubject: Hi\n---\n\
+# Welcome, {{name}}
+
+Some *emphasis*, **strong** and `code`.
+A second line.
+
+## Practice
+
+",
+            VERBATIM,
+            "
 Read [the blog]({{site.base_url}}/blog) or <https://example.com/x>.\\
 After a hard break. ![A lotus](lotus.png)
 
@@ -641,8 +648,12 @@ After a hard break. ![A lotus](lotus.png)
 </div>
 
 Bye <span>now</span>.
-");
-        let expected = "\
+",
+        ]
+        .concat();
+        let content = md(&source);
+        let expected = [
+            "\
 Welcome, {{name}}
 =================
 
@@ -652,22 +663,9 @@ A second line.
 Practice
 --------
 
-- Breathe in
-- Breathe out
-  - slowly
-  - gently
-- Rest
-
-1. One
-2. Two
-
-> Be here now.
->
-> Second quoted paragraph.
-
-    let breath = 1;
-    let again = 2;
-
+",
+            VERBATIM,
+            "
 Read the blog <{{site.base_url}}/blog> or https://example.com/x.
 After a hard break. A lotus
 
@@ -680,7 +678,9 @@ Day | Practice
 Manage your emails <{{preferences_url}}>
 
 Bye now.
-";
+",
+        ]
+        .concat();
         assert_eq!(content.text, expected);
         assert!(content.text.lines().all(|l| l == l.trim_end()));
         assert_no_placeholder(&content);
