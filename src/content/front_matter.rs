@@ -1,4 +1,9 @@
 //! The `---` block at the top of a content file: subject, preheader, offering and day.
+//!
+//! Ours, not `gray_matter` (0.3, YAML): it takes `subjct: Hi` without a word, has no line for
+//! a key, calls an unclosed block body, takes `day: -1`, and refuses `subject: {{name}} says
+//! hi` (YAML reads `{` as a mapping), so `front_matter_errors_name_their_line` fails and
+//! content that loads today would be refused.
 
 use std::path::Path;
 

@@ -1,4 +1,10 @@
 //! The plain-text part: Markdown events (and HTML blocks in them) written as readable text.
+//!
+//! Ours, not `html2text` (0.17) for HTML blocks: it writes a link as `[text][1]` with a
+//! footnote, or drops its URL, where `text_part_is_readable` wants `text <url>`, and it brings
+//! html5ever, markup5ever, string_cache, tendril and the phf crates. Entities are ours too, not `html-escape` (0.3): it
+//! decodes the same references we know, but `&nbsp;` to U+00A0 where we write a space; the
+//! named references we do not know (`&rsquo;`) stay as written, as they did before.
 
 use std::path::Path;
 
