@@ -12,6 +12,7 @@ use handlebars::Handlebars;
 
 use super::{EmailContent, TemplateError, Templates, build_message};
 use crate::clock::Millis;
+use crate::content::{Escape, OfferingVariables, SiteVariables, Variables, registry};
 use crate::domain::LinkTarget;
 use crate::links::Links;
 
@@ -88,13 +89,10 @@ impl CompiledSend {
             name: format!("send {}", send.id),
             message: e.to_string(),
         };
-        let mut html = Handlebars::new();
-        html.set_strict_mode(true);
+        let mut html = registry(Escape::Html);
         html.register_template_string("html", send.html)
             .map_err(invalid)?;
-        let mut text = Handlebars::new();
-        text.set_strict_mode(true);
-        text.register_escape_fn(handlebars::no_escape);
+        let mut text = registry(Escape::None);
         text.register_template_string("text", send.text)
             .map_err(invalid)?;
         text.register_template_string("subject", send.subject)
@@ -172,14 +170,18 @@ impl Composer {
         offering: &OfferingInfo<'_>,
     ) -> Result<(EmailContent, ExtraHeaders), ComposeError> {
         let unsubscribe_url = self.links.unsubscribe_url(to.link, offering.id);
-        let mut context = json!({
-            "site": self.site(),
-            "name": to.name.unwrap_or("friend"),
-            "email": to.email,
-            "offering": { "name": offering.name, "slug": offering.slug, "description": offering.description },
-            "date": send.date,
-            "unsubscribe_url": unsubscribe_url,
-            "preferences_url": self.links.preferences_url(to.link),
+        let mut context = json!(Variables {
+            name: to.name.unwrap_or("friend"),
+            email: to.email,
+            offering: OfferingVariables {
+                name: offering.name,
+                slug: offering.slug,
+                description: offering.description,
+            },
+            date: &send.date,
+            unsubscribe_url: unsubscribe_url.clone(),
+            preferences_url: self.links.preferences_url(to.link),
+            site: self.site(),
         });
         let subject = send.text.render("subject", &context)?;
         let body_html = send.html.render("html", &context)?;
@@ -221,8 +223,11 @@ impl Composer {
         ))
     }
 
-    fn site(&self) -> serde_json::Value {
-        json!({ "name": self.site_name, "base_url": self.links.base_url() })
+    fn site(&self) -> SiteVariables<'_> {
+        SiteVariables {
+            name: &self.site_name,
+            base_url: self.links.base_url(),
+        }
     }
 
     fn mailbox(to: &Recipient<'_>) -> Result<Mailbox, ComposeError> {

@@ -12,6 +12,8 @@ use handlebars::Handlebars;
 use rust_embed::RustEmbed;
 use serde::Serialize;
 
+use crate::content::{Escape, registry};
+
 #[derive(RustEmbed)]
 #[folder = "templates/"]
 struct Embedded;
@@ -39,11 +41,8 @@ pub struct Templates {
 impl Templates {
     /// Loads the embedded defaults, then the files of `overrides` if given.
     pub fn load(overrides: Option<&Path>) -> Result<Self, TemplateError> {
-        let mut html = Handlebars::new();
-        html.set_strict_mode(true);
-        let mut text = Handlebars::new();
-        text.set_strict_mode(true);
-        text.register_escape_fn(handlebars::no_escape);
+        let mut html = registry(Escape::Html);
+        let mut text = registry(Escape::None);
 
         let mut sources: Vec<(String, String)> = Vec::new();
         for file in Embedded::iter().filter(|f| f.ends_with(".hbs")) {

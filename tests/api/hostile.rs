@@ -547,8 +547,7 @@ fn markdown_content_never_panics_and_errors_name_a_line_of_the_file() {
         // Checked content renders, and a name typed by a subscriber stays text in the HTML.
         let mut context = content::sample_context();
         context["name"] = json!("<xss-probe onerror=\"x\">");
-        let mut registry = handlebars::Handlebars::new();
-        registry.set_strict_mode(true);
+        let mut registry = content::registry(content::Escape::Html);
         registry
             .register_template_string("html", &content.html)
             .map_err(|e| TestCaseError::fail(format!("checked HTML does not compile: {e}")))?;
