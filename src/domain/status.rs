@@ -1,5 +1,13 @@
 use serde::{Deserialize, Serialize};
 
+/// A word that is not one of a closed set's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{word}` is not one of: {}", words.join(", "))]
+pub struct UnknownWord {
+    word: String,
+    words: &'static [&'static str],
+}
+
 /// Defines a closed set of states stored as lowercase words in the database.
 macro_rules! word_enum {
     ($(#[$meta:meta])* $name:ident {
@@ -17,13 +25,22 @@ macro_rules! word_enum {
                 match self { $($name::$variant => $word),+ }
             }
 
+            /// The state a stored or typed word names; the error says which words there are.
             pub fn parse(word: &str) -> Result<Self, String> {
+                word.parse().map_err(|e: UnknownWord| e.to_string())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownWord;
+
+            fn from_str(word: &str) -> Result<Self, UnknownWord> {
                 match word {
                     $($word => Ok($name::$variant),)+
-                    other => Err(format!(
-                        "`{other}` is not one of: {}",
-                        [$($word),+].join(", ")
-                    )),
+                    other => Err(UnknownWord {
+                        word: other.to_owned(),
+                        words: &[$($word),+],
+                    }),
                 }
             }
         }
@@ -94,3 +111,37 @@ word_enum!(
         Finished => "finished",
     }
 );
+
+word_enum!(
+    /// How often a recurring send goes out.
+    Every { Day => "day", Weekday => "weekday", Week => "week" }
+);
+
+impl Every {
+    /// The first occurrence date on or after `date`.
+    pub fn first_on_or_after(self, date: jiff::civil::Date) -> jiff::civil::Date {
+        let mut d = date;
+        if self == Every::Weekday {
+            while matches!(
+                d.weekday(),
+                jiff::civil::Weekday::Saturday | jiff::civil::Weekday::Sunday
+            ) {
+                d = d.tomorrow().expect("a representable date");
+            }
+        }
+        d
+    }
+
+    /// The occurrence date after `date`.
+    pub fn next_after(self, date: jiff::civil::Date) -> jiff::civil::Date {
+        match self {
+            Every::Day => date.tomorrow().expect("a representable date"),
+            Every::Week => date
+                .checked_add(jiff::Span::new().days(7))
+                .expect("a representable date"),
+            Every::Weekday => {
+                self.first_on_or_after(date.tomorrow().expect("a representable date"))
+            }
+        }
+    }
+}
