@@ -145,3 +145,21 @@ impl Every {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Every, SubscriptionStatus};
+
+    #[test]
+    fn a_word_parses_to_its_state_and_an_unknown_one_names_the_words() {
+        for every in Every::ALL {
+            assert_eq!(every.as_str().parse::<Every>(), Ok(*every));
+        }
+        let err = "happy".parse::<SubscriptionStatus>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`happy` is not one of: pending, confirmed, unsubscribed"
+        );
+        assert_eq!(SubscriptionStatus::parse("happy"), Err(err.to_string()));
+    }
+}
