@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::clock::Millis;
 use crate::content::Content;
@@ -56,60 +56,6 @@ pub fn new_send(offering: &Offering, content: Content, path: &Path, send_at: Mil
         send_late: false,
         recurrence_id: None,
         content_file: None,
-    }
-}
-
-/// How often a recurring send goes out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Every {
-    Day,
-    Weekday,
-    Week,
-}
-
-impl Every {
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        match text {
-            "day" => Ok(Every::Day),
-            "weekday" => Ok(Every::Weekday),
-            "week" => Ok(Every::Week),
-            other => bail!("--every: `{other}` is not one of day, weekday, week"),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Every::Day => "day",
-            Every::Weekday => "weekday",
-            Every::Week => "week",
-        }
-    }
-
-    /// The first occurrence date on or after `date`.
-    pub fn first_on_or_after(self, date: jiff::civil::Date) -> jiff::civil::Date {
-        let mut d = date;
-        if self == Every::Weekday {
-            while matches!(
-                d.weekday(),
-                jiff::civil::Weekday::Saturday | jiff::civil::Weekday::Sunday
-            ) {
-                d = d.tomorrow().expect("a representable date");
-            }
-        }
-        d
-    }
-
-    /// The occurrence date after `date`.
-    pub fn next_after(self, date: jiff::civil::Date) -> jiff::civil::Date {
-        match self {
-            Every::Day => date.tomorrow().expect("a representable date"),
-            Every::Week => date
-                .checked_add(jiff::Span::new().days(7))
-                .expect("a representable date"),
-            Every::Weekday => {
-                self.first_on_or_after(date.tomorrow().expect("a representable date"))
-            }
-        }
     }
 }
 

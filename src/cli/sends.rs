@@ -1,6 +1,6 @@
-//! The owner's side of sending: schedule a send from a content file, preview it, send a test,
-//! and look after sends under way.
+//! `sangha schedule`, `preview`, `test-send` and `sends …`: the owner's side of sending.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,16 +10,19 @@ use anyhow::{Context, bail};
 
 use crate::app::Runtime;
 use crate::clock::{Millis, format_ms};
+use crate::config::Config;
 use crate::content::{self, Content};
 use crate::delivery::for_mail;
-use crate::domain::{EmailAddress, LinkTarget, Slug};
+use crate::domain::{EmailAddress, Every, LinkTarget, RecurrenceStatus, Slug, Timezone};
 use crate::mail::{CompiledSend, EmailContent, Recipient, SendTemplates, Transport};
-use crate::schedule::{Every, content_files, local_instant, new_send};
+use crate::schedule::{content_files, local_instant, new_send};
 use crate::store::{FailureGroup, NewSend, Offering, RetryOutcome, SendStatus, SendSummary};
+
+use super::{PreviewArgs, ScheduleArgs, SendsCommand, TestSendArgs, offering, open};
 
 /// When a send goes out.
 #[derive(Debug, Clone)]
-pub enum When {
+enum When {
     Now,
     /// A wall-clock time in a zone (`2026-12-01 06:30` in `Europe/Berlin`).
     At(jiff::civil::DateTime, jiff::tz::TimeZone),
@@ -36,18 +39,14 @@ pub enum When {
 const FIRST_ZONE: &str = "Pacific/Kiritimati";
 
 impl When {
-    /// Parses `--at "YYYY-MM-DD HH:MM"` in `zone`.
-    pub fn parse_at(at: &str, zone: &str) -> anyhow::Result<Self> {
+    /// `--at` in `zone` (the `--timezone` given, or the site's).
+    fn at(local: jiff::civil::DateTime, zone: &str) -> anyhow::Result<Self> {
         let tz = jiff::tz::TimeZone::get(zone).map_err(|_| {
             anyhow::anyhow!(
                 "--timezone: `{}` is not a known IANA time zone",
-                crate::domain::Timezone::excerpt(zone)
+                Timezone::excerpt(zone)
             )
         })?;
-        let local: jiff::civil::DateTime =
-            at.trim().replacen(' ', "T", 1).parse().map_err(|_| {
-                anyhow::anyhow!("--at: `{at}` is not a time like \"2026-12-01 06:30\"")
-            })?;
         Ok(When::At(local, tz))
     }
 
@@ -69,6 +68,167 @@ impl When {
     }
 }
 
+/// `sangha schedule`: checks the content (rendering it once) and records the send, or the
+/// recurring send of a folder; prints its id.
+pub async fn schedule(
+    config: Config,
+    args: ScheduleArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    if let Some(dir) = args.content_dir {
+        let every = args.every.context("--content-dir needs --every")?;
+        let time = args
+            .local_time
+            .context("--content-dir needs --local-time")?;
+        let from = match args.from {
+            Some(date) => date,
+            None => jiff::Timestamp::now()
+                .to_zoned_datetime(jiff::tz::TimeZone::get(&config.site.timezone)?)
+                .date(),
+        };
+        let runtime = open(config).await?;
+        let id = schedule_recurring(&runtime, &args.offering, &dir, every, time, from).await?;
+        writeln!(out, "recurring send {id}: see `sangha sends list`")?;
+        return Ok(());
+    }
+    let content = args.content.context("--content is required")?;
+    let when = match (args.now, args.at, args.local_time) {
+        (true, _, _) => When::Now,
+        (false, Some(at), _) => {
+            let zone = args
+                .timezone
+                .unwrap_or_else(|| config.site.timezone.clone());
+            When::at(at, &zone)?
+        }
+        (false, None, Some(time)) => When::Local {
+            time,
+            date: args.on.context("--local-time needs --on DATE")?,
+            send_late: args.send_late,
+        },
+        (false, None, None) => {
+            bail!("say when: --at \"YYYY-MM-DD HH:MM\", --local-time HH:MM --on DATE, or --now")
+        }
+    };
+    let runtime = open(config).await?;
+    let id = schedule_once(&runtime, &args.offering, &content, &when).await?;
+    writeln!(out, "{id}")?;
+    Ok(())
+}
+
+/// Runs one `sangha sends` command.
+pub async fn run(
+    runtime: &Runtime,
+    command: SendsCommand,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let store = &runtime.store;
+    let changed = |ok: bool, id: i64, what: &str| -> anyhow::Result<()> {
+        anyhow::ensure!(
+            ok,
+            "send {id} cannot be {what} in its current state (see `sangha sends show {id}`)"
+        );
+        Ok(())
+    };
+    match command {
+        SendsCommand::List(flag) => {
+            let sends = store.send_summaries(None).await?;
+            if flag.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&sends)?)?;
+            } else {
+                print_send_list(&sends, out)?;
+                print_recurrences(runtime, out).await?;
+            }
+        }
+        SendsCommand::Show { id } => print_send(runtime, id, out).await?,
+        SendsCommand::Pause { id } => {
+            changed(
+                store.pause_send(id, "paused by the owner").await?,
+                id,
+                "paused",
+            )?;
+            writeln!(out, "send {id} paused")?;
+        }
+        SendsCommand::Resume { id } => {
+            changed(store.resume_send(id).await?, id, "resumed")?;
+            writeln!(out, "send {id} resumed")?;
+        }
+        SendsCommand::Retry { id, failed } => retry(runtime, id, failed, out).await?,
+        SendsCommand::Cancel { id } => {
+            changed(
+                store.cancel_send(id, runtime.clock.now_ms()).await?,
+                id,
+                "cancelled",
+            )?;
+            writeln!(out, "send {id} cancelled")?;
+        }
+        SendsCommand::Watch { id } => watch(runtime, id, out).await?,
+        SendsCommand::StopRecurring { id } => {
+            let now = runtime.clock.now_ms();
+            changed(
+                store
+                    .end_recurrence(id, RecurrenceStatus::Cancelled, "stopped by the owner", now)
+                    .await?,
+                id,
+                "stopped",
+            )?;
+            writeln!(out, "recurring send {id} stopped")?;
+        }
+    }
+    Ok(())
+}
+
+/// `sangha preview`: renders content as a subscriber (or a sample person) would receive it:
+/// the HTML part, the text part, or the whole message into a file.
+pub async fn preview(
+    runtime: &Runtime,
+    args: PreviewArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let eml = match &args.eml {
+        Some(path) => {
+            Some(File::create(path).with_context(|| format!("cannot write {}", path.display()))?)
+        }
+        None => None,
+    };
+    let (offering, send) = draft(runtime, &args.content, args.offering.as_ref()).await?;
+    let compiled = CompiledSend::new(&templates(&send))?;
+    let (content, message) =
+        render_for(runtime, &compiled, &offering, args.subscriber.as_ref()).await?;
+    match (eml, &args.eml) {
+        (Some(mut file), Some(path)) => {
+            file.write_all(&message.formatted())?;
+            writeln!(out, "wrote {}", path.display())?;
+        }
+        _ if args.text => {
+            writeln!(out, "Subject: {}\n", content.subject)?;
+            out.write_all(content.text.as_bytes())?;
+        }
+        _ => out.write_all(content.html.as_bytes())?,
+    }
+    Ok(())
+}
+
+/// `sangha test-send`: sends content once, now, to `--to`, through the configured transport
+/// (not the outbox).
+pub async fn test_send(
+    runtime: &Runtime,
+    args: TestSendArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let (offering, mut send) = draft(runtime, &args.content, args.offering.as_ref()).await?;
+    send.subject = format!("[Test] {}", send.subject);
+    let compiled = CompiledSend::new(&templates(&send))?;
+    let to = &args.to;
+    let (_, message) = render_for(runtime, &compiled, &offering, Some(to)).await?;
+    let transport = Transport::from_config(&runtime.config)?;
+    let sent = transport.send(message).await;
+    // End the session with QUIT rather than dropping the connection.
+    transport.close().await;
+    let reply = sent.map_err(|e| anyhow::anyhow!("the test send failed: {e}"))?;
+    writeln!(out, "sent to {to}: {reply}")?;
+    Ok(())
+}
+
 /// Loads and checks content for an offering, refusing a mismatch with its front matter.
 fn checked_content(path: &Path, offering: &Offering) -> anyhow::Result<Content> {
     let content = content::load(path)?;
@@ -84,23 +244,38 @@ fn checked_content(path: &Path, offering: &Offering) -> anyhow::Result<Content> 
     Ok(content)
 }
 
-async fn offering(runtime: &Runtime, slug: &str) -> anyhow::Result<Offering> {
-    let slug = Slug::parse(slug).map_err(|e| anyhow::anyhow!("--offering: {e}"))?;
-    runtime
-        .store
-        .offering_by_slug(&slug)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("--offering: there is no offering `{slug}`"))
+/// The content at `path` as a send, due now, of the offering `--offering` names (else the
+/// one its front matter names), for a preview or a test send.
+async fn draft(
+    runtime: &Runtime,
+    path: &Path,
+    slug: Option<&Slug>,
+) -> anyhow::Result<(Offering, NewSend)> {
+    let content = content::load(path)?;
+    let slug = match slug {
+        Some(slug) => slug.clone(),
+        None => {
+            let named = content.offering.as_deref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "name the offering: --offering SLUG (or `offering:` in the front matter)"
+                )
+            })?;
+            Slug::parse(named).map_err(|e| anyhow::anyhow!("--offering: {e}"))?
+        }
+    };
+    let offering = offering(runtime, &slug).await?;
+    let send = new_send(&offering, content, path, runtime.clock.now_ms());
+    Ok((offering, send))
 }
 
 /// Checks the content (rendering it once) and records the send. Returns its id.
-pub async fn schedule(
+async fn schedule_once(
     runtime: &Runtime,
-    offering_slug: &str,
+    slug: &Slug,
     path: &Path,
     when: &When,
 ) -> anyhow::Result<i64> {
-    let offering = offering(runtime, offering_slug).await?;
+    let offering = offering(runtime, slug).await?;
     let content = checked_content(path, &offering)?;
     let now = runtime.clock.now_ms();
     let send_at = when.resolve(now)?;
@@ -151,15 +326,15 @@ async fn refuse_passed_zones(
 
 /// Starts a recurring send: every checked now, so a broken piece is found today and not on
 /// the morning it is due. Returns the recurrence id.
-pub async fn schedule_recurring(
+async fn schedule_recurring(
     runtime: &Runtime,
-    offering_slug: &str,
+    slug: &Slug,
     dir: &Path,
     every: Every,
     time: jiff::civil::Time,
     from: jiff::civil::Date,
 ) -> anyhow::Result<i64> {
-    let offering = offering(runtime, offering_slug).await?;
+    let offering = offering(runtime, slug).await?;
     let files = content_files(dir)?;
     if files.is_empty() {
         bail!("{}: the folder has no Markdown (.md) files", dir.display());
@@ -230,76 +405,7 @@ async fn render_for(
     Ok((content, composer.send_email(&to, send, &offering)?))
 }
 
-/// What `preview` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreviewPart {
-    Html,
-    Text,
-    Raw,
-}
-
-/// Renders content as `email` (or a sample person) would receive it.
-pub async fn preview(
-    runtime: &Runtime,
-    path: &Path,
-    offering_slug: Option<&str>,
-    email: Option<&EmailAddress>,
-    part: PreviewPart,
-    out: &mut (dyn Write + Send),
-) -> anyhow::Result<()> {
-    let content = content::load(path)?;
-    let slug = offering_slug
-        .map(str::to_owned)
-        .or(content.offering.clone())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "name the offering: --offering SLUG (or `offering:` in the front matter)"
-            )
-        })?;
-    let offering = offering(runtime, &slug).await?;
-    let send = new_send(&offering, content, path, runtime.clock.now_ms());
-    let compiled = CompiledSend::new(&templates(&send))?;
-    let (content, message) = render_for(runtime, &compiled, &offering, email).await?;
-    match part {
-        PreviewPart::Raw => out.write_all(&message.formatted())?,
-        PreviewPart::Html => out.write_all(content.html.as_bytes())?,
-        PreviewPart::Text => {
-            writeln!(out, "Subject: {}\n", content.subject)?;
-            out.write_all(content.text.as_bytes())?;
-        }
-    }
-    Ok(())
-}
-
-/// Sends content once, now, to `to`, through the configured transport (not the outbox).
-pub async fn test_send(
-    runtime: &Runtime,
-    path: &Path,
-    offering_slug: Option<&str>,
-    to: &EmailAddress,
-) -> anyhow::Result<String> {
-    let content = content::load(path)?;
-    let slug = offering_slug
-        .map(str::to_owned)
-        .or(content.offering.clone())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "name the offering: --offering SLUG (or `offering:` in the front matter)"
-            )
-        })?;
-    let offering = offering(runtime, &slug).await?;
-    let mut send = new_send(&offering, content, path, runtime.clock.now_ms());
-    send.subject = format!("[Test] {}", send.subject);
-    let compiled = CompiledSend::new(&templates(&send))?;
-    let (_, message) = render_for(runtime, &compiled, &offering, Some(to)).await?;
-    let transport = Transport::from_config(&runtime.config)?;
-    let sent = transport.send(message).await;
-    // End the session with QUIT rather than dropping the connection.
-    transport.close().await;
-    sent.map_err(|e| anyhow::anyhow!("the test send failed: {e}"))
-}
-
-pub fn print_send_list(sends: &[SendSummary], out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+fn print_send_list(sends: &[SendSummary], out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     writeln!(
         out,
         "{:>4}  {:<22} {:<10} {:<20} {:>15}  SUBJECT",
@@ -324,10 +430,7 @@ pub fn print_send_list(sends: &[SendSummary], out: &mut (dyn Write + Send)) -> a
 }
 
 /// The recurring sends: next occurrence, pieces left, and a warning when few are left.
-pub async fn print_recurrences(
-    runtime: &Runtime,
-    out: &mut (dyn Write + Send),
-) -> anyhow::Result<()> {
+async fn print_recurrences(runtime: &Runtime, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let all = runtime.store.recurrences(false).await?;
     if all.is_empty() {
         return Ok(());
@@ -344,7 +447,7 @@ pub async fn print_recurrences(
             "{:>4}  {:<22} every {} at {} local, {}",
             r.id, r.offering, r.every, r.local_time, r.status
         );
-        if r.status == crate::domain::RecurrenceStatus::Active {
+        if r.status == RecurrenceStatus::Active {
             line.push_str(&format!(", next {}, {left} piece(s) left", r.next_date));
             if left < i64::from(runtime.config.worker.recurring_warn_below) {
                 line.push_str(&format!(
@@ -361,7 +464,7 @@ pub async fn print_recurrences(
     Ok(())
 }
 
-pub async fn print_send(
+async fn print_send(
     runtime: &Runtime,
     id: i64,
     out: &mut (dyn Write + Send),
@@ -534,7 +637,7 @@ fn relay_advice(id: i64, failures: &[FailureGroup]) -> Vec<String> {
 }
 
 /// `sangha sends retry ID [--failed]`.
-pub async fn retry(
+async fn retry(
     runtime: &Runtime,
     id: i64,
     all_failed: bool,
@@ -570,7 +673,7 @@ pub async fn retry(
 }
 
 /// A live progress bar until the send ends (or is paused).
-pub async fn watch(runtime: &Runtime, id: i64, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+async fn watch(runtime: &Runtime, id: i64, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

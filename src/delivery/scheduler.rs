@@ -150,7 +150,7 @@ impl Scheduler {
     async fn create_occurrences(&self, now: Millis) -> anyhow::Result<usize> {
         let mut moved = 0;
         for r in self.store.recurrences(true).await? {
-            let every = crate::schedule::Every::parse(&r.every)?;
+            let every = r.every.parse::<crate::domain::Every>()?;
             let time = crate::schedule::parse_local_time(&r.local_time)?;
             let date = crate::schedule::parse_date("next_date", &r.next_date)?;
             let first = crate::schedule::local_instant(date, time, "Pacific/Kiritimati")?;

@@ -14,6 +14,7 @@ impl EmailAddress {
     /// Longest address that fits a forward path (RFC 5321 §4.5.3.1.3).
     pub const MAX_LEN: usize = 254;
 
+    /// Parses and normalises a typed address; the error is the message a person reads.
     pub fn parse(input: &str) -> Result<Self, String> {
         let trimmed = input.trim();
         if trimmed.is_empty() {
@@ -77,6 +78,14 @@ impl EmailAddress {
 
     pub fn domain(&self) -> &str {
         self.0.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+    }
+}
+
+impl std::str::FromStr for EmailAddress {
+    type Err = super::Invalid;
+
+    fn from_str(input: &str) -> Result<Self, super::Invalid> {
+        Self::parse(input).map_err(super::Invalid)
     }
 }
 

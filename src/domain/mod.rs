@@ -12,10 +12,15 @@ pub use email::EmailAddress;
 pub use name::SubscriberName;
 pub use slug::Slug;
 pub use status::{
-    CourseState, DeliveryKind, DeliveryStatus, OfferingKind, RecurrenceStatus, SendStatus,
+    CourseState, DeliveryKind, DeliveryStatus, Every, OfferingKind, RecurrenceStatus, SendStatus,
     SubscriptionStatus, SuppressionReason, UnknownWord,
 };
 pub use timezone::Timezone;
+
+/// A text a domain type refused, with the reason a person reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(String);
 
 /// Lowercase hex of bytes (digests, random ids).
 pub fn hex(bytes: &[u8]) -> String {

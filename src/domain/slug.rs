@@ -6,6 +6,7 @@ use std::fmt;
 pub struct Slug(String);
 
 impl Slug {
+    /// Checks a typed slug; the error is the message a person reads.
     pub fn parse(input: &str) -> Result<Self, String> {
         let ok = !input.is_empty()
             && input.len() <= 64
@@ -24,6 +25,14 @@ impl Slug {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl std::str::FromStr for Slug {
+    type Err = super::Invalid;
+
+    fn from_str(input: &str) -> Result<Self, super::Invalid> {
+        Self::parse(input).map_err(super::Invalid)
     }
 }
 

@@ -1,5 +1,13 @@
 use serde::{Deserialize, Serialize};
 
+/// A word that is not one of a closed set's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{word}` is not one of: {}", words.join(", "))]
+pub struct UnknownWord {
+    word: String,
+    words: &'static [&'static str],
+}
+
 /// Defines a closed set of states stored as lowercase words in the database.
 macro_rules! word_enum {
     ($(#[$meta:meta])* $name:ident {
@@ -17,13 +25,22 @@ macro_rules! word_enum {
                 match self { $($name::$variant => $word),+ }
             }
 
+            /// The state a stored or typed word names; the error says which words there are.
             pub fn parse(word: &str) -> Result<Self, String> {
+                word.parse().map_err(|e: UnknownWord| e.to_string())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownWord;
+
+            fn from_str(word: &str) -> Result<Self, UnknownWord> {
                 match word {
                     $($word => Ok($name::$variant),)+
-                    other => Err(format!(
-                        "`{other}` is not one of: {}",
-                        [$($word),+].join(", ")
-                    )),
+                    other => Err(UnknownWord {
+                        word: other.to_owned(),
+                        words: &[$($word),+],
+                    }),
                 }
             }
         }
@@ -34,19 +51,8 @@ macro_rules! word_enum {
             }
         }
 
-        impl std::str::FromStr for $name {
-            type Err = UnknownWord;
-            fn from_str(word: &str) -> Result<Self, UnknownWord> {
-                $name::parse(word).map_err(UnknownWord)
-            }
-        }
     };
 }
-
-/// A word that is not one of a status's words; the text names the ones that are.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct UnknownWord(pub String);
 
 word_enum!(
     /// What an offering is: a newsletter (sends scheduled by the owner) or a course (steps
@@ -108,6 +114,40 @@ word_enum!(
 );
 
 word_enum!(
+    /// How often a recurring send goes out.
+    Every { Day => "day", Weekday => "weekday", Week => "week" }
+);
+
+impl Every {
+    /// The first occurrence date on or after `date`.
+    pub fn first_on_or_after(self, date: jiff::civil::Date) -> jiff::civil::Date {
+        let mut d = date;
+        if self == Every::Weekday {
+            while matches!(
+                d.weekday(),
+                jiff::civil::Weekday::Saturday | jiff::civil::Weekday::Sunday
+            ) {
+                d = d.tomorrow().expect("a representable date");
+            }
+        }
+        d
+    }
+
+    /// The occurrence date after `date`.
+    pub fn next_after(self, date: jiff::civil::Date) -> jiff::civil::Date {
+        match self {
+            Every::Day => date.tomorrow().expect("a representable date"),
+            Every::Week => date
+                .checked_add(jiff::Span::new().days(7))
+                .expect("a representable date"),
+            Every::Weekday => {
+                self.first_on_or_after(date.tomorrow().expect("a representable date"))
+            }
+        }
+    }
+}
+
+word_enum!(
     /// Why an address is on the suppression list.
     SuppressionReason { Erased => "erased", Bounced => "bounced" }
 );
@@ -121,3 +161,21 @@ word_enum!(
         Cancelled => "cancelled",
     }
 );
+
+#[cfg(test)]
+mod tests {
+    use super::{Every, SubscriptionStatus};
+
+    #[test]
+    fn a_word_parses_to_its_state_and_an_unknown_one_names_the_words() {
+        for every in Every::ALL {
+            assert_eq!(every.as_str().parse::<Every>(), Ok(*every));
+        }
+        let err = "happy".parse::<SubscriptionStatus>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`happy` is not one of: pending, confirmed, unsubscribed"
+        );
+        assert_eq!(SubscriptionStatus::parse("happy"), Err(err.to_string()));
+    }
+}

@@ -8,6 +8,7 @@ impl Timezone {
     /// The longest name taken (the longest IANA name has 32 characters).
     pub const MAX_BYTES: usize = 64;
 
+    /// Checks a zone name against the bundled database; the error is the message a person reads.
     pub fn parse(input: &str) -> Result<Self, String> {
         let trimmed = input.trim();
         if trimmed.len() > Self::MAX_BYTES || jiff::tz::TimeZone::get(trimmed).is_err() {
@@ -36,6 +37,14 @@ impl Timezone {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl std::str::FromStr for Timezone {
+    type Err = super::Invalid;
+
+    fn from_str(input: &str) -> Result<Self, super::Invalid> {
+        Self::parse(input).map_err(super::Invalid)
     }
 }
 

@@ -1,0 +1,234 @@
+//! `sangha subscribers`: list, show, remove, erase, and CSV import and export.
+//!
+//! The file format is the one in DESIGN.md: a header row `email,name,timezone,offerings`, then
+//! one person per row; several offerings in one cell are separated by `;`. An export writes the
+//! same four columns (so it can be imported again) followed by columns that describe, and are
+//! ignored on import: `statuses,created_at,confirmed_at,consent_at,consent_source`.
+//!
+//! Both directions stream, whatever the size of the list: an import holds a few batches of rows
+//! (1,000 each by default: one being read, up to two being written) and an export one
+//! subscriber at a time.
+
+mod export;
+mod import;
+mod rows;
+
+use std::io::Write;
+
+use crate::app::Runtime;
+use crate::clock::format_ms;
+use crate::config::Config;
+use crate::domain::{EmailAddress, Slug, SubscriptionStatus};
+use crate::store::{ConsentMeta, SubscriberDetail, SubscriberRow};
+
+use super::{JsonFlag, SubscribersCommand, offering, open};
+
+/// Runs one `sangha subscribers` command.
+pub async fn run(
+    config: Config,
+    command: SubscribersCommand,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    match command {
+        SubscribersCommand::List {
+            offering,
+            status,
+            json,
+        } => list(&open(config).await?, offering.as_ref(), status, json, out).await,
+        SubscribersCommand::Show { email, json } => {
+            let runtime = open(config).await?;
+            let detail = find(&runtime, &email).await?;
+            if json.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&detail)?)?;
+            } else {
+                print_detail(&detail, out)?;
+                super::courses::print_progress(&runtime.config, &detail, out)?;
+            }
+            Ok(())
+        }
+        SubscribersCommand::Import {
+            file,
+            confirmed,
+            source,
+            strict,
+            batch_size,
+        } => {
+            let options = import::ImportOptions {
+                confirmed,
+                source,
+                strict,
+                batch_size,
+            };
+            options.check()?;
+            let runtime = open(config).await?;
+            let links = runtime.links()?;
+            let report = import::import(
+                &runtime.store,
+                &links,
+                &file,
+                &options,
+                &mut std::io::stderr(),
+                runtime.clock.now_ms(),
+            )
+            .await?;
+            writeln!(out, "{report}")?;
+            Ok(())
+        }
+        SubscribersCommand::Export { output } => {
+            let runtime = open(config).await?;
+            match output {
+                Some(path) => {
+                    let mut file = export::create_private_file(&path)?;
+                    let n = export::export(&runtime.store, &mut file).await?;
+                    file.sync_all()?;
+                    writeln!(out, "{n} subscriber(s) written to {}", path.display())?;
+                }
+                None => {
+                    export::export(&runtime.store, out).await?;
+                }
+            }
+            Ok(())
+        }
+        SubscribersCommand::Remove { email, offering } => {
+            remove(&open(config).await?, &email, offering.as_ref(), out).await
+        }
+        SubscribersCommand::Erase { email } => {
+            let runtime = open(config).await?;
+            let who = find(&runtime, &email).await?;
+            let hash = runtime.links()?.email_hash(&email);
+            runtime
+                .store
+                .erase_subscriber(who.subscriber.id, &hash, runtime.clock.now_ms())
+                .await?;
+            writeln!(
+                out,
+                "{email} erased; only a keyed hash stays on the suppression list"
+            )?;
+            Ok(())
+        }
+        SubscribersCommand::Course(command) => {
+            super::courses::run(&open(config).await?, command, out).await
+        }
+    }
+}
+
+/// The subscriber with this address, or an error that names it.
+pub async fn find(runtime: &Runtime, email: &EmailAddress) -> anyhow::Result<SubscriberDetail> {
+    runtime
+        .store
+        .subscriber_detail(email)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no subscriber with the address {email}"))
+}
+
+/// `sangha subscribers list [--offering SLUG] [--status STATUS] [--json]`.
+async fn list(
+    runtime: &Runtime,
+    slug: Option<&Slug>,
+    status: Option<SubscriptionStatus>,
+    json: JsonFlag,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    if let Some(slug) = slug {
+        offering(runtime, slug).await?;
+    }
+    let rows = runtime
+        .store
+        .list_subscribers(slug.map(Slug::as_str), status)
+        .await?;
+    if json.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+    } else {
+        print_table(&rows, out)?;
+    }
+    Ok(())
+}
+
+/// `sangha subscribers remove EMAIL [--offering SLUG]`: unsubscribes, keeping the record.
+async fn remove(
+    runtime: &Runtime,
+    email: &EmailAddress,
+    slug: Option<&Slug>,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let who = find(runtime, email).await?;
+    let offering_id = match slug {
+        Some(slug) => Some(offering(runtime, slug).await?.id),
+        None => None,
+    };
+    let meta = ConsentMeta {
+        ip: None,
+        user_agent: None,
+        text_hash: String::new(),
+        source: "owner",
+    };
+    let left = runtime
+        .store
+        .unsubscribe(
+            who.subscriber.id,
+            offering_id,
+            &meta,
+            runtime.clock.now_ms(),
+        )
+        .await?;
+    writeln!(out, "{email}: left {} offering(s)", left.len())?;
+    Ok(())
+}
+
+fn print_table(rows: &[SubscriberRow], out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    writeln!(out, "{:<40} {:<24} SUBSCRIPTIONS", "EMAIL", "NAME")?;
+    for row in rows {
+        let subs: Vec<String> = row
+            .subscriptions
+            .iter()
+            .map(|s| format!("{}:{}", s.offering, s.status))
+            .collect();
+        writeln!(
+            out,
+            "{:<40} {:<24} {}",
+            row.email,
+            row.name.as_deref().unwrap_or("-"),
+            subs.join(" ")
+        )?;
+    }
+    writeln!(out, "{} subscriber(s)", rows.len())?;
+    Ok(())
+}
+
+fn print_detail(detail: &SubscriberDetail, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let s = &detail.subscriber;
+    writeln!(out, "email:    {}", s.email)?;
+    writeln!(out, "name:     {}", s.name.as_deref().unwrap_or("-"))?;
+    writeln!(out, "timezone: {}", s.timezone.as_deref().unwrap_or("-"))?;
+    writeln!(out, "since:    {}", format_ms(s.created_at))?;
+    writeln!(out, "offerings:")?;
+    for sub in &s.subscriptions {
+        let when = match sub.status {
+            SubscriptionStatus::Confirmed => sub.confirmed_at,
+            SubscriptionStatus::Unsubscribed => sub.unsubscribed_at,
+            SubscriptionStatus::Pending => Some(sub.created_at),
+        };
+        writeln!(
+            out,
+            "  {:<24} {:<13} {}",
+            sub.offering,
+            sub.status,
+            when.map(format_ms).unwrap_or_default()
+        )?;
+    }
+    writeln!(out, "consent:")?;
+    for c in &detail.consents {
+        writeln!(
+            out,
+            "  {:<8} {}  ip={}  via={}  offerings={}  text-sha256={}  user-agent={:?}",
+            c.action,
+            format_ms(c.at),
+            c.ip.as_deref().unwrap_or("-"),
+            c.source,
+            c.offerings.join(";"),
+            c.text_hash,
+            c.user_agent.as_deref().unwrap_or("-"),
+        )?;
+    }
+    Ok(())
+}
