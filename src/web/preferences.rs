@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 
 use super::client::ClientInfo;
 use super::{AppError, AppState, pages};
-use crate::courses::Courses;
 use crate::domain::{
     OfferingKind, Slug, SubscriberName, SubscriptionStatus, Timezone, TokenPurpose,
 };
@@ -175,7 +174,7 @@ async fn course_views(state: &AppState, who: &SubscriberRef) -> Result<CourseVie
     let Some(detail) = state.store().subscriber_detail(&who.email).await? else {
         return Ok(CourseViews::default());
     };
-    let courses = Courses::from_config(state.config());
+    let courses = state.courses();
     let items = detail
         .courses
         .iter()
@@ -223,7 +222,7 @@ async fn course(State(state): State<AppState>, Path(token): Path<String>, body: 
         },
         Err(_) => None,
     };
-    let courses = Courses::from_config(state.config());
+    let courses = state.courses();
     let now = state.clock().now_ms();
     let done = match (offering, action.as_str()) {
         (Some(o), "pause") => courses
