@@ -12,9 +12,9 @@ pub mod clock;
 pub mod config;
 /// Email content: Markdown or handlebars files with front matter, checked at scheduling time.
 pub mod content;
-/// Courses: each person's lessons, day by day after their confirmation.
+/// Course rules: lesson plans, lesson folders, a person's progress (pause, resume, describe).
 pub mod courses;
-/// The delivery workers that drain the outbox.
+/// The scheduler (with the course step) and the delivery workers that drain the outbox.
 pub mod delivery;
 /// Newtypes and state enums parsed at the boundary.
 pub mod domain;

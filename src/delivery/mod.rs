@@ -1,9 +1,11 @@
-//! Sending: the scheduler that turns due sends into deliveries, and the delivery workers that
-//! drain the outbox.
+//! Sending: the scheduler that turns due sends into deliveries (and moves people through their
+//! courses), and the delivery workers that drain the outbox.
 
+mod course_step;
 pub mod for_mail;
 mod scheduler;
 mod worker;
 
+pub use course_step::CourseStep;
 pub use scheduler::{ScheduleOutcome, Scheduler};
 pub use worker::{LANES, StepOutcome, Worker, backoff_ms};

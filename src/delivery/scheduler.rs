@@ -31,8 +31,8 @@ pub struct Scheduler {
     default_zone: String,
     grace_ms: Millis,
     warn_below: u32,
-    /// Moves each person through the courses (see `delivery::courses`).
-    courses: crate::courses::Courses,
+    /// Moves each person through the courses.
+    courses: super::CourseStep,
     /// Woken after every fan-out batch, so workers start on a big send while the rest of
     /// its deliveries are still being created (set by [`Scheduler::run`]).
     wake_workers: Option<Arc<Notify>>,
@@ -47,7 +47,7 @@ impl Scheduler {
             default_zone: config.site.timezone.clone(),
             grace_ms: i64::from(config.worker.grace_minutes) * 60_000,
             warn_below: config.worker.recurring_warn_below,
-            courses: crate::courses::Courses::from_config(config),
+            courses: super::CourseStep::from_config(config),
             wake_workers: None,
         }
     }

@@ -167,16 +167,21 @@ pub struct CourseStatus {
     pub finished_at: Option<Millis>,
 }
 
-/// The start of every read of progress rows, with the columns `progress_from_row` reads.
+/// A read of progress rows: the columns `progress_from_row` reads, then `$filter` (a `WHERE`
+/// clause with its order and limit).
 macro_rules! select_progress {
-    () => {
-        "SELECT p.subscriber_id, p.offering_id, p.state, p.started_at, \
-         p.anchor_date, p.last_day, p.next_day, p.next_at, p.paused_at, p.finished_at, p.version, \
-         s.timezone, sub.status AS subscription_status, sub.confirmed_at
-         FROM course_progress p
-         JOIN subscribers s ON s.id = p.subscriber_id
-         LEFT JOIN subscriptions sub
-                ON sub.subscriber_id = p.subscriber_id AND sub.offering_id = p.offering_id"
+    ($filter:literal) => {
+        concat!(
+            "SELECT p.subscriber_id, p.offering_id, p.state, p.started_at, \
+             p.anchor_date, p.last_day, p.next_day, p.next_at, p.paused_at, p.finished_at, \
+             p.version, s.timezone, sub.status AS subscription_status, sub.confirmed_at
+             FROM course_progress p
+             JOIN subscribers s ON s.id = p.subscriber_id
+             LEFT JOIN subscriptions sub
+                    ON sub.subscriber_id = p.subscriber_id AND sub.offering_id = p.offering_id
+             ",
+            $filter
+        )
     };
 }
 
@@ -436,6 +441,20 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// The progress rows `sql` (made by `select_progress!`) selects with `values` bound.
+    async fn progress_rows(
+        &self,
+        sql: &'static str,
+        values: &[i64],
+    ) -> Result<Vec<Progress>, sqlx::Error> {
+        let mut query = sqlx::query(sql);
+        for value in values {
+            query = query.bind(*value);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(progress_from_row).collect()
+    }
+
     /// Active rows of a course whose next lesson is due, earliest first.
     pub async fn due_progress(
         &self,
@@ -443,19 +462,12 @@ impl Store {
         now: Millis,
         limit: u32,
     ) -> Result<Vec<Progress>, sqlx::Error> {
-        let sql = concat!(
-            select_progress!(),
-            "
-             WHERE p.state = 'active' AND p.next_at <= $1 AND p.offering_id = $2
+        let sql = select_progress!(
+            "WHERE p.state = 'active' AND p.next_at <= $1 AND p.offering_id = $2
              ORDER BY p.next_at, p.subscriber_id LIMIT $3"
         );
-        let rows = sqlx::query(sql)
-            .bind(now)
-            .bind(offering_id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(progress_from_row).collect()
+        self.progress_rows(sql, &[now, offering_id, i64::from(limit)])
+            .await
     }
 
     /// People who left a course and have confirmed it again since.
@@ -464,19 +476,13 @@ impl Store {
         offering_id: i64,
         limit: u32,
     ) -> Result<Vec<Progress>, sqlx::Error> {
-        let sql = concat!(
-            select_progress!(),
-            "
-             WHERE p.offering_id = $1 AND p.state = 'left' AND sub.status = 'confirmed'
+        let sql = select_progress!(
+            "WHERE p.offering_id = $1 AND p.state = 'left' AND sub.status = 'confirmed'
                AND sub.confirmed_at > p.paused_at
              ORDER BY p.subscriber_id LIMIT $2"
         );
-        let rows = sqlx::query(sql)
-            .bind(offering_id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(progress_from_row).collect()
+        self.progress_rows(sql, &[offering_id, i64::from(limit)])
+            .await
     }
 
     /// A page of the active and finished rows of a course (by subscriber id, after
@@ -487,20 +493,13 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Progress>, sqlx::Error> {
-        let sql = concat!(
-            select_progress!(),
-            "
-             WHERE p.offering_id = $1 AND p.state IN ('active', 'finished')
+        let sql = select_progress!(
+            "WHERE p.offering_id = $1 AND p.state IN ('active', 'finished')
                AND p.subscriber_id > $2
              ORDER BY p.subscriber_id LIMIT $3"
         );
-        let rows = sqlx::query(sql)
-            .bind(offering_id)
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(progress_from_row).collect()
+        self.progress_rows(sql, &[offering_id, after, i64::from(limit)])
+            .await
     }
 
     /// One person's progress in one course.
@@ -509,17 +508,12 @@ impl Store {
         subscriber_id: i64,
         offering_id: i64,
     ) -> Result<Option<Progress>, sqlx::Error> {
-        let sql = concat!(
-            select_progress!(),
-            "
-             WHERE p.subscriber_id = $1 AND p.offering_id = $2"
-        );
-        let row = sqlx::query(sql)
-            .bind(subscriber_id)
-            .bind(offering_id)
-            .fetch_optional(&self.pool)
+        let sql = select_progress!("WHERE p.subscriber_id = $1 AND p.offering_id = $2");
+        let rows = self
+            .progress_rows(sql, &[subscriber_id, offering_id])
             .await?;
-        row.as_ref().map(progress_from_row).transpose()
+        // The pair is the table's primary key: one row at most.
+        Ok(rows.into_iter().next())
     }
 
     /// Writes `change` if the row is still as read. True when written.

@@ -38,6 +38,7 @@ pub use signup_limits::DomainSourceLimiter;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::courses::Courses;
 use crate::links::Links;
 use crate::mail::Templates;
 use crate::store::{SignupWriter, Store};
@@ -64,6 +65,8 @@ struct StateInner {
     answer_pace: answer_pace::AnswerPace,
     /// Hex SHA-256 of the consent text on the signup page.
     consent_hash: String,
+    /// The configured courses, for pausing, resuming and describing them.
+    courses: Courses,
 }
 
 impl AppState {
@@ -85,6 +88,7 @@ impl AppState {
             crate::domain::hex(&Sha256::digest(config.signup.consent_text.as_bytes()));
         // The signup writer wakes a delivery worker when it queued confirmation emails.
         let signups = SignupWriter::spawn(store.clone(), clock.clone(), wake);
+        let courses = Courses::from_config(&config);
         Self {
             inner: Arc::new(StateInner {
                 config,
@@ -97,6 +101,7 @@ impl AppState {
                 domain_limiter,
                 answer_pace: Default::default(),
                 consent_hash,
+                courses,
             }),
         }
     }
@@ -130,6 +135,10 @@ impl AppState {
     }
     pub fn consent_hash(&self) -> &str {
         &self.inner.consent_hash
+    }
+    /// The configured courses, built once from the configuration.
+    pub fn courses(&self) -> &Courses {
+        &self.inner.courses
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::client::ClientInfo;
 use super::{AppError, AppState, ErrorKind, pages};
-use crate::courses::{Courses, PauseOutcome, ResumeOutcome};
+use crate::courses::{PauseOutcome, ResumeOutcome};
 use crate::domain::{
     OfferingKind, Slug, SubscriberName, SubscriptionStatus, Timezone, TokenPurpose,
 };
@@ -183,7 +183,7 @@ async fn course_views(state: &AppState, who: &SubscriberRef) -> Result<CourseVie
     let Some(detail) = state.store().subscriber_detail(&who.email).await? else {
         return Ok(CourseViews::default());
     };
-    let courses = Courses::from_config(state.config());
+    let courses = state.courses();
     let items = detail
         .courses
         .iter()
@@ -233,7 +233,7 @@ async fn course(
             .filter(|o| o.kind == OfferingKind::Course),
         Err(_) => None,
     };
-    let courses = Courses::from_config(state.config());
+    let courses = state.courses();
     let now = state.clock().now_ms();
     let done = match (offering, action.as_str()) {
         (Some(o), "pause") => {
