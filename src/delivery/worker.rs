@@ -45,7 +45,8 @@ impl StepOutcome {
     }
 }
 
-enum Result1 {
+/// What became of one delivery of a batch.
+enum DeliveryResult {
     /// Handed over; recorded for the whole batch at once (id, the server's reply).
     Sent(i64, String),
     Retried,
@@ -257,14 +258,14 @@ impl Worker {
         let mut sent = Vec::new();
         for (r, send_id) in results {
             match r {
-                Result1::Sent(id, reply) => {
+                DeliveryResult::Sent(id, reply) => {
                     outcome.sent += 1;
                     sent.push((id, reply));
                 }
-                Result1::Retried => outcome.retried += 1,
-                Result1::Skipped => outcome.skipped += 1,
-                Result1::Held => outcome.held += 1,
-                Result1::Failed => {
+                DeliveryResult::Retried => outcome.retried += 1,
+                DeliveryResult::Skipped => outcome.skipped += 1,
+                DeliveryResult::Held => outcome.held += 1,
+                DeliveryResult::Failed => {
                     outcome.failed += 1;
                     if let Some(id) = send_id
                         && !failing_sends.contains(&id)
@@ -410,7 +411,7 @@ impl Worker {
         batch: Vec<ClaimedDelivery>,
         lease_id: &str,
         lease_until: Millis,
-    ) -> Vec<(Result1, Option<i64>)> {
+    ) -> Vec<(DeliveryResult, Option<i64>)> {
         let inner = &self.inner;
         let lease_ms = self.lease_ms();
         let lease = Arc::<str>::from(lease_id);
@@ -516,7 +517,7 @@ impl Worker {
         results
     }
 
-    async fn deliver(&self, delivery: ClaimedDelivery, lease_id: &str) -> Result1 {
+    async fn deliver(&self, delivery: ClaimedDelivery, lease_id: &str) -> DeliveryResult {
         let inner = &self.inner;
         if delivery.interrupted > 0 {
             // An earlier holder died between claiming and recording: it may or may not have
@@ -541,7 +542,7 @@ impl Worker {
                 "missed: fell due while the service was down, beyond the grace window",
             )
             .await;
-            return Result1::Skipped;
+            return DeliveryResult::Skipped;
         }
         let message = match self.compose(&delivery).await {
             Ok(Some(message)) => message,
@@ -553,19 +554,19 @@ impl Worker {
                     "not subscribed any more",
                 )
                 .await;
-                return Result1::Skipped;
+                return DeliveryResult::Skipped;
             }
             Err(e) => {
                 tracing::error!(delivery = delivery.id, error = %e, "cannot render delivery");
                 self.finish(&delivery, lease_id, DeliveryStatus::Failed, &e.to_string())
                     .await;
-                return Result1::Failed;
+                return DeliveryResult::Failed;
             }
         };
         match inner.transport.send(message).await {
             Ok(reply) => {
                 tracing::debug!(delivery = delivery.id, "sent");
-                Result1::Sent(delivery.id, reply)
+                DeliveryResult::Sent(delivery.id, reply)
             }
             Err(e) => {
                 let give_up = delivery.attempts >= i64::from(inner.settings.max_attempts);
@@ -585,7 +586,7 @@ impl Worker {
                             tracing::warn!(delivery = delivery.id, error = %db,
                                 "cannot give back a held delivery; it waits for its lease to run out");
                         }
-                        Result1::Held
+                        DeliveryResult::Held
                     }
                     SendErrorKind::Transient
                     | SendErrorKind::Relay(_)
@@ -612,7 +613,7 @@ impl Worker {
                         {
                             tracing::error!(delivery = delivery.id, error = %db, "cannot record retry");
                         }
-                        Result1::Retried
+                        DeliveryResult::Retried
                     }
                     SendErrorKind::BadRecipient => {
                         tracing::warn!(delivery = delivery.id, error = %e.message,
@@ -620,7 +621,7 @@ impl Worker {
                         self.finish(&delivery, lease_id, DeliveryStatus::Suppressed, &e.message)
                             .await;
                         self.suppress(&delivery).await;
-                        Result1::Failed
+                        DeliveryResult::Failed
                     }
                     _ => {
                         tracing::warn!(delivery = delivery.id, error = %e.message, "delivery failed");
@@ -632,7 +633,7 @@ impl Worker {
                             failure_kind,
                         )
                         .await;
-                        Result1::Failed
+                        DeliveryResult::Failed
                     }
                 }
             }
