@@ -13,6 +13,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::clock::Clock;
 use crate::config::{Config, TransportKind, redact_url_password};
+use crate::courses::Courses;
 use crate::delivery::{Scheduler, Worker};
 use crate::domain::TokenKey;
 use crate::links::Links;
@@ -26,6 +27,8 @@ pub struct Runtime {
     pub config: Config,
     pub store: Store,
     pub clock: Clock,
+    /// The configured courses, built once and shared by the scheduler, the web and the CLI.
+    pub courses: Courses,
 }
 
 impl Runtime {
@@ -53,7 +56,7 @@ impl Runtime {
             .offerings
             .iter()
             .map(|o| DeclaredOffering {
-                slug: &o.slug,
+                slug: o.slug.as_str(),
                 name: &o.name,
                 description: &o.description,
                 kind: o.kind,
@@ -65,6 +68,7 @@ impl Runtime {
             .await
             .context("cannot record the configured offerings")?;
         Ok(Self {
+            courses: Courses::from_config(&config),
             config,
             store,
             clock,
@@ -73,26 +77,15 @@ impl Runtime {
 
     /// The configured token key, or the one in `data_dir/token.key`, created on first use.
     pub fn token_key(&self) -> anyhow::Result<TokenKey> {
-        if !self.config.tokens.key.is_empty() {
-            return TokenKey::from_base64(self.config.tokens.key.expose())
-                .map_err(|e| anyhow::anyhow!("configuration key `tokens.key`: {e}"));
+        if let Some(key) = &self.config.tokens.key {
+            return Ok(key.clone());
         }
         load_or_create_key(&self.config.data_dir.join("token.key"))
     }
 
     /// The keys that signed links before the current one (`tokens.previous_keys`).
-    pub fn previous_token_keys(&self) -> anyhow::Result<Vec<TokenKey>> {
-        self.config
-            .tokens
-            .previous_keys
-            .iter()
-            .enumerate()
-            .map(|(i, key)| {
-                TokenKey::from_base64(key.expose()).map_err(|e| {
-                    anyhow::anyhow!("configuration key `tokens.previous_keys[{i}]`: {e}")
-                })
-            })
-            .collect()
+    pub fn previous_token_keys(&self) -> Vec<TokenKey> {
+        self.config.tokens.previous_keys.clone()
     }
 
     /// Links signed with the current key, accepted under the current and previous keys.
@@ -102,7 +95,7 @@ impl Runtime {
             self.token_key()?,
             self.config.tokens.confirm_ttl_hours,
         )
-        .with_previous_keys(self.previous_token_keys()?))
+        .with_previous_keys(self.previous_token_keys()))
     }
 
     pub fn templates(&self) -> anyhow::Result<Arc<Templates>> {
@@ -112,17 +105,17 @@ impl Runtime {
     }
 
     pub fn scheduler(&self) -> Scheduler {
-        Scheduler::new(self.store.clone(), self.clock.clone(), &self.config)
+        Scheduler::new(
+            self.store.clone(),
+            self.clock.clone(),
+            &self.config,
+            self.courses.clone(),
+        )
     }
 
     /// Renders emails with the configured sender, site and list headers.
     pub fn composer(&self, templates: Arc<Templates>, links: Links) -> anyhow::Result<Composer> {
-        let from = self
-            .config
-            .mail
-            .from
-            .parse()
-            .context("configuration key `mail.from`")?;
+        let from = self.config.mail.from.clone();
         let mailto = Some(self.config.mail.unsubscribe_mailto.clone()).filter(|m| !m.is_empty());
         Ok(Composer::new(
             templates,
@@ -219,7 +212,7 @@ pub struct Application {
 impl Application {
     /// Opens everything and binds the listener (port 0 picks a free port, for tests).
     pub async fn build(config: Config, clock: Clock, with_worker: bool) -> anyhow::Result<Self> {
-        let bind = config.bind_addr()?;
+        let bind = config.server.bind;
         let runtime = Runtime::open(config, clock).await?;
         let templates = runtime.templates()?;
         let links = runtime.links()?;
@@ -233,6 +226,7 @@ impl Application {
         let state = AppState::new(
             runtime.config,
             runtime.store,
+            runtime.courses,
             templates,
             links,
             runtime.clock,

@@ -11,7 +11,9 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{OfferingKind, Slug};
+use lettre::message::Mailbox;
+
+use crate::domain::{OfferingKind, Slug, TimeOfDay, Timezone, TokenKey, Weekday};
 
 /// The whole configuration tree.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,13 +43,16 @@ pub struct SiteConfig {
     pub name: String,
     /// The owner's IANA time zone: the default for `schedule --at` and for subscribers who
     /// gave none.
-    pub timezone: String,
+    #[serde(with = "text")]
+    pub timezone: Timezone,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    pub bind: String,
+    /// The address and port the web server listens on.
+    #[serde(serialize_with = "text::serialize", deserialize_with = "bind_address")]
+    pub bind: SocketAddr,
     /// Public address of the site, used to build every link in emails.
     pub base_url: String,
     /// Peers whose `X-Forwarded-For` header is believed.
@@ -154,7 +159,8 @@ pub enum TransportKind {
 pub struct MailConfig {
     pub transport: TransportKind,
     /// The From header, `Name <address>`.
-    pub from: String,
+    #[serde(serialize_with = "text::serialize", deserialize_with = "from_mailbox")]
+    pub from: Mailbox,
     /// Right-hand side of every Message-ID.
     pub message_id_domain: String,
     /// Where the file transport writes `.eml` files; empty means `data_dir/outbox`.
@@ -331,12 +337,19 @@ impl From<CertificateSha256> for String {
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Base64 key of at least 32 bytes. Empty: generated into `data_dir/token.key` on first run.
-    pub key: Secret,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted",
+        deserialize_with = "token_key"
+    )]
+    pub key: Option<TokenKey>,
     /// Keys that signed links before the current one (base64, like `key`). Links signed with
     /// them keep working and suppression-list entries written under them are still recognised;
     /// new links are signed with `key` only. To rotate: move the current key here, set a new
     /// `key` (see SECURITY.md).
-    pub previous_keys: Vec<Secret>,
+    #[serde(serialize_with = "redacted", deserialize_with = "token_keys")]
+    pub previous_keys: Vec<TokenKey>,
     /// How long a confirmation link works.
     pub confirm_ttl_hours: u32,
 }
@@ -399,7 +412,9 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OfferingConfig {
-    pub slug: String,
+    /// The offering's identifier in URLs, forms and the command line.
+    #[serde(with = "text")]
+    pub slug: Slug,
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -414,52 +429,129 @@ pub struct OfferingConfig {
     /// Courses only: the time of day ("HH:MM") lessons arrive in each person's zone
     /// (default 07:00).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub local_time: Option<String>,
+    pub local_time: Option<TimeOfDay>,
     /// Courses only: the weekdays lessons may arrive on ("mon" … "sun"); a lesson that falls
     /// on another day comes on the next allowed one. Empty: every day.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub weekdays: Vec<String>,
+    pub weekdays: Vec<Weekday>,
 }
 
 /// The time of day course lessons arrive when `local_time` is not set.
-pub const DEFAULT_LESSON_TIME: &str = "07:00";
+pub const DEFAULT_LESSON_TIME: jiff::civil::Time = jiff::civil::Time::constant(7, 0, 0, 0);
 
 impl OfferingConfig {
-    /// The course's `local_time`, parsed (`HH:MM`, 24-hour clock).
-    pub fn lesson_time(&self) -> Result<jiff::civil::Time, String> {
-        let text = self
-            .local_time
-            .as_deref()
-            .unwrap_or(DEFAULT_LESSON_TIME)
-            .trim();
-        let parsed = text.split_once(':').and_then(|(h, m)| {
-            let ok = |p: &str| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit());
-            if !ok(h) || !ok(m) {
-                return None;
-            }
-            jiff::civil::Time::new(h.parse().ok()?, m.parse().ok()?, 0, 0).ok()
-        });
-        parsed.ok_or_else(|| format!("`{text}` is not a time of day like \"07:00\""))
+    /// The time of day the course's lessons arrive (`local_time`, else 07:00).
+    pub fn lesson_time(&self) -> jiff::civil::Time {
+        self.local_time.map_or(DEFAULT_LESSON_TIME, TimeOfDay::time)
     }
 
-    /// The course's `weekdays`, parsed; empty means every day.
-    pub fn lesson_weekdays(&self) -> Result<Vec<jiff::civil::Weekday>, String> {
-        use jiff::civil::Weekday;
-        self.weekdays
-            .iter()
-            .map(|w| match w.trim().to_ascii_lowercase().as_str() {
-                "mon" | "monday" => Ok(Weekday::Monday),
-                "tue" | "tuesday" => Ok(Weekday::Tuesday),
-                "wed" | "wednesday" => Ok(Weekday::Wednesday),
-                "thu" | "thursday" => Ok(Weekday::Thursday),
-                "fri" | "friday" => Ok(Weekday::Friday),
-                "sat" | "saturday" => Ok(Weekday::Saturday),
-                "sun" | "sunday" => Ok(Weekday::Sunday),
-                _ => Err(format!(
-                    "`{w}` is not a weekday: use mon, tue, wed, thu, fri, sat, sun"
-                )),
-            })
-            .collect()
+    /// The weekdays the course's lessons may arrive on; empty means every day.
+    pub fn lesson_weekdays(&self) -> Vec<jiff::civil::Weekday> {
+        self.weekdays.iter().map(|day| day.weekday()).collect()
+    }
+}
+
+/// Serde for a configuration value kept as its parsed type and written as its text.
+mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads a text into `T`, answering a refusal with `hint`.
+fn parse_text<'de, T: std::str::FromStr, D: serde::Deserializer<'de>>(
+    d: D,
+    hint: &str,
+) -> Result<T, D::Error> {
+    String::deserialize(d)?
+        .trim()
+        .parse()
+        .map_err(|_| serde::de::Error::custom(hint))
+}
+
+fn bind_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    parse_text(d, "must be an address like 127.0.0.1:3000")
+}
+
+fn from_mailbox<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Mailbox, D::Error> {
+    parse_text(d, "must be an address like `Name <hello@example.com>`")
+}
+
+/// `tokens.key`: base64 of at least 32 bytes; empty means none configured.
+fn token_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TokenKey>, D::Error> {
+    let text = Secret::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    TokenKey::from_base64(text.expose())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// `tokens.previous_keys`: each base64 of at least 32 bytes.
+fn token_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<TokenKey>, D::Error> {
+    /// One key of the list, so that an error names its index.
+    struct Key(TokenKey);
+    impl<'de> Deserialize<'de> for Key {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let text = Secret::deserialize(d)?;
+            TokenKey::from_base64(text.expose())
+                .map(Key)
+                .map_err(serde::de::Error::custom)
+        }
+    }
+    Ok(Vec::<Key>::deserialize(d)?
+        .into_iter()
+        .map(|k| k.0)
+        .collect())
+}
+
+/// Writes a key (or each key of a list) as `[redacted]`.
+fn redacted<T: RedactedKeys, S: serde::Serializer>(keys: &T, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    match keys.count() {
+        None => s.serialize_str("[redacted]"),
+        Some(n) => {
+            let mut seq = s.serialize_seq(Some(n))?;
+            for _ in 0..n {
+                seq.serialize_element("[redacted]")?;
+            }
+            seq.end()
+        }
+    }
+}
+
+/// A key or a list of keys, printed without their value.
+trait RedactedKeys {
+    /// `None` for one key, the length for a list.
+    fn count(&self) -> Option<usize>;
+}
+
+impl RedactedKeys for Option<TokenKey> {
+    fn count(&self) -> Option<usize> {
+        None
+    }
+}
+
+impl RedactedKeys for Vec<TokenKey> {
+    fn count(&self) -> Option<usize> {
+        Some(self.len())
     }
 }
 
@@ -528,10 +620,10 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             site: SiteConfig {
                 name: "Sangha".into(),
-                timezone: "UTC".into(),
+                timezone: "UTC".parse().expect("a known zone"),
             },
             server: ServerConfig {
-                bind: "127.0.0.1:3000".into(),
+                bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
                 base_url: "http://localhost:3000".into(),
                 trusted_proxies: Vec::new(),
                 cors_origins: Vec::new(),
@@ -545,7 +637,9 @@ impl Default for Config {
             },
             mail: MailConfig {
                 transport: TransportKind::File,
-                from: "Sangha <hello@example.com>".into(),
+                from: "Sangha <hello@example.com>"
+                    .parse()
+                    .expect("a valid address"),
                 message_id_domain: "example.com".into(),
                 outbox_dir: String::new(),
                 unsubscribe_mailto: String::new(),
@@ -565,7 +659,7 @@ impl Default for Config {
                 danger_accept_invalid_certs: false,
             },
             tokens: TokenConfig {
-                key: Secret::default(),
+                key: None,
                 previous_keys: Vec::new(),
                 confirm_ttl_hours: 7 * 24,
             },
@@ -655,9 +749,6 @@ impl Config {
         if self.site.name.trim().is_empty() {
             return Err(invalid("site.name", "must not be empty"));
         }
-        crate::domain::Timezone::parse(&self.site.timezone)
-            .map_err(|e| invalid("site.timezone", e))?;
-        self.bind_addr()?;
         let base = self.server.base_url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
             return Err(invalid(
@@ -700,12 +791,6 @@ impl Config {
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
-        if self.mail.from.parse::<lettre::message::Mailbox>().is_err() {
-            return Err(invalid(
-                "mail.from",
-                "must be an address like `Name <hello@example.com>`",
-            ));
-        }
         let domain = &self.mail.message_id_domain;
         if domain.is_empty()
             || !domain
@@ -737,14 +822,6 @@ impl Config {
         }
         if self.tokens.confirm_ttl_hours == 0 {
             return Err(invalid("tokens.confirm_ttl_hours", "must be at least 1"));
-        }
-        if !self.tokens.key.is_empty() {
-            crate::domain::TokenKey::from_base64(self.tokens.key.expose())
-                .map_err(|e| invalid("tokens.key", e))?;
-        }
-        for (i, key) in self.tokens.previous_keys.iter().enumerate() {
-            crate::domain::TokenKey::from_base64(key.expose())
-                .map_err(|e| invalid(&format!("tokens.previous_keys[{i}]"), e))?;
         }
         if self.signup.honeypot_field.is_empty()
             || ["email", "name", "offerings", "timezone"]
@@ -795,8 +872,7 @@ impl Config {
         let mut seen = HashSet::new();
         for (i, o) in self.offerings.iter().enumerate() {
             let key = format!("offerings[{i}].slug");
-            Slug::parse(&o.slug).map_err(|e| invalid(&key, e))?;
-            if !seen.insert(o.slug.as_str()) {
+            if !seen.insert(&o.slug) {
                 return Err(invalid(&key, format!("`{}` is declared twice", o.slug)));
             }
             if o.name.trim().is_empty() {
@@ -841,10 +917,6 @@ impl Config {
                 format!("the folder {} does not exist", dir.display()),
             ));
         }
-        o.lesson_time()
-            .map_err(|e| invalid(&key("local_time"), e))?;
-        o.lesson_weekdays()
-            .map_err(|e| invalid(&key("weekdays"), e))?;
         Ok(())
     }
 
@@ -866,13 +938,6 @@ impl Config {
             Some(base) if file.is_relative() => base.join(file),
             _ => file.clone(),
         })
-    }
-
-    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server
-            .bind
-            .parse()
-            .map_err(|_| invalid("server.bind", "must be an address like 127.0.0.1:3000"))
     }
 
     /// The base URL without a trailing slash.
@@ -935,7 +1000,7 @@ const SECRET_STRINGS: [&str; 3] = ["smtp.password", "tokens.key", "database.url"
 fn is_secret_key(key: &str) -> bool {
     SECRET_KEYS.iter().any(|secret| {
         key.strip_prefix(secret)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
     })
 }
 
@@ -993,10 +1058,26 @@ fn parse_env_value(raw: &str) -> figment::value::Value {
     parsed.unwrap_or_else(|| Value::from(raw.to_owned()))
 }
 
+/// A key path as the owner writes it: `offerings[0].local_time`.
+fn key_of(path: &[String]) -> String {
+    let mut key = String::new();
+    for part in path {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    key
+}
+
 fn describe_figment_error(err: figment::Error) -> ConfigError {
     let mut messages = Vec::new();
     for e in err {
-        let key = e.path.join(".");
+        let key = key_of(&e.path);
         let what = match &e.kind {
             figment::error::Kind::UnknownField(field, _) => {
                 let full = if key.is_empty() {
@@ -1010,6 +1091,10 @@ fn describe_figment_error(err: figment::Error) -> ConfigError {
             // a secret.
             figment::error::Kind::InvalidType(_, expected) if is_secret_key(&key) => {
                 format!("key `{key}`: expected {expected} (the value is secret, so not shown)")
+            }
+            // Our own parsers' messages (a key too short, not base64) never quote the value.
+            figment::error::Kind::Message(message) if is_secret_key(&key) => {
+                format!("key `{key}`: {message}")
             }
             _ if is_secret_key(&key) => {
                 format!("key `{key}`: not a valid value (the value is secret, so not shown)")
@@ -1264,6 +1349,58 @@ mod tests {
     }
 
     #[test]
+    fn values_are_parsed_once_into_their_types_and_printed_as_written() {
+        let dir = tempfile_dir();
+        std::fs::create_dir_all(dir.join("lessons")).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(
+            &path,
+            "[site]\ntimezone = \"Asia/Kathmandu\"\n\
+             [server]\nbind = \"0.0.0.0:8080\"\n\
+             [mail]\nfrom = \"Ananda <hello@shakti.example>\"\n\
+             [[offerings]]\nslug = \"nine-months\"\nname = \"C\"\nkind = \"course\"\n\
+             lessons = \"lessons\"\nlocal_time = \"06:05\"\nweekdays = [\"Mon\", \"friday\"]\n",
+        )
+        .unwrap();
+        let config = Config::load_with_env(Some(&path), Vec::new()).unwrap();
+        assert_eq!(config.site.timezone.as_str(), "Asia/Kathmandu");
+        assert_eq!(config.server.bind, SocketAddr::from(([0, 0, 0, 0], 8080)));
+        assert_eq!(config.mail.from.email.to_string(), "hello@shakti.example");
+        assert_eq!(config.offerings[0].slug.as_str(), "nine-months");
+        assert_eq!(
+            config.offerings[0].lesson_time(),
+            jiff::civil::time(6, 5, 0, 0)
+        );
+        let printed = config.to_redacted_toml();
+        for line in [
+            "timezone = \"Asia/Kathmandu\"",
+            "bind = \"0.0.0.0:8080\"",
+            "from = \"Ananda <hello@shakti.example>\"",
+            "local_time = \"06:05\"",
+            "weekdays = [\n    \"mon\",\n    \"fri\",\n]",
+        ] {
+            assert!(printed.contains(line), "{line} in {printed}");
+        }
+    }
+
+    #[test]
+    fn a_bad_token_key_is_named_with_its_reason_and_never_echoed() {
+        let err = load("[tokens]\nkey = \"c2hvcnQ=\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tokens.key"), "{err}");
+        assert!(err.contains("at least 32 bytes"), "{err}");
+        assert!(!err.contains("c2hvcnQ"), "{err}");
+        let err = load("", &[("SANGHA__TOKENS__KEY", "not base64 at all!")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be base64"), "{err}");
+        assert!(!err.contains("not base64 at all"), "{err}");
+        let config = load("[tokens]\nkey = \"\"\n", &[]).unwrap();
+        assert!(config.tokens.key.is_none(), "empty means generated");
+    }
+
+    #[test]
     fn duplicate_offering_slugs_are_refused() {
         let err = load(
             "[[offerings]]\nslug = \"a\"\nname = \"A\"\nkind = \"newsletter\"\n\
@@ -1303,13 +1440,13 @@ mod tests {
             Some(dir.join("lessons"))
         );
         let o = &config.offerings[0];
-        assert_eq!(o.lesson_time().unwrap(), jiff::civil::time(7, 0, 0, 0));
-        assert!(o.lesson_weekdays().unwrap().is_empty());
+        assert_eq!(o.lesson_time(), jiff::civil::time(7, 0, 0, 0));
+        assert!(o.lesson_weekdays().is_empty());
         let config = write("local_time = \"18:30\"\nweekdays = [\"mon\", \"Fri\"]\n").unwrap();
         let o = &config.offerings[0];
-        assert_eq!(o.lesson_time().unwrap(), jiff::civil::time(18, 30, 0, 0));
+        assert_eq!(o.lesson_time(), jiff::civil::time(18, 30, 0, 0));
         assert_eq!(
-            o.lesson_weekdays().unwrap(),
+            o.lesson_weekdays(),
             [jiff::civil::Weekday::Monday, jiff::civil::Weekday::Friday]
         );
         for (extra, key) in [

@@ -9,22 +9,6 @@ use crate::clock::Millis;
 use crate::content::Content;
 use crate::store::{NewSend, Offering};
 
-/// Parses `HH:MM` for `--local-time`.
-pub fn parse_local_time(text: &str) -> anyhow::Result<jiff::civil::Time> {
-    let time: jiff::civil::Time = text
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--local-time: `{text}` is not a time like 06:30"))?;
-    Ok(time)
-}
-
-/// Parses `YYYY-MM-DD` for `--on` and `--from`.
-pub fn parse_date(flag: &str, text: &str) -> anyhow::Result<jiff::civil::Date> {
-    text.trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{flag}: `{text}` is not a date like 2026-12-01"))
-}
-
 /// The moment `time` on `date` happens in `zone` (jiff's compatible rule for times that a
 /// daylight-saving change skips or repeats).
 pub fn local_instant(

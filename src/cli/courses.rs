@@ -3,7 +3,6 @@
 use std::io::Write;
 
 use crate::app::Runtime;
-use crate::config::Config;
 use crate::courses::{Courses, PauseOutcome, ResumeOutcome, local_time_text};
 use crate::domain::OfferingKind;
 use crate::store::SubscriberDetail;
@@ -26,7 +25,7 @@ pub async fn run(
         "--offering: `{slug}` is a newsletter, not a course"
     );
     let who = super::subscribers::find(runtime, &email).await?;
-    let courses = Courses::from_config(&runtime.config);
+    let courses = &runtime.courses;
     let (store, id, now) = (&runtime.store, who.subscriber.id, runtime.clock.now_ms());
     let not_started = || {
         anyhow::anyhow!(
@@ -71,14 +70,13 @@ pub async fn run(
 
 /// Where the person is in each course, one line each.
 pub fn print_progress(
-    config: &Config,
+    courses: &Courses,
     detail: &SubscriberDetail,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     if detail.courses.is_empty() {
         return Ok(());
     }
-    let courses = Courses::from_config(config);
     writeln!(out, "courses:")?;
     for c in &detail.courses {
         let line = courses.describe(c, detail.subscriber.timezone.as_deref());

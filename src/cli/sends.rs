@@ -13,7 +13,7 @@ use crate::clock::{Millis, format_ms};
 use crate::config::Config;
 use crate::content::{self, Content};
 use crate::delivery::for_mail;
-use crate::domain::{EmailAddress, Every, LinkTarget, RecurrenceStatus, Slug, Timezone};
+use crate::domain::{EmailAddress, Every, LinkTarget, RecurrenceStatus, Slug, TimeOfDay, Timezone};
 use crate::mail::{CompiledSend, EmailContent, Recipient, SendTemplates, Transport};
 use crate::schedule::{content_files, local_instant, new_send};
 use crate::store::{FailureGroup, NewSend, Offering, RetryOutcome, SendStatus, SendSummary};
@@ -83,7 +83,7 @@ pub async fn schedule(
         let from = match args.from {
             Some(date) => date,
             None => jiff::Timestamp::now()
-                .to_zoned_datetime(jiff::tz::TimeZone::get(&config.site.timezone)?)
+                .to_zoned_datetime(config.site.timezone.zone().clone())
                 .date(),
         };
         let runtime = open(config).await?;
@@ -97,7 +97,7 @@ pub async fn schedule(
         (false, Some(at), _) => {
             let zone = args
                 .timezone
-                .unwrap_or_else(|| config.site.timezone.clone());
+                .unwrap_or_else(|| config.site.timezone.to_string());
             When::at(at, &zone)?
         }
         (false, None, Some(time)) => When::Local {
@@ -287,7 +287,7 @@ async fn schedule_once(
     } = when
     {
         refuse_passed_zones(runtime, &offering, *date, *time, *send_late, now).await?;
-        send.local = Some((format!("{}", time.strftime("%H:%M")), date.to_string()));
+        send.local = Some((TimeOfDay::from(*time), *date));
         send.send_late = *send_late;
     }
     // One real render through the send's own pipeline, as a worker will do it.
@@ -306,7 +306,7 @@ async fn refuse_passed_zones(
     send_late: bool,
     now: Millis,
 ) -> anyhow::Result<()> {
-    let default = &runtime.config.site.timezone;
+    let default = runtime.config.site.timezone.as_str();
     let mut passed = Vec::new();
     for (zone, people) in runtime.store.offering_zones(offering.id, default).await? {
         if local_instant(date, time, &zone)? < now {
@@ -350,9 +350,9 @@ async fn schedule_recurring(
         .create_recurrence(
             offering.id,
             &dir.display().to_string(),
-            every.as_str(),
-            &time.strftime("%H:%M").to_string(),
-            &first.to_string(),
+            every,
+            TimeOfDay::from(time),
+            first,
             runtime.clock.now_ms(),
         )
         .await?)
@@ -502,7 +502,7 @@ async fn print_send(
     }
     let zones = runtime
         .store
-        .zone_progress(id, &runtime.config.site.timezone)
+        .zone_progress(id, runtime.config.site.timezone.as_str())
         .await?;
     if let Some(local) = &s.local {
         writeln!(

@@ -22,7 +22,7 @@ use jiff::tz::TimeZone;
 
 use crate::clock::Millis;
 use crate::config::Config;
-use crate::domain::OfferingKind;
+use crate::domain::{OfferingKind, Slug, Timezone};
 
 pub use lessons::MAX_LESSON_DAY;
 pub use plan::{LessonPlan, local_date, local_time_text};
@@ -31,7 +31,7 @@ pub use progress::{CourseLessons, Due, MISSED, PauseOutcome, ResumeOutcome};
 /// A course of the configuration: its slug, its lessons folder and when its lessons arrive.
 #[derive(Debug, Clone)]
 pub struct Course {
-    pub slug: String,
+    pub slug: Slug,
     pub dir: PathBuf,
     pub plan: LessonPlan,
 }
@@ -43,35 +43,37 @@ pub struct Courses {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     courses: Vec<Course>,
     /// The zone of subscribers who gave none.
-    default_zone: String,
+    default_zone: Timezone,
     grace_ms: Millis,
 }
 
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            courses: Vec::new(),
+            default_zone: "UTC".parse().expect("UTC is a zone"),
+            grace_ms: 0,
+        }
+    }
+}
+
 impl Courses {
-    /// The courses of `config`. A course whose settings do not parse is left out (and
-    /// logged); `Config::validate` refuses such a config anyway.
+    /// The courses of `config` (a course without a lessons folder is refused by
+    /// `Config::validate`, and left out here).
     pub fn from_config(config: &Config) -> Self {
         let courses = config
             .offerings
             .iter()
             .filter(|o| o.kind == OfferingKind::Course)
             .filter_map(|o| {
-                let dir = config.lessons_dir(o)?;
-                match LessonPlan::from_offering(o) {
-                    Ok(plan) => Some(Course {
-                        slug: o.slug.clone(),
-                        dir,
-                        plan,
-                    }),
-                    Err(e) => {
-                        tracing::error!(course = %o.slug, error = %e, "course left out");
-                        None
-                    }
-                }
+                Some(Course {
+                    slug: o.slug.clone(),
+                    dir: config.lessons_dir(o)?,
+                    plan: LessonPlan::from_offering(o),
+                })
             })
             .collect();
         Self {
@@ -90,7 +92,7 @@ impl Courses {
 
     /// The configured course of `slug`.
     pub fn course(&self, slug: &str) -> Option<&Course> {
-        self.inner.courses.iter().find(|c| c.slug == slug)
+        self.inner.courses.iter().find(|c| c.slug.as_str() == slug)
     }
 
     /// How late a lesson may still be sent after it fell due (`worker.grace_minutes`).
@@ -101,15 +103,14 @@ impl Courses {
     /// The zone a person's lessons follow: their own, else the site's.
     pub fn zone(&self, own: Option<&str>) -> TimeZone {
         own.and_then(|z| TimeZone::get(z).ok())
-            .or_else(|| TimeZone::get(&self.inner.default_zone).ok())
-            .unwrap_or(TimeZone::UTC)
+            .unwrap_or_else(|| self.inner.default_zone.zone().clone())
     }
 
     /// The name of that zone, for people.
     pub fn zone_name<'a>(&'a self, own: Option<&'a str>) -> &'a str {
         match own {
             Some(z) if TimeZone::get(z).is_ok() => z,
-            _ => &self.inner.default_zone,
+            _ => self.inner.default_zone.as_str(),
         }
     }
 }

@@ -38,11 +38,11 @@ pub struct LessonPlan {
 
 impl LessonPlan {
     /// The plan of a course offering: its `local_time` and `weekdays`.
-    pub fn from_offering(o: &OfferingConfig) -> Result<Self, String> {
-        Ok(Self {
-            time: o.lesson_time()?,
-            weekdays: o.lesson_weekdays()?,
-        })
+    pub fn from_offering(o: &OfferingConfig) -> Self {
+        Self {
+            time: o.lesson_time(),
+            weekdays: o.lesson_weekdays(),
+        }
     }
 
     fn allowed(&self, weekday: Weekday) -> bool {

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::clock::Millis;
-use crate::config::Config;
 use crate::courses::lessons::{self, Fingerprint};
 use crate::courses::{Course, CourseLessons, Courses, Due, MISSED};
 use crate::domain::Slug;
@@ -27,16 +26,16 @@ pub struct CourseStep {
 #[derive(Default)]
 struct Inner {
     /// Each lessons folder as last read, by course slug.
-    seen: Mutex<HashMap<String, Fingerprint>>,
+    seen: Mutex<HashMap<Slug, Fingerprint>>,
     /// The stored lessons (day and send) this process last planned with, by course slug.
-    planned: Mutex<HashMap<String, Vec<(i64, i64)>>>,
+    planned: Mutex<HashMap<Slug, Vec<(i64, i64)>>>,
 }
 
 impl CourseStep {
-    /// The step for the courses of `config`.
-    pub fn from_config(config: &Config) -> Self {
+    /// The step for `courses`.
+    pub fn new(courses: Courses) -> Self {
         Self {
-            courses: Courses::from_config(config),
+            courses,
             inner: Arc::new(Inner::default()),
         }
     }
@@ -48,10 +47,7 @@ impl CourseStep {
         let mut queued = 0;
         let mut anyone = false;
         for course in self.courses.all() {
-            let Ok(slug) = Slug::parse(&course.slug) else {
-                continue;
-            };
-            let Some(offering) = store.offering_by_slug(&slug).await? else {
+            let Some(offering) = store.offering_by_slug(&course.slug).await? else {
                 continue;
             };
             if !store.course_has_people(offering.id).await? {
@@ -121,12 +117,13 @@ impl CourseStep {
             return Ok(());
         }
         let files = match &fingerprint {
-            Ok(_) => lessons::load(&course.dir, &course.slug),
+            Ok(_) => lessons::load(&course.dir, course.slug.as_str()),
             Err(e) => Err(vec![e.clone()]),
         };
         match files {
             Ok(files) => {
-                lessons::store_changes(store, &course.slug, offering_id, &files, now).await?
+                lessons::store_changes(store, course.slug.as_str(), offering_id, &files, now)
+                    .await?
             }
             Err(errors) => {
                 for error in errors {

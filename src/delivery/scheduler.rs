@@ -9,6 +9,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
+use crate::courses::Courses;
 use crate::domain::RecurrenceStatus;
 use crate::store::{DueSend, Store};
 
@@ -39,15 +40,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(store: Store, clock: Clock, config: &Config) -> Self {
+    /// The scheduler of `config`, moving people through `courses`.
+    pub fn new(store: Store, clock: Clock, config: &Config, courses: Courses) -> Self {
         Self {
             store,
             clock,
             batch_size: config.worker.fanout_batch_size,
-            default_zone: config.site.timezone.clone(),
+            default_zone: config.site.timezone.to_string(),
             grace_ms: i64::from(config.worker.grace_minutes) * 60_000,
             warn_below: config.worker.recurring_warn_below,
-            courses: super::CourseStep::from_config(config),
+            courses: super::CourseStep::new(courses),
             wake_workers: None,
         }
     }
@@ -72,7 +74,7 @@ impl Scheduler {
                     }
                     created
                 }
-                Some((time, date)) => self.fan_out_local(&due, time, date, now).await?,
+                Some((time, date)) => self.fan_out_local(&due, time.time(), *date, now).await?,
             };
             tracing::info!(send = due.id, deliveries = created, "send fanned out");
             outcome.deliveries_created += created;
@@ -93,12 +95,10 @@ impl Scheduler {
     async fn fan_out_local(
         &self,
         due: &DueSend,
-        time: &str,
-        date: &str,
+        time: jiff::civil::Time,
+        date: jiff::civil::Date,
         now: Millis,
     ) -> anyhow::Result<u64> {
-        let time = crate::schedule::parse_local_time(time)?;
-        let date = crate::schedule::parse_date("local_date", date)?;
         let mut created = 0;
         for (zone, _) in self.store.send_zones(due.id, &self.default_zone).await? {
             let at = match crate::schedule::local_instant(date, time, &zone) {
@@ -150,24 +150,18 @@ impl Scheduler {
     async fn create_occurrences(&self, now: Millis) -> anyhow::Result<usize> {
         let mut moved = 0;
         for r in self.store.recurrences(true).await? {
-            let every = r.every.parse::<crate::domain::Every>()?;
-            let time = crate::schedule::parse_local_time(&r.local_time)?;
-            let date = crate::schedule::parse_date("next_date", &r.next_date)?;
+            let (every, time, date) = (r.every, r.local_time.time(), r.next_date);
             let first = crate::schedule::local_instant(date, time, "Pacific/Kiritimati")?;
             if first > now {
                 continue;
             }
-            let next = every.next_after(date).to_string();
+            let next = every.next_after(date);
             // The last zone (UTC-12) is done with this occurrence beyond the grace window:
             // the service was down the whole time; skip it without using up a piece.
             let last = crate::schedule::local_instant(date, time, "Etc/GMT+12")?;
             if now - last > self.grace_ms {
                 let note = format!("{date} skipped: the service was down");
-                if self
-                    .store
-                    .skip_occurrence(r.id, &r.next_date, &next, &note)
-                    .await?
-                {
+                if self.store.skip_occurrence(r.id, date, next, &note).await? {
                     tracing::warn!(recurrence = r.id, %date, "occurrence missed while down; skipped");
                     moved += 1;
                 }
@@ -214,12 +208,12 @@ impl Scheduler {
                 continue;
             };
             let mut send = crate::schedule::new_send(&offering, content, &path, first);
-            send.local = Some((r.local_time.clone(), date.to_string()));
+            send.local = Some((r.local_time, date));
             send.recurrence_id = Some(r.id);
             send.content_file = Some((*file).clone());
             if let Some(id) = self
                 .store
-                .create_occurrence(r.id, &r.next_date, &next, &send, now)
+                .create_occurrence(r.id, date, next, &send, now)
                 .await?
             {
                 tracing::info!(recurrence = r.id, send = id, %date, file = %file, "occurrence scheduled");

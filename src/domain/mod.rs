@@ -1,6 +1,7 @@
 //! Domain newtypes and state enums. Input is parsed into these once, at the boundary; the rest
 //! of the code never handles a raw email string or a status word.
 
+mod calendar;
 mod email;
 mod name;
 mod slug;
@@ -8,6 +9,7 @@ mod status;
 mod timezone;
 mod token;
 
+pub use calendar::{NotATimeOfDay, NotAWeekday, TimeOfDay, Weekday};
 pub use email::EmailAddress;
 pub use name::SubscriberName;
 pub use slug::Slug;

@@ -2,7 +2,10 @@ use std::fmt;
 
 /// An IANA time zone name that the bundled time zone database knows (`Asia/Kathmandu`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Timezone(String);
+pub struct Timezone {
+    name: String,
+    zone: jiff::tz::TimeZone,
+}
 
 impl Timezone {
     /// The longest name taken (the longest IANA name has 32 characters).
@@ -11,13 +14,19 @@ impl Timezone {
     /// Checks a zone name against the bundled database; the error is the message a person reads.
     pub fn parse(input: &str) -> Result<Self, String> {
         let trimmed = input.trim();
-        if trimmed.len() > Self::MAX_BYTES || jiff::tz::TimeZone::get(trimmed).is_err() {
-            return Err(format!(
+        let zone = Some(trimmed)
+            .filter(|t| t.len() <= Self::MAX_BYTES)
+            .and_then(|t| jiff::tz::TimeZone::get(t).ok());
+        match zone {
+            Some(zone) => Ok(Self {
+                name: trimmed.to_owned(),
+                zone,
+            }),
+            None => Err(format!(
                 "`{}` is not a known IANA time zone.",
                 Self::excerpt(trimmed)
-            ));
+            )),
         }
-        Ok(Self(trimmed.to_owned()))
     }
 
     /// What an error message shows of a refused zone: at most [`Timezone::MAX_BYTES`]
@@ -36,7 +45,12 @@ impl Timezone {
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
+    }
+
+    /// The zone's rules, for date arithmetic.
+    pub fn zone(&self) -> &jiff::tz::TimeZone {
+        &self.zone
     }
 }
 
@@ -50,7 +64,7 @@ impl std::str::FromStr for Timezone {
 
 impl fmt::Display for Timezone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.name)
     }
 }
 

@@ -10,7 +10,8 @@ use sqlx::Row;
 
 use super::{NewSend, Store};
 use crate::clock::Millis;
-use crate::domain::RecurrenceStatus;
+use crate::domain::{Every, RecurrenceStatus, TimeOfDay};
+use jiff::civil::Date;
 
 /// A recurring schedule as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -19,9 +20,9 @@ pub struct Recurrence {
     pub offering_id: i64,
     pub offering: String,
     pub content_dir: String,
-    pub every: String,
-    pub local_time: String,
-    pub next_date: String,
+    pub every: Every,
+    pub local_time: TimeOfDay,
+    pub next_date: Date,
     pub status: RecurrenceStatus,
     pub note: Option<String>,
     /// Files of the folder already used by an occurrence.
@@ -43,7 +44,8 @@ pub struct ZoneProgress {
 #[derive(Debug, Clone)]
 pub struct DueSend {
     pub id: i64,
-    pub local: Option<(String, String)>,
+    /// The local time and date of a local-time send.
+    pub local: Option<(TimeOfDay, Date)>,
     pub send_late: bool,
     pub created_at: Millis,
     /// An occurrence of a recurring send (created by the scheduler, not the owner).
@@ -63,8 +65,8 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                let time: Option<String> = r.try_get("local_time")?;
-                let date: Option<String> = r.try_get("local_date")?;
+                let time: Option<TimeOfDay> = super::word_opt(r, "local_time")?;
+                let date: Option<Date> = super::word_opt(r, "local_date")?;
                 Ok(DueSend {
                     id: r.try_get("id")?,
                     local: time.zip(date),
@@ -197,9 +199,9 @@ impl Store {
         &self,
         offering_id: i64,
         content_dir: &str,
-        every: &str,
-        local_time: &str,
-        first_date: &str,
+        every: Every,
+        local_time: TimeOfDay,
+        first_date: Date,
         now: Millis,
     ) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(
@@ -208,9 +210,9 @@ impl Store {
         )
         .bind(offering_id)
         .bind(content_dir)
-        .bind(every)
-        .bind(local_time)
-        .bind(first_date)
+        .bind(every.as_str())
+        .bind(local_time.to_string())
+        .bind(first_date.to_string())
         .bind(now)
         .fetch_one(&self.pool)
         .await
@@ -236,9 +238,9 @@ impl Store {
                     offering_id: r.try_get("offering_id")?,
                     offering: r.try_get("slug")?,
                     content_dir: r.try_get("content_dir")?,
-                    every: r.try_get("every")?,
-                    local_time: r.try_get("local_time")?,
-                    next_date: r.try_get("next_date")?,
+                    every: super::word(r, "every")?,
+                    local_time: super::word(r, "local_time")?,
+                    next_date: super::word(r, "next_date")?,
                     status: super::word(r, "status")?,
                     note: r.try_get("note")?,
                     used: r.try_get("used")?,
@@ -262,8 +264,8 @@ impl Store {
     pub async fn create_occurrence(
         &self,
         recurrence_id: i64,
-        date: &str,
-        next_date: &str,
+        date: Date,
+        next_date: Date,
         send: &NewSend,
         now: Millis,
     ) -> Result<Option<i64>, sqlx::Error> {
@@ -272,8 +274,8 @@ impl Store {
             "UPDATE recurrences SET next_date = $3 WHERE id = $1 AND next_date = $2 AND status = 'active'",
         )
         .bind(recurrence_id)
-        .bind(date)
-        .bind(next_date)
+        .bind(date.to_string())
+        .bind(next_date.to_string())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -290,8 +292,8 @@ impl Store {
     pub async fn skip_occurrence(
         &self,
         recurrence_id: i64,
-        date: &str,
-        next_date: &str,
+        date: Date,
+        next_date: Date,
         note: &str,
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
@@ -300,8 +302,8 @@ impl Store {
              WHERE id = $1 AND next_date = $2 AND status = 'active'",
         )
         .bind(recurrence_id)
-        .bind(date)
-        .bind(next_date)
+        .bind(date.to_string())
+        .bind(next_date.to_string())
         .bind(note)
         .execute(&self.pool)
         .await?;

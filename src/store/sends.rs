@@ -28,8 +28,8 @@ pub struct NewSend {
     pub text_template: String,
     pub source_path: String,
     pub send_at: Millis,
-    /// For a send at a local time of day in each subscriber's zone: ('HH:MM', 'YYYY-MM-DD').
-    pub local: Option<(String, String)>,
+    /// For a send at a local time of day in each subscriber's zone: the time and the date.
+    pub local: Option<(crate::domain::TimeOfDay, jiff::civil::Date)>,
     /// Zones whose local time had passed when it was scheduled get it at once.
     pub send_late: bool,
     /// The recurring schedule this send is an occurrence of, and the file it used.
@@ -126,8 +126,8 @@ pub(super) async fn insert_send(
         .bind(send.send_at)
         .bind(now)
         .bind(super::new_message_id_prefix())
-        .bind(send.local.as_ref().map(|l| l.0.clone()))
-        .bind(send.local.as_ref().map(|l| l.1.clone()))
+        .bind(send.local.map(|(time, _)| time.to_string()))
+        .bind(send.local.map(|(_, date)| date.to_string()))
         .bind(i64::from(send.send_late))
         .bind(send.recurrence_id)
         .bind(send.content_file.clone())

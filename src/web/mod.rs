@@ -73,6 +73,7 @@ impl AppState {
     pub fn new(
         config: Config,
         store: Store,
+        courses: Courses,
         templates: Arc<Templates>,
         links: Links,
         clock: Clock,
@@ -88,7 +89,6 @@ impl AppState {
             crate::domain::hex(&Sha256::digest(config.signup.consent_text.as_bytes()));
         // The signup writer wakes a delivery worker when it queued confirmation emails.
         let signups = SignupWriter::spawn(store.clone(), clock.clone(), wake);
-        let courses = Courses::from_config(&config);
         Self {
             inner: Arc::new(StateInner {
                 config,

@@ -51,7 +51,7 @@ fn status_of(app_rows: &[sangha::store::SubscriberRow], slug: &str) -> Subscript
 async fn the_confirmation_email_is_multipart_with_the_configured_headers(backend: Backend) {
     let app = TestApp::spawn_with(backend, Options::default(), |c| {
         c.site.name = "Śakti Temple".into();
-        c.mail.from = "Śakti Temple <hello@shakti.example>".into();
+        c.mail.from = "Śakti Temple <hello@shakti.example>".parse().unwrap();
         c.mail.message_id_domain = "mail.shakti.example".into();
     })
     .await;

@@ -281,7 +281,7 @@ async fn a_lesson_that_falls_on_a_day_without_lessons_comes_on_the_next_allowed_
 ) {
     // Friday 6 March 2026, 10:00 in Berlin (the site's zone: the person gives none).
     let course = Course::start(backend, "2026-03-06T09:00:00Z", |c| {
-        c.offerings[3].weekdays = vec!["mon".into(), "wed".into(), "fri".into()];
+        c.offerings[3].weekdays = ["mon", "wed", "fri"].map(|d| d.parse().unwrap()).to_vec();
     })
     .await;
     let id = course.join("mira@example.org", None).await;

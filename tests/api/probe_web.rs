@@ -244,7 +244,7 @@ async fn an_ipv4_mapped_socket_peer_is_recorded_and_trusted_as_ipv4() {
         return;
     }
     let app = TestApp::spawn_with(Backend::Sqlite, Options::default(), |c| {
-        c.server.bind = "[::ffff:127.0.0.1]:0".into();
+        c.server.bind = "[::ffff:127.0.0.1]:0".parse().unwrap();
         c.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     })
     .await;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use reqwest::StatusCode;
 use sangha::app::Application;
 use sangha::clock::Clock;
-use sangha::config::{Config, Secret};
+use sangha::config::Config;
 use sangha::domain::{EmailAddress, Token, TokenKey, TokenPurpose};
 use sangha::web::AppState;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -213,7 +213,7 @@ async fn links_sent_before_a_key_rotation_keep_working_after_it(backend: Backend
     // Restarted with key B alone: the old links are refused, so what follows is the work of
     // `previous_keys` and nothing else.
     let mut config_b_alone = config_a.clone();
-    config_b_alone.tokens.key = Secret::new(key_b.clone());
+    config_b_alone.tokens.key = Some(TokenKey::from_base64(&key_b).unwrap());
     let app = Running::start(&config_b_alone).await;
     assert_eq!(app.get(&late_confirm).await, StatusCode::NOT_FOUND);
     assert_eq!(app.get(&unsubscribe).await, StatusCode::NOT_FOUND);
@@ -222,8 +222,8 @@ async fn links_sent_before_a_key_rotation_keep_working_after_it(backend: Backend
 
     // Restarted with key B and previous_keys = [A]: every link sent under A works.
     let mut config_b = config_a.clone();
-    config_b.tokens.key = Secret::new(key_b.clone());
-    config_b.tokens.previous_keys = vec![Secret::new(key_a)];
+    config_b.tokens.key = Some(TokenKey::from_base64(&key_b).unwrap());
+    config_b.tokens.previous_keys = vec![TokenKey::from_base64(key_a).unwrap()];
     let app = Running::start(&config_b).await;
     assert_eq!(app.get(&late_confirm).await, StatusCode::OK);
     assert_eq!(app.post(&late_confirm, "").await, StatusCode::OK);

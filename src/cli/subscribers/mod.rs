@@ -42,7 +42,7 @@ pub async fn run(
                 writeln!(out, "{}", serde_json::to_string_pretty(&detail)?)?;
             } else {
                 print_detail(&detail, out)?;
-                super::courses::print_progress(&runtime.config, &detail, out)?;
+                super::courses::print_progress(&runtime.courses, &detail, out)?;
             }
             Ok(())
         }

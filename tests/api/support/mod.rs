@@ -109,8 +109,8 @@ pub async fn test_config(backend: &Backend, dir: &Path) -> Config {
     }
     config.data_dir = dir.to_owned();
     config.database.url = backend.fresh_database(dir).await;
-    config.server.bind = "127.0.0.1:0".into();
-    config.tokens.key = sangha::config::Secret::new(TEST_TOKEN_KEY);
+    config.server.bind = "127.0.0.1:0".parse().unwrap();
+    config.tokens.key = Some(sangha::domain::TokenKey::from_base64(TEST_TOKEN_KEY).unwrap());
     config.worker.poll_interval_ms = 50;
     // Tests sign many people up from 127.0.0.1; the rate-limit test sets its own limit.
     config.signup.rate_limit_per_minute = 0;
