@@ -98,12 +98,14 @@ impl Runtime {
         .with_previous_keys(self.previous_token_keys()))
     }
 
+    /// The embedded templates with the owner's overrides.
     pub fn templates(&self) -> anyhow::Result<Arc<Templates>> {
         Ok(Arc::new(Templates::load(
             self.config.templates_dir().as_deref(),
         )?))
     }
 
+    /// The scheduler over this runtime's store, clock and courses.
     pub fn scheduler(&self) -> Scheduler {
         Scheduler::new(
             self.store.clone(),
@@ -251,10 +253,12 @@ impl Application {
         self
     }
 
+    /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener")
     }
 
+    /// The web state, for tests that look inside.
     pub fn state(&self) -> &AppState {
         &self.state
     }

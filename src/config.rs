@@ -36,6 +36,7 @@ pub struct Config {
     pub config_dir: Option<PathBuf>,
 }
 
+/// `[site]`: the practice's name and time zone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
@@ -47,6 +48,7 @@ pub struct SiteConfig {
     pub timezone: Timezone,
 }
 
+/// `[server]`: where the web server listens and how it treats connections.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -67,6 +69,7 @@ pub struct ServerConfig {
     pub idle_timeout_seconds: u64,
 }
 
+/// `[database]`: which database, and the pool's size and patience.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
@@ -147,6 +150,7 @@ fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok
     s.serialize_str(&redact_url_password(url))
 }
 
+/// How emails leave: written to files, or sent to an SMTP relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
@@ -154,6 +158,7 @@ pub enum TransportKind {
     Smtp,
 }
 
+/// `[mail]`: the sender, Message-IDs, the outbox folder and the unsubscribe address.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MailConfig {
@@ -170,6 +175,7 @@ pub struct MailConfig {
     pub unsubscribe_mailto: String,
 }
 
+/// How the SMTP connection is encrypted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
@@ -178,6 +184,7 @@ pub enum TlsMode {
     Tls,
 }
 
+/// `[smtp]`: the relay, its credentials, pool, rate and the certificates it is trusted by.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
@@ -279,6 +286,7 @@ pub enum TrustStore {
 pub struct CertificateSha256([u8; 32]);
 
 impl CertificateSha256 {
+    /// Reads 64 hex digits, with or without colons.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let text = text.split_once('=').map_or(text, |(label, hex)| {
@@ -333,6 +341,7 @@ impl From<CertificateSha256> for String {
     }
 }
 
+/// `[tokens]`: the keys that sign links, and how long a confirmation link works.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
@@ -354,6 +363,7 @@ pub struct TokenConfig {
     pub confirm_ttl_hours: u32,
 }
 
+/// `[signup]`: the consent text and the limits that keep the signup form from abuse.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignupConfig {
@@ -377,6 +387,7 @@ pub struct SignupConfig {
     pub honeypot_field: String,
 }
 
+/// `[worker]`: how deliveries are claimed, retried, paused and fanned out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
@@ -409,6 +420,7 @@ pub struct WorkerConfig {
     pub shutdown_grace_seconds: u64,
 }
 
+/// `[[offerings]]`: one newsletter or course people can sign up for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OfferingConfig {
@@ -458,10 +470,12 @@ mod text {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes the value as its text.
     pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(value)
     }
 
+    /// Reads the value from its text.
     pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
     where
         T: FromStr,
@@ -565,6 +579,7 @@ fn yes() -> bool {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
@@ -572,6 +587,7 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+    /// Whether no secret was given.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -945,6 +961,7 @@ impl Config {
         self.server.base_url.trim_end_matches('/')
     }
 
+    /// Where the file transport writes: `mail.outbox_dir`, else `data_dir/outbox`.
     pub fn outbox_dir(&self) -> PathBuf {
         if self.mail.outbox_dir.is_empty() {
             self.data_dir.join("outbox")

@@ -23,6 +23,7 @@ pub struct ScheduleOutcome {
     pub sends_finished: usize,
 }
 
+/// Creates deliveries for due sends, recurring occurrences and course lessons.
 #[derive(Clone)]
 pub struct Scheduler {
     store: Store,

@@ -195,6 +195,7 @@ impl Store {
         Ok(out)
     }
 
+    /// Records a recurring send of a content folder; returns its id.
     pub async fn create_recurrence(
         &self,
         offering_id: i64,
