@@ -4,6 +4,25 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The `String` conversions serde reads and writes a type of text through.
+macro_rules! text_conversions {
+    ($ty:ident, $err:ident) => {
+        impl TryFrom<String> for $ty {
+            type Error = $err;
+
+            fn try_from(text: String) -> Result<Self, $err> {
+                text.parse()
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(value: $ty) -> String {
+                value.to_string()
+            }
+        }
+    };
+}
+
 /// A time of day written `HH:MM` on the 24-hour clock (a course's `local_time`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -58,19 +77,7 @@ impl fmt::Display for TimeOfDay {
     }
 }
 
-impl TryFrom<String> for TimeOfDay {
-    type Error = NotATimeOfDay;
-
-    fn try_from(text: String) -> Result<Self, NotATimeOfDay> {
-        text.parse()
-    }
-}
-
-impl From<TimeOfDay> for String {
-    fn from(time: TimeOfDay) -> String {
-        time.to_string()
-    }
-}
+text_conversions!(TimeOfDay, NotATimeOfDay);
 
 /// A day of the week, written `mon` … `sun` or in full, in any case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,19 +139,7 @@ impl fmt::Display for Weekday {
     }
 }
 
-impl TryFrom<String> for Weekday {
-    type Error = NotAWeekday;
-
-    fn try_from(text: String) -> Result<Self, NotAWeekday> {
-        text.parse()
-    }
-}
-
-impl From<Weekday> for String {
-    fn from(day: Weekday) -> String {
-        day.to_string()
-    }
-}
+text_conversions!(Weekday, NotAWeekday);
 
 #[cfg(test)]
 mod tests {

@@ -97,20 +97,11 @@ impl Store {
         send_id: i64,
         default: &str,
     ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT COALESCE(s.timezone, $2) AS zone, COUNT(*) AS n
-             FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id
-             WHERE sub.offering_id = (SELECT offering_id FROM sends WHERE id = $1)
-               AND sub.status = 'confirmed'
-             GROUP BY COALESCE(s.timezone, $2) ORDER BY zone",
-        )
-        .bind(send_id)
-        .bind(default)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("zone")?, r.try_get("n")?)))
-            .collect()
+        let offering_id: i64 = sqlx::query_scalar("SELECT offering_id FROM sends WHERE id = $1")
+            .bind(send_id)
+            .fetch_one(&self.pool)
+            .await?;
+        self.offering_zones(offering_id, default).await
     }
 
     /// The zones of the confirmed subscribers of an offering, with how many people each.
