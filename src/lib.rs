@@ -8,7 +8,7 @@ pub mod app;
 pub mod cli;
 /// The time the application believes it is; manual in tests.
 pub mod clock;
-/// File → validated `Config`, with environment overrides.
+/// File and environment → a typed, validated `Config`, each value parsed once.
 pub mod config;
 /// Email content: Markdown or handlebars files with front matter, checked at scheduling time.
 pub mod content;
