@@ -2,6 +2,7 @@
 //! (`sends`, `subscribers`, `courses`, `offerings`). Only `main` and `cli` print.
 
 mod courses;
+mod doctor;
 mod offerings;
 mod sends;
 mod subscribers;
@@ -57,6 +58,9 @@ pub enum Command {
     Preview(PreviewArgs),
     /// Send content once to one address through the configured transport.
     TestSend(TestSendArgs),
+    /// Check the installation and say what to fix: config, database, the relay (no mail is
+    /// sent), base_url; exits non-zero when a check fails.
+    Doctor,
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,24 +289,28 @@ fn date_time(text: &str) -> Result<jiff::civil::DateTime, String> {
 
 /// Runs a parsed command, printing to `out`.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
+    let path = cli.config.as_deref();
+    // Loaded by each command: a configuration that does not load is one of the doctor's
+    // findings, not an error before it.
+    let load = || Config::load(path);
     match cli.command {
-        Command::Config(ConfigCommand::Check) => check_config(&config, out),
-        Command::Serve { no_worker } => serve(config, !no_worker, out).await,
-        Command::Worker => worker(config).await,
+        Command::Doctor => doctor::run(path, out).await,
+        Command::Config(ConfigCommand::Check) => check_config(&load()?, out),
+        Command::Serve { no_worker } => serve(load()?, !no_worker, out).await,
+        Command::Worker => worker(load()?).await,
         Command::Migrate => {
-            open(config).await?;
+            open(load()?).await?;
             writeln!(out, "migrations applied")?;
             Ok(())
         }
         Command::Offerings(OfferingsCommand::List(flag)) => {
-            offerings::list(&open(config).await?, flag.json, out).await
+            offerings::list(&open(load()?).await?, flag.json, out).await
         }
-        Command::Subscribers(command) => subscribers::run(config, command, out).await,
-        Command::Schedule(args) => sends::schedule(config, args, out).await,
-        Command::Sends(command) => sends::run(&open(config).await?, command, out).await,
-        Command::Preview(args) => sends::preview(&open(config).await?, args, out).await,
-        Command::TestSend(args) => sends::test_send(&open(config).await?, args, out).await,
+        Command::Subscribers(command) => subscribers::run(load()?, command, out).await,
+        Command::Schedule(args) => sends::schedule(load()?, args, out).await,
+        Command::Sends(command) => sends::run(&open(load()?).await?, command, out).await,
+        Command::Preview(args) => sends::preview(&open(load()?).await?, args, out).await,
+        Command::TestSend(args) => sends::test_send(&open(load()?).await?, args, out).await,
     }
 }
 

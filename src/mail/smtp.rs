@@ -451,6 +451,28 @@ impl SmtpPool {
         }
     }
 
+    /// Opens one session (connect, EHLO, STARTTLS or TLS, AUTH) and closes it without
+    /// sending mail: what `sangha doctor` checks. Says what the session had.
+    pub async fn probe(&self) -> Result<String, SendError> {
+        let server = &self.inner.server;
+        let session = server.connect().await?;
+        let secured = match (server.tls, session.conn.is_encrypted()) {
+            (_, false) => "not encrypted (smtp.tls = \"none\")",
+            (TlsMode::Tls, true) => "TLS handshake and certificate accepted",
+            (_, true) => "STARTTLS handshake and certificate accepted",
+        };
+        let login = if server.credentials.is_some() {
+            "AUTH accepted"
+        } else {
+            "no login (smtp.username is empty)"
+        };
+        quit(session).await;
+        Ok(format!(
+            "{}: connected, EHLO answered, {secured}, {login}; no mail sent",
+            server.label()
+        ))
+    }
+
     /// Sessions the relay lets us have now (`smtp.pool_size` until it refuses one).
     #[doc(hidden)]
     pub fn capacity(&self) -> u32 {

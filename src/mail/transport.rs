@@ -137,6 +137,15 @@ impl Transport {
         }
     }
 
+    /// Checks the way out without sending mail (an SMTP session is opened and closed) and
+    /// says what it found.
+    pub async fn probe(&self) -> Result<String, SendError> {
+        match self {
+            Transport::File(dir) => Ok(format!("messages are written to {}", dir.display())),
+            Transport::Smtp(pool) => pool.probe().await,
+        }
+    }
+
     /// Whether messages may be handed over now: after the relay refused our credentials,
     /// callers should not claim work until the next login attempt is due, and then only one
     /// message's worth.

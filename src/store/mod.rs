@@ -16,7 +16,7 @@ mod signup_writer;
 mod sql;
 mod subscribers;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -241,6 +241,38 @@ impl Store {
         Ok(())
     }
 
+    /// The migrations of this backend's dialect that the database has not applied, as
+    /// `version description`, in order (for `sangha doctor`; nothing is changed).
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, sqlx::Error> {
+        let (migrator, exists) = match self.backend {
+            Backend::Sqlite => (
+                &SQLITE_MIGRATOR,
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            ),
+            Backend::Postgres => (
+                &POSTGRES_MIGRATOR,
+                "SELECT COUNT(*) FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'",
+            ),
+        };
+        let applied: Vec<i64> = if sqlx::query_scalar::<_, i64>(exists)
+            .fetch_one(&self.pool)
+            .await?
+            > 0
+        {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(migrator
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| format!("{} {}", m.version, m.description))
+            .collect())
+    }
+
     /// SQLite's journal mode, for checks (`wal` once connected).
     pub async fn journal_mode(&self) -> Result<Option<String>, sqlx::Error> {
         if self.backend != Backend::Sqlite {
@@ -251,6 +283,14 @@ impl Store {
             .await?;
         Ok(Some(mode))
     }
+}
+
+/// The file of a SQLite URL (`None` for PostgreSQL and `:memory:`).
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    (path != ":memory:" && !path.is_empty()).then(|| PathBuf::from(path))
 }
 
 /// `sqlite://data/sangha.db` → creates `data/` and asks SQLite to create the file.

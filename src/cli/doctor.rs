@@ -1,0 +1,218 @@
+//! `sangha doctor`: what is wrong with this installation and how to fix it, one line per
+//! finding, each OK, WARN or FAIL. It changes nothing (it creates no database, folder or
+//! key) and sends no mail.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{Config, TransportKind, redact_url_password};
+use crate::mail::{RelayFault, SendErrorKind, Transport};
+use crate::store::{Backend, Store};
+
+/// How sure a finding is that something needs doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// The findings so far, printed as they come.
+struct Report<'a> {
+    out: &'a mut (dyn Write + Send),
+    failed: usize,
+    warned: usize,
+}
+
+impl Report<'_> {
+    fn line(&mut self, verdict: Verdict, area: &str, what: &str) -> std::io::Result<()> {
+        let word = match verdict {
+            Verdict::Ok => "OK  ",
+            Verdict::Warn => {
+                self.warned += 1;
+                "WARN"
+            }
+            Verdict::Fail => {
+                self.failed += 1;
+                "FAIL"
+            }
+        };
+        writeln!(self.out, "{word} {area:<9} {what}")
+    }
+}
+
+/// Runs every check; fails (a non-zero exit) when any check FAILs.
+pub async fn run(config_path: Option<&Path>, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let mut report = Report {
+        out,
+        failed: 0,
+        warned: 0,
+    };
+    match Config::load(config_path) {
+        Ok(config) => {
+            report.line(Verdict::Ok, "config", "the configuration loads and checks")?;
+            check_config(&mut report, &config)?;
+            check_database(&mut report, &config).await?;
+            check_mail(&mut report, &config).await?;
+        }
+        Err(e) => report.line(
+            Verdict::Fail,
+            "config",
+            &format!("{e}: fix it, then run `sangha config check`"),
+        )?,
+    }
+    let (failed, warned) = (report.failed, report.warned);
+    writeln!(
+        report.out,
+        "{failed} failed, {warned} warning{}",
+        if warned == 1 { "" } else { "s" }
+    )?;
+    anyhow::ensure!(failed == 0, "doctor: {failed} check(s) failed");
+    Ok(())
+}
+
+/// Settings that work but that a mailbox provider or an attacker would hold against us.
+fn check_config(report: &mut Report<'_>, config: &Config) -> std::io::Result<()> {
+    if config.mail.transport == TransportKind::Smtp {
+        for warning in config.smtp.warnings() {
+            report.line(Verdict::Warn, "config", &warning)?;
+        }
+    }
+    let base = config.base_url();
+    if base.starts_with("https://") {
+        report.line(Verdict::Ok, "base_url", &format!("{base} is https"))
+    } else {
+        report.line(
+            Verdict::Warn,
+            "base_url",
+            &format!(
+                "{base} is not https: the links in every email (confirm, unsubscribe) go out \
+                 unencrypted; set server.base_url to the https:// address of the site"
+            ),
+        )
+    }
+}
+
+/// Reachable, every migration applied, and on SQLite in WAL mode.
+async fn check_database(report: &mut Report<'_>, config: &Config) -> std::io::Result<()> {
+    let shown = redact_url_password(&config.database.url);
+    if let Some(file) = crate::store::sqlite_file(&config.database.url)
+        && !file.exists()
+    {
+        return report.line(
+            Verdict::Fail,
+            "database",
+            &format!(
+                "the database file {} does not exist yet: `sangha migrate` (or `sangha \
+                 serve`) creates it",
+                file.display()
+            ),
+        );
+    }
+    let store = match Store::connect_with_timeout(
+        &config.database.url,
+        1,
+        Duration::from_secs(config.database.connect_timeout_seconds.clamp(1, 10)),
+    )
+    .await
+    {
+        Ok(store) => store,
+        Err(e) => {
+            return report.line(
+                Verdict::Fail,
+                "database",
+                &format!(
+                    "cannot connect to {shown}: {e}; check database.url and that the \
+                     database server is running"
+                ),
+            );
+        }
+    };
+    match store.pending_migrations().await {
+        Ok(pending) if pending.is_empty() => report.line(
+            Verdict::Ok,
+            "database",
+            &format!("{shown} is reachable and every migration is applied"),
+        )?,
+        Ok(pending) => report.line(
+            Verdict::Fail,
+            "database",
+            &format!(
+                "{shown}: {} migration(s) not applied ({}): run `sangha migrate`",
+                pending.len(),
+                pending.join(", ")
+            ),
+        )?,
+        Err(e) => report.line(
+            Verdict::Fail,
+            "database",
+            &format!("{shown}: cannot read the applied migrations: {e}"),
+        )?,
+    }
+    if store.backend() == Backend::Sqlite {
+        match store.journal_mode().await {
+            Ok(Some(mode)) if mode.eq_ignore_ascii_case("wal") => {
+                report.line(Verdict::Ok, "database", "SQLite is in WAL mode")?
+            }
+            Ok(mode) => report.line(
+                Verdict::Fail,
+                "database",
+                &format!(
+                    "SQLite is in journal mode {}, not WAL: readers would wait for every \
+                     write; keep the database on a local disk (WAL does not work on network \
+                     file systems)",
+                    mode.unwrap_or_default()
+                ),
+            )?,
+            Err(e) => report.line(
+                Verdict::Fail,
+                "database",
+                &format!("cannot read SQLite's journal mode: {e}"),
+            )?,
+        }
+    }
+    Ok(())
+}
+
+/// The way out: the relay answers and takes our login, or the outbox folder is writable.
+async fn check_mail(report: &mut Report<'_>, config: &Config) -> std::io::Result<()> {
+    if config.mail.transport == TransportKind::File {
+        return report.line(
+            Verdict::Warn,
+            "mail",
+            &format!(
+                "messages are written to {}, not sent: set mail.transport = \"smtp\" and the \
+                 [smtp] section to deliver",
+                config.outbox_dir().display()
+            ),
+        );
+    }
+    let transport = match Transport::from_config(config) {
+        Ok(transport) => transport,
+        Err(e) => return report.line(Verdict::Fail, "mail", &format!("{e:#}")),
+    };
+    let result = transport.probe().await;
+    transport.close().await;
+    match result {
+        Ok(found) => report.line(Verdict::Ok, "smtp", &found),
+        Err(e) => {
+            let fix = match e.kind {
+                SendErrorKind::Relay(RelayFault::Connect) => {
+                    "check smtp.host and smtp.port, and that the relay is up and reachable \
+                     from here"
+                }
+                SendErrorKind::Relay(RelayFault::Tls) => {
+                    "check smtp.tls (starttls on 587, tls on 465) and the relay's certificate \
+                     (smtp.trust, smtp.ca_file, smtp.certificate_sha256)"
+                }
+                SendErrorKind::Relay(RelayFault::Auth) => {
+                    "check smtp.username and smtp.password (better set in the environment as \
+                     SANGHA__SMTP__PASSWORD)"
+                }
+                _ => "check the [mail] and [smtp] settings",
+            };
+            report.line(Verdict::Fail, "smtp", &format!("{}: {fix}", e.message))
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `sangha doctor`: each check says OK, WARN or FAIL in plain words with the fix, the exit
+//! status is non-zero when one fails, and nothing is changed or sent.
+
+use sangha::config::Config;
+
+use crate::backend_tests;
+use crate::support::smtp::{TestSmtpServer, TestTls};
+use crate::support::test_ca::TestCa;
+use crate::support::{Backend, run_cli, run_cli_with, stderr, stdout, test_config};
+
+backend_tests!(
+    a_healthy_installation_passes_and_no_mail_is_sent,
+    a_relay_that_refuses_the_login_or_is_down_fails_with_the_fix,
+    a_database_not_yet_migrated_fails_and_doctor_creates_nothing,
+);
+
+const USER: &str = "sangha";
+const PASSWORD: &str = "s3cret-pass";
+
+/// The environment that sends through the relay on `port` (STARTTLS when `ca` is given).
+fn smtp_env(port: u16, password: &str, ca: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("SANGHA__MAIL__TRANSPORT", "smtp".to_owned()),
+        ("SANGHA__SMTP__HOST", "127.0.0.1".to_owned()),
+        ("SANGHA__SMTP__PORT", port.to_string()),
+        ("SANGHA__SMTP__USERNAME", USER.to_owned()),
+        ("SANGHA__SMTP__PASSWORD", password.to_owned()),
+    ];
+    match ca {
+        Some(ca_file) => {
+            env.push(("SANGHA__SMTP__TLS", "starttls".to_owned()));
+            env.push(("SANGHA__SMTP__CA_FILE", ca_file.to_owned()));
+        }
+        None => env.push(("SANGHA__SMTP__TLS", "none".to_owned())),
+    }
+    env
+}
+
+/// The config of a migrated database.
+async fn migrated(backend: &Backend, dir: &std::path::Path) -> Config {
+    let config = test_config(backend, dir).await;
+    let out = run_cli(&config, &["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    config
+}
+
+/// The line of `area` with its verdict, e.g. `OK   smtp …`.
+fn line<'a>(text: &'a str, verdict: &str, area: &str) -> Option<&'a str> {
+    text.lines()
+        .find(|l| l.starts_with(verdict) && l[4..].trim_start().starts_with(&format!("{area} ")))
+}
+
+async fn a_healthy_installation_passes_and_no_mail_is_sent(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = migrated(&backend, dir.path()).await;
+    let ca = TestCa::new("Doctor's CA");
+    let cert = ca.server_certificate(&["127.0.0.1"]);
+    let server = TestSmtpServer::builder()
+        .credentials(USER, PASSWORD)
+        .tls(TestTls::Starttls(cert.server_config()))
+        .start()
+        .await;
+    let ca_file = ca.write_pem(dir.path()).display().to_string();
+    let mut env = smtp_env(server.port(), PASSWORD, Some(&ca_file));
+    env.push((
+        "SANGHA__SERVER__BASE_URL",
+        "https://shakti.example".to_owned(),
+    ));
+    let out = run_cli_with(&config, &["doctor"], &env);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let smtp = line(&text, "OK", "smtp").unwrap_or_else(|| panic!("{text}"));
+    for said in [
+        "STARTTLS",
+        "certificate accepted",
+        "AUTH accepted",
+        "no mail sent",
+    ] {
+        assert!(smtp.contains(said), "{said}: {smtp}");
+    }
+    assert!(line(&text, "OK", "database").is_some(), "{text}");
+    assert!(line(&text, "OK", "base_url").is_some(), "{text}");
+    assert!(text.contains("0 failed"), "{text}");
+    assert_eq!(server.logins(), (1, 0), "one login, accepted");
+    assert!(server.messages().is_empty(), "doctor sends no mail");
+    assert!(!text.contains(PASSWORD) && !stderr(&out).contains(PASSWORD));
+    if matches!(backend, Backend::Sqlite) {
+        assert!(text.contains("WAL mode"), "{text}");
+    }
+
+    // An http:// site is a warning, not a failure.
+    let env = smtp_env(server.port(), PASSWORD, Some(&ca_file));
+    let out = run_cli_with(&config, &["doctor"], &env);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    let warn = line(&text, "WARN", "base_url").unwrap_or_else(|| panic!("{text}"));
+    assert!(warn.contains("server.base_url"), "{warn}");
+}
+
+async fn a_relay_that_refuses_the_login_or_is_down_fails_with_the_fix(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = migrated(&backend, dir.path()).await;
+    let server = TestSmtpServer::builder()
+        .credentials(USER, PASSWORD)
+        .start()
+        .await;
+    let out = run_cli_with(
+        &config,
+        &["doctor"],
+        &smtp_env(server.port(), "wrong-pass", None),
+    );
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    let fail = line(&text, "FAIL", "smtp").unwrap_or_else(|| panic!("{text}"));
+    assert!(fail.contains("smtp.password"), "the fix is named: {fail}");
+    assert!(!text.contains("wrong-pass") && !stderr(&out).contains("wrong-pass"));
+    assert!(text.contains("1 failed"), "{text}");
+    assert!(server.messages().is_empty());
+
+    // A relay that is not there: a port that was free a moment ago.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = run_cli_with(&config, &["doctor"], &smtp_env(closed_port, PASSWORD, None));
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    let fail = line(&text, "FAIL", "smtp").unwrap_or_else(|| panic!("{text}"));
+    assert!(fail.contains("smtp.host and smtp.port"), "{fail}");
+}
+
+async fn a_database_not_yet_migrated_fails_and_doctor_creates_nothing(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&backend, dir.path()).await;
+    let out = run_cli(&config, &["doctor"]);
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    let fail = line(&text, "FAIL", "database").unwrap_or_else(|| panic!("{text}"));
+    assert!(fail.contains("sangha migrate"), "{fail}");
+    match backend {
+        Backend::Sqlite => {
+            assert!(fail.contains("does not exist yet"), "{fail}");
+            let file = sangha::store::sqlite_file(&config.database.url).unwrap();
+            assert!(!file.exists(), "doctor created {}", file.display());
+        }
+        Backend::Postgres(_) => assert!(fail.contains("not applied"), "{fail}"),
+    }
+    let warn = line(&text, "WARN", "mail").unwrap_or_else(|| panic!("{text}"));
+    assert!(warn.contains("mail.transport"), "{warn}");
+    assert!(
+        !config.outbox_dir().exists(),
+        "doctor created the outbox folder"
+    );
+
+    // A configuration that does not load is a finding too, naming the key.
+    let out = run_cli_with(
+        &config,
+        &["doctor"],
+        &[("SANGHA__SERVER__BASE_URL", "localhost".to_owned())],
+    );
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    let fail = line(&text, "FAIL", "config").unwrap_or_else(|| panic!("{text}"));
+    assert!(fail.contains("server.base_url"), "{fail}");
+}
