@@ -656,7 +656,7 @@ impl Config {
             return Err(invalid("site.name", "must not be empty"));
         }
         crate::domain::Timezone::parse(&self.site.timezone)
-            .map_err(|e| invalid("site.timezone", e))?;
+            .map_err(|e| invalid("site.timezone", e.to_string()))?;
         self.bind_addr()?;
         let base = self.server.base_url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
@@ -795,7 +795,7 @@ impl Config {
         let mut seen = HashSet::new();
         for (i, o) in self.offerings.iter().enumerate() {
             let key = format!("offerings[{i}].slug");
-            Slug::parse(&o.slug).map_err(|e| invalid(&key, e))?;
+            Slug::parse(&o.slug).map_err(|e| invalid(&key, e.to_string()))?;
             if !seen.insert(o.slug.as_str()) {
                 return Err(invalid(&key, format!("`{}` is declared twice", o.slug)));
             }

@@ -89,7 +89,7 @@ pub struct DeliveryCounts {
 
 impl DeliveryCounts {
     pub(crate) fn add(&mut self, status: &str, n: i64) -> Result<(), sqlx::Error> {
-        let slot = match DeliveryStatus::parse(status).map_err(decode_error)? {
+        let slot = match status.parse::<DeliveryStatus>().map_err(decode_error)? {
             DeliveryStatus::Pending => &mut self.pending,
             DeliveryStatus::Sent => &mut self.sent,
             DeliveryStatus::Failed => &mut self.failed,

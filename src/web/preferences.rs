@@ -280,14 +280,14 @@ async fn save(
     }
     let mut errors = FieldErrors::new();
     let parsed_name = SubscriberName::parse(&name)
-        .map_err(|e| errors.insert("name", e))
+        .map_err(|e| errors.insert("name", e.to_string()))
         .ok()
         .flatten();
     let parsed_zone = if timezone.trim().is_empty() {
         None
     } else {
         Timezone::parse(&timezone)
-            .map_err(|e| errors.insert("timezone", e))
+            .map_err(|e| errors.insert("timezone", e.to_string()))
             .ok()
     };
     if wanted

@@ -347,17 +347,17 @@ struct ValidSignup {
 fn validate(raw: &RawSignup, available: &[Offering]) -> Result<ValidSignup, FieldErrors> {
     let mut errors = FieldErrors::new();
     let email = EmailAddress::parse(&raw.email)
-        .map_err(|e| errors.insert("email", e))
+        .map_err(|e| errors.insert("email", e.to_string()))
         .ok();
     let name = SubscriberName::parse(&raw.name)
-        .map_err(|e| errors.insert("name", e))
+        .map_err(|e| errors.insert("name", e.to_string()))
         .ok()
         .flatten();
     let timezone = if raw.timezone.trim().is_empty() {
         None
     } else {
         Timezone::parse(&raw.timezone)
-            .map_err(|e| errors.insert("timezone", e))
+            .map_err(|e| errors.insert("timezone", e.to_string()))
             .ok()
     };
     let mut offerings: Vec<Offering> = Vec::new();
