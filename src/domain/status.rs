@@ -157,6 +157,30 @@ word_enum!(
     }
 );
 
+word_enum!(
+    /// Where a consent was given: the signup form, the JSON API, a link in an email
+    /// (confirming, unsubscribing, preferences), or the owner's command line.
+    ConsentSource {
+        Form => "form",
+        Api => "api",
+        Email => "email",
+        Owner => "owner",
+    }
+);
+
+word_enum!(
+    /// Which step of opening a session with the relay failed, as stored in
+    /// `deliveries.failure_kind`.
+    RelayFault {
+        /// No connection, no greeting, a refusing greeting (`421`), or no answer in time.
+        Connect => "connect",
+        /// STARTTLS missing or refused, the TLS handshake, the certificate or its pin.
+        Tls => "tls",
+        /// `AUTH` failed: wrong credentials (`535`) or no mechanism both sides know.
+        Auth => "auth",
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::{Every, SubscriptionStatus};

@@ -60,27 +60,7 @@ pub enum SendErrorKind {
     Held,
 }
 
-/// Which step of opening a session with the relay failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayFault {
-    /// No connection, no greeting, a refusing greeting (`421`), or no answer in time.
-    Connect,
-    /// STARTTLS missing or refused, the TLS handshake, the certificate or its pin.
-    Tls,
-    /// `AUTH` failed: wrong credentials (`535`) or no mechanism both sides know.
-    Auth,
-}
-
-impl RelayFault {
-    /// As stored in `deliveries.failure_kind`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RelayFault::Connect => "connect",
-            RelayFault::Tls => "tls",
-            RelayFault::Auth => "auth",
-        }
-    }
-}
+pub use crate::domain::RelayFault;
 
 /// Whether the transport takes messages now (see [`Transport::relay_state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,9 @@ use sqlx::Row;
 use super::sql::Sql;
 use super::{Store, outbox};
 use crate::clock::Millis;
-use crate::domain::{EmailAddress, LinkTarget, SubscriberName, SubscriptionStatus, Timezone};
+use crate::domain::{
+    ConsentSource, EmailAddress, LinkTarget, SubscriberName, SubscriptionStatus, Timezone,
+};
 use crate::store::Offering;
 
 /// Where a consent came from and what the person saw.
@@ -18,8 +20,8 @@ pub struct ConsentMeta {
     pub user_agent: Option<String>,
     /// Hex SHA-256 of the consent text shown next to the button.
     pub text_hash: String,
-    /// `form` or `api`.
-    pub source: &'static str,
+    /// Where the consent was given.
+    pub source: ConsentSource,
 }
 
 /// A validated signup, ready to be written.
@@ -543,7 +545,7 @@ async fn write_round(
             .bind(signup.consent.user_agent.clone())
             .bind(slugs.join(";"))
             .bind(signup.consent.text_hash.clone())
-            .bind(signup.consent.source);
+            .bind(signup.consent.source.as_str());
     }
     let mut consents: HashMap<i64, LinkTarget> = HashMap::new();
     for row in query.fetch_all(&mut **tx).await? {
@@ -713,7 +715,7 @@ pub(super) async fn insert_consent(
     .bind(meta.user_agent.clone())
     .bind(offerings)
     .bind(&meta.text_hash)
-    .bind(meta.source)
+    .bind(meta.source.as_str())
     .fetch_one(&mut **tx)
     .await
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::client::ClientInfo;
 use super::{AppError, AppState, ErrorKind, pages};
-use crate::domain::{LinkTarget, TokenPurpose};
+use crate::domain::{ConsentSource, LinkTarget, TokenPurpose};
 use crate::store::Offering;
 
 pub fn routes() -> Router<AppState> {
@@ -76,7 +76,7 @@ async fn confirm(
     Path(token): Path<String>,
 ) -> Result<Response, AppError> {
     let id = consent(&state, &token)?;
-    let meta = client.consent(state.consent_hash().to_owned(), "form");
+    let meta = client.consent(state.consent_hash().to_owned(), ConsentSource::Form);
     let signup = state
         .store()
         .confirm_signup(id, &meta, state.clock().now_ms())

@@ -17,7 +17,7 @@ use super::client::ClientInfo;
 use super::{AppError, AppState, ErrorKind, pages};
 use crate::courses::{PauseOutcome, ResumeOutcome};
 use crate::domain::{
-    OfferingKind, Slug, SubscriberName, SubscriptionStatus, Timezone, TokenPurpose,
+    ConsentSource, OfferingKind, Slug, SubscriberName, SubscriptionStatus, Timezone, TokenPurpose,
 };
 use crate::store::{CourseState, Offering, SubscriberRef};
 
@@ -322,7 +322,7 @@ async fn save(
             parsed_name.as_ref(),
             parsed_zone.as_ref(),
             &ids,
-            &client.consent(String::new(), "email"),
+            &client.consent(String::new(), ConsentSource::Email),
             state.clock().now_ms(),
         )
         .await?;

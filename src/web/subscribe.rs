@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::client::ClientInfo;
 use super::error::is_json;
 use super::{AppError, AppState, ErrorKind, pages};
-use crate::domain::{EmailAddress, SubscriberName, Timezone};
+use crate::domain::{ConsentSource, EmailAddress, SubscriberName, Timezone};
 use crate::store::{NewSignup, Offering};
 
 pub fn routes() -> Router<AppState> {
@@ -219,8 +219,8 @@ async fn signup(
     let config = state.config();
     let mailbox_key = state.links().mailbox_key(&signup.email);
     let source = match format {
-        Format::Form => "form",
-        Format::Json => "api",
+        Format::Form => ConsentSource::Form,
+        Format::Json => ConsentSource::Api,
     };
     let new = NewSignup {
         mailbox_key,
