@@ -79,10 +79,12 @@ impl EmailAddress {
         format!("{}@{domain}", local.to_lowercase())
     }
 
+    /// The normalised address.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The part after the last `@`, in its ASCII form.
     pub fn domain(&self) -> &str {
         self.0.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
     }

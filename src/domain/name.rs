@@ -8,6 +8,7 @@ use super::Invalid;
 pub struct SubscriberName(String);
 
 impl SubscriberName {
+    /// Longest name taken, in characters.
     pub const MAX_CHARS: usize = 100;
 
     /// Checks a typed name; an empty or blank input is no name at all, and the error's text is
@@ -31,6 +32,7 @@ impl SubscriberName {
         Ok(Some(Self(trimmed.to_owned())))
     }
 
+    /// The name as typed, trimmed.
     pub fn as_str(&self) -> &str {
         &self.0
     }

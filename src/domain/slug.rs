@@ -25,6 +25,7 @@ impl Slug {
         }
     }
 
+    /// The slug as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }

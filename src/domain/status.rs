@@ -19,8 +19,10 @@ macro_rules! word_enum {
         pub enum $name { $($(#[$vmeta])* $variant),+ }
 
         impl $name {
+            /// Every state, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
+            /// The word stored in the database and printed.
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $word),+ }
             }

@@ -38,6 +38,7 @@ impl Timezone {
         shown
     }
 
+    /// The zone name.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -9,6 +9,7 @@ use rand::Rng;
 use super::smtp::SmtpPool;
 use crate::config::{Config, TransportKind};
 
+/// Where messages go: a folder of `.eml` files or an SMTP relay.
 #[derive(Clone)]
 pub enum Transport {
     /// Writes each message as `<random>.eml` in the folder.
@@ -73,6 +74,7 @@ pub enum RelayState {
     ProbeDue,
 }
 
+/// A message the transport did not take: the kind decides whether to retry.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct SendError {
@@ -81,6 +83,7 @@ pub struct SendError {
 }
 
 impl Transport {
+    /// The transport the configuration names.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         match config.mail.transport {
             TransportKind::File => {

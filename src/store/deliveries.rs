@@ -77,6 +77,7 @@ pub struct ConfirmationEmail {
     pub offerings: Vec<crate::store::Offering>,
 }
 
+/// How many deliveries of a send are in each status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DeliveryCounts {
     pub pending: i64,
@@ -101,6 +102,7 @@ impl DeliveryCounts {
         Ok(())
     }
 
+    /// All deliveries, whatever their status.
     pub fn total(&self) -> i64 {
         self.pending + self.sent + self.failed + self.suppressed + self.skipped + self.cancelled
     }

@@ -99,6 +99,7 @@ pub enum RetryOutcome {
 }
 
 impl Store {
+    /// Writes a new send and returns its id.
     pub async fn create_send(&self, send: &NewSend, now: Millis) -> Result<i64, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         insert_send(&mut conn, send, now).await
@@ -288,6 +289,7 @@ impl Store {
         Ok(paused)
     }
 
+    /// How many of a send's deliveries are in each status.
     pub async fn send_counts(&self, id: i64) -> Result<DeliveryCounts, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT status, COUNT(*) AS n FROM deliveries WHERE send_id = $1 GROUP BY status",
@@ -302,6 +304,7 @@ impl Store {
         Ok(counts)
     }
 
+    /// How many of a send's deliveries were interrupted (the `interrupted` column summed).
     pub async fn send_interruptions(&self, id: i64) -> Result<i64, sqlx::Error> {
         let n: Option<i64> = sqlx::query_scalar(
             "SELECT CAST(SUM(interrupted) AS BIGINT) FROM deliveries WHERE send_id = $1",

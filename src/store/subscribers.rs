@@ -42,6 +42,7 @@ pub struct NewSignup {
     pub domain_cap_per_hour: Option<u32>,
 }
 
+/// What a signup wrote: the subscriber and the consent its confirmation link names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignupOutcome {
     pub subscriber_id: i64,
@@ -63,6 +64,7 @@ pub struct PendingConfirmation {
     pub offerings: Vec<Offering>,
 }
 
+/// One subscription of a subscriber, as listed.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscriptionRow {
     pub offering: String,
@@ -73,6 +75,7 @@ pub struct SubscriptionRow {
     pub unsubscribed_at: Option<Millis>,
 }
 
+/// One consent record, as shown to the owner.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConsentRecord {
     pub action: String,
@@ -84,6 +87,7 @@ pub struct ConsentRecord {
     pub source: String,
 }
 
+/// A subscriber in a listing.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscriberRow {
     pub id: i64,
@@ -94,6 +98,7 @@ pub struct SubscriberRow {
     pub subscriptions: Vec<SubscriptionRow>,
 }
 
+/// A subscriber with subscriptions and consent history.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscriberDetail {
     #[serde(flatten)]

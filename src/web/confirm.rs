@@ -13,6 +13,7 @@ use super::{AppError, AppState, ErrorKind, pages};
 use crate::domain::{ConsentSource, LinkTarget, TokenPurpose};
 use crate::store::Offering;
 
+/// The confirmation routes.
 pub fn routes() -> Router<AppState> {
     Router::new().route("/confirm/{token}", get(confirm_page).post(confirm))
 }

@@ -21,6 +21,7 @@ use crate::domain::{
 };
 use crate::store::{CourseState, Offering, SubscriberRef};
 
+/// The preferences page routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/preferences/{token}", get(preferences_page).post(save))

@@ -22,6 +22,7 @@ use super::{AppError, AppState, ErrorKind, pages};
 use crate::domain::{ConsentSource, EmailAddress, SubscriberName, Timezone};
 use crate::store::{NewSignup, Offering};
 
+/// The signup routes (form and JSON).
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/subscribe", get(signup_page).post(subscribe))

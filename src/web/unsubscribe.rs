@@ -16,6 +16,7 @@ use super::client::ClientInfo;
 use super::{AppError, AppState, ErrorKind, pages};
 use crate::domain::{ConsentSource, LinkTarget, TokenPurpose};
 
+/// The unsubscribe routes (page and one-click).
 pub fn routes() -> Router<AppState> {
     Router::new().route(
         "/unsubscribe/{token}",
