@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 /// Milliseconds since the Unix epoch, UTC.
 pub type Millis = i64;
 
+/// The source of the current time: the system clock, or a manual one in tests.
 #[derive(Debug, Clone, Default)]
 pub enum Clock {
     #[default]
@@ -20,6 +21,7 @@ impl Clock {
         Clock::Manual(Arc::new(AtomicI64::new(start)))
     }
 
+    /// The current time in milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> Millis {
         match self {
             Clock::System => jiff::Timestamp::now().as_millisecond(),
@@ -27,6 +29,7 @@ impl Clock {
         }
     }
 
+    /// The current time in whole seconds since the Unix epoch.
     pub fn now_secs(&self) -> i64 {
         self.now_ms().div_euclid(1000)
     }

@@ -9,6 +9,7 @@
 use crate::clock::Millis;
 use crate::domain::{EmailAddress, LinkTarget, Token, TokenError, TokenKey, TokenPurpose};
 
+/// Makes and checks the signed links in emails and pages (confirm, unsubscribe, preferences).
 #[derive(Debug, Clone)]
 pub struct Links {
     base_url: String,
@@ -18,6 +19,7 @@ pub struct Links {
 }
 
 impl Links {
+    /// Links under `base_url`, signed with `key`; confirmation links live `confirm_ttl_hours`.
     pub fn new(base_url: &str, key: TokenKey, confirm_ttl_hours: u32) -> Self {
         Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
@@ -39,10 +41,12 @@ impl Links {
         &self.keys[0]
     }
 
+    /// The site's public URL, without a trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
 
+    /// How many days a confirmation link lives, rounded up, as the email says.
     pub fn confirm_ttl_days(&self) -> i64 {
         (self.confirm_ttl_secs + 86_399) / 86_400
     }
@@ -59,6 +63,7 @@ impl Links {
         })
     }
 
+    /// The confirmation URL of a signup.
     pub fn confirm_url(&self, consent: LinkTarget, signed_up_at: Millis) -> String {
         format!(
             "{}/confirm/{}",
@@ -89,6 +94,7 @@ impl Links {
         )
     }
 
+    /// The token of a subscriber's preferences page.
     pub fn preferences_token(&self, subscriber: LinkTarget) -> String {
         self.key().sign(&Token {
             purpose: TokenPurpose::Preferences,

@@ -18,6 +18,7 @@ use crate::config::{Config, TransportKind};
 use crate::domain::{EmailAddress, Every, Slug, SubscriptionStatus};
 use crate::store::Offering;
 
+/// The command line: a global config path and one command.
 #[derive(Debug, Parser)]
 #[command(name = "sangha", version, about = "A self-hosted newsletter service")]
 pub struct Cli {
@@ -28,6 +29,7 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the web server, the scheduler and delivery workers.
@@ -63,6 +65,7 @@ pub enum Command {
     Doctor,
 }
 
+/// `sangha sends …`: list, inspect and steer sends.
 #[derive(Debug, Subcommand)]
 pub enum SendsCommand {
     /// Every send, newest first.
@@ -90,18 +93,21 @@ pub enum SendsCommand {
     StopRecurring { id: i64 },
 }
 
+/// `sangha config …`: check the configuration.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the configuration and print it with secrets redacted.
     Check,
 }
 
+/// `sangha offerings …`: the configured offerings.
 #[derive(Debug, Subcommand)]
 pub enum OfferingsCommand {
     /// List offerings with subscriber counts.
     List(JsonFlag),
 }
 
+/// The `--json` flag of listing commands.
 #[derive(Debug, Args)]
 pub struct JsonFlag {
     /// Print JSON instead of a table.
@@ -109,6 +115,7 @@ pub struct JsonFlag {
     pub json: bool,
 }
 
+/// `sangha subscribers …`: list, import, export and manage subscribers.
 #[derive(Debug, Subcommand)]
 pub enum SubscribersCommand {
     /// List subscribers, optionally of one offering and status.
@@ -168,6 +175,7 @@ pub enum SubscribersCommand {
     Course(CourseCommand),
 }
 
+/// `sangha courses …`: pause, resume and describe one person's course.
 #[derive(Debug, Subcommand)]
 pub enum CourseCommand {
     /// Pause: no lesson comes until the course is resumed.

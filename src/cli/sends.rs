@@ -13,7 +13,10 @@ use crate::clock::{Millis, format_ms};
 use crate::config::Config;
 use crate::content::{self, Content};
 use crate::delivery::for_mail;
-use crate::domain::{EmailAddress, Every, LinkTarget, RecurrenceStatus, Slug, TimeOfDay, Timezone};
+use crate::domain::{
+    DeliveryStatus, EmailAddress, Every, LinkTarget, RecurrenceStatus, RelayFault, Slug, TimeOfDay,
+    Timezone,
+};
 use crate::mail::{CompiledSend, EmailContent, Recipient, SendTemplates, Transport};
 use crate::schedule::{content_files, local_instant, new_send};
 use crate::store::{FailureGroup, NewSend, Offering, RetryOutcome, SendStatus, SendSummary};
@@ -557,10 +560,10 @@ fn group_failures(failures: &[FailureGroup]) -> Vec<(String, String, i64)> {
         let reason = without_addresses(&f.error);
         match groups
             .iter_mut()
-            .find(|(status, r, _)| *status == f.status && *r == reason)
+            .find(|(status, r, _)| status == f.status.as_str() && *r == reason)
         {
             Some(group) => group.2 += f.count,
-            None => groups.push((f.status.clone(), reason, f.count)),
+            None => groups.push((f.status.to_string(), reason, f.count)),
         }
     }
     groups.sort_by_key(|g| std::cmp::Reverse(g.2));
@@ -594,13 +597,13 @@ fn relay_advice(id: i64, failures: &[FailureGroup]) -> Vec<String> {
     let count = |kind: &str| -> i64 {
         failures
             .iter()
-            .filter(|f| f.failure_kind.as_deref() == Some(kind))
+            .filter(|f| f.failure_kind.map(RelayFault::as_str) == Some(kind))
             .map(|f| f.count)
             .sum()
     };
     let failed_for_relay: i64 = failures
         .iter()
-        .filter(|f| f.status == "failed" && f.failure_kind.is_some())
+        .filter(|f| f.status == DeliveryStatus::Failed && f.failure_kind.is_some())
         .map(|f| f.count)
         .sum();
     let mut lines = Vec::new();
@@ -730,7 +733,7 @@ mod tests {
 
     fn group(status: &str, error: &str, count: i64) -> FailureGroup {
         FailureGroup {
-            status: status.to_owned(),
+            status: status.parse().expect("a delivery status"),
             failure_kind: None,
             error: error.to_owned(),
             count,

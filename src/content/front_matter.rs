@@ -125,7 +125,7 @@ impl FrontMatter {
             }
             "offering" => {
                 taken(self.offering.as_ref().map(|s| s.1))?;
-                let slug = Slug::parse(value)?;
+                let slug = Slug::parse(value).map_err(|e| e.to_string())?;
                 self.offering = Some((slug.as_str().to_owned(), number));
             }
             "day" => {

@@ -231,10 +231,12 @@ mod test_support {
 
     use super::{Content, ContentError, Escape, parse_markdown, registry};
 
+    /// Parses `source` as an `email.md`, panicking on an error.
     pub fn md(source: &str) -> Content {
         parse_markdown(Path::new("email.md"), source).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The error that parsing `source` as an `email.md` gives, panicking if it parses.
     pub fn md_err(source: &str) -> ContentError {
         match parse_markdown(Path::new("email.md"), source) {
             Ok(content) => panic!("expected an error, got {content:?}"),
@@ -242,6 +244,7 @@ mod test_support {
         }
     }
 
+    /// Renders `template` with strict handlebars, escaping HTML or not.
     pub fn render(template: &str, escape_html: bool, context: &Value) -> String {
         let escape = if escape_html {
             Escape::Html
@@ -253,6 +256,7 @@ mod test_support {
             .unwrap_or_else(|e| panic!("{e}\n---\n{template}"))
     }
 
+    /// Asserts that no masking placeholder is left in either part of `content`.
     pub fn assert_no_placeholder(content: &Content) {
         for part in [&content.html, &content.text] {
             assert!(!part.contains("hbsph"), "placeholder leaked into:\n{part}");

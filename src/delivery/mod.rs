@@ -2,6 +2,7 @@
 //! courses), and the delivery workers that drain the outbox.
 
 mod course_step;
+/// What the mail side needs from delivery rows (recipients, links).
 pub mod for_mail;
 mod scheduler;
 mod worker;

@@ -40,6 +40,7 @@ pub struct StepOutcome {
 }
 
 impl StepOutcome {
+    /// True when the step claimed no delivery.
     pub fn is_idle(&self) -> bool {
         self.claimed == 0
     }
@@ -56,6 +57,7 @@ enum DeliveryResult {
     Held,
 }
 
+/// A delivery worker: claims due deliveries in batches and hands them to the transport.
 #[derive(Clone)]
 pub struct Worker {
     inner: Arc<Inner>,
@@ -181,6 +183,7 @@ fn claim_size(
 const LATENCY_WEIGHT: f64 = 0.3;
 
 impl Worker {
+    /// A worker over the store, the composer and the transport.
     pub fn new(
         store: Store,
         composer: Composer,

@@ -2,6 +2,8 @@ use std::fmt;
 
 use validator::ValidateEmail;
 
+use super::Invalid;
+
 /// A syntactically valid email address, normalised: surrounding space trimmed and the domain
 /// in its ASCII form, lowercased (IDNA/UTS-46: `Bücher.test`, `xn--bcher-kva.test` and a
 /// fullwidth `ｔｅｓｔ` are each one domain). The local part is kept as typed: RFC 5321 lets
@@ -14,8 +16,13 @@ impl EmailAddress {
     /// Longest address that fits a forward path (RFC 5321 §4.5.3.1.3).
     pub const MAX_LEN: usize = 254;
 
-    /// Parses and normalises a typed address; the error is the message a person reads.
-    pub fn parse(input: &str) -> Result<Self, String> {
+    /// Parses and normalises a typed address; the error's text is the message a person reads.
+    pub fn parse(input: &str) -> Result<Self, Invalid> {
+        Self::normalise(input).map(Self).map_err(Invalid)
+    }
+
+    /// The normalised address, or the message a person reads.
+    fn normalise(input: &str) -> Result<String, String> {
         let trimmed = input.trim();
         if trimmed.is_empty() {
             return Err("Please enter your email address.".into());
@@ -58,7 +65,7 @@ impl EmailAddress {
         {
             return Err(invalid());
         }
-        Ok(Self(normalised))
+        Ok(normalised)
     }
 
     /// The inbox an address reaches, as far as a limit on one person is concerned: the local
@@ -72,20 +79,22 @@ impl EmailAddress {
         format!("{}@{domain}", local.to_lowercase())
     }
 
+    /// The normalised address.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The part after the last `@`, in its ASCII form.
     pub fn domain(&self) -> &str {
         self.0.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
     }
 }
 
 impl std::str::FromStr for EmailAddress {
-    type Err = super::Invalid;
+    type Err = Invalid;
 
-    fn from_str(input: &str) -> Result<Self, super::Invalid> {
-        Self::parse(input).map_err(super::Invalid)
+    fn from_str(input: &str) -> Result<Self, Invalid> {
+        Self::parse(input)
     }
 }
 

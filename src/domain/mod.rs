@@ -14,8 +14,8 @@ pub use email::EmailAddress;
 pub use name::SubscriberName;
 pub use slug::Slug;
 pub use status::{
-    CourseState, DeliveryKind, DeliveryStatus, Every, OfferingKind, RecurrenceStatus, SendStatus,
-    SubscriptionStatus, SuppressionReason, UnknownWord,
+    ConsentSource, CourseState, DeliveryKind, DeliveryStatus, Every, OfferingKind,
+    RecurrenceStatus, RelayFault, SendStatus, SubscriptionStatus, SuppressionReason, UnknownWord,
 };
 pub use timezone::Timezone;
 

@@ -1,31 +1,38 @@
 use std::fmt;
 
+use super::Invalid;
+
 /// A person's name as they typed it: trimmed, at most [`SubscriberName::MAX_CHARS`] characters,
 /// no control characters (so it can never break a header line).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberName(String);
 
 impl SubscriberName {
+    /// Longest name taken, in characters.
     pub const MAX_CHARS: usize = 100;
 
-    /// An empty or blank input is no name at all.
-    pub fn parse(input: &str) -> Result<Option<Self>, String> {
+    /// Checks a typed name; an empty or blank input is no name at all, and the error's text is
+    /// the message a person reads.
+    pub fn parse(input: &str) -> Result<Option<Self>, Invalid> {
         let trimmed = input.trim();
         if trimmed.is_empty() {
             return Ok(None);
         }
         if trimmed.chars().any(char::is_control) {
-            return Err("A name cannot contain line breaks or control characters.".into());
+            return Err(Invalid(
+                "A name cannot contain line breaks or control characters.".into(),
+            ));
         }
         if trimmed.chars().count() > Self::MAX_CHARS {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "Please keep your name under {} characters.",
                 Self::MAX_CHARS
-            ));
+            )));
         }
         Ok(Some(Self(trimmed.to_owned())))
     }
 
+    /// The name as typed, trimmed.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,5 +1,7 @@
 use std::fmt;
 
+use super::Invalid;
+
 /// An IANA time zone name that the bundled time zone database knows (`Asia/Kathmandu`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timezone {
@@ -11,8 +13,9 @@ impl Timezone {
     /// The longest name taken (the longest IANA name has 32 characters).
     pub const MAX_BYTES: usize = 64;
 
-    /// Checks a zone name against the bundled database; the error is the message a person reads.
-    pub fn parse(input: &str) -> Result<Self, String> {
+    /// Checks a zone name against the bundled database; the error's text is the message a
+    /// person reads.
+    pub fn parse(input: &str) -> Result<Self, Invalid> {
         let trimmed = input.trim();
         let zone = Some(trimmed)
             .filter(|t| t.len() <= Self::MAX_BYTES)
@@ -22,10 +25,10 @@ impl Timezone {
                 name: trimmed.to_owned(),
                 zone,
             }),
-            None => Err(format!(
+            None => Err(Invalid(format!(
                 "`{}` is not a known IANA time zone.",
                 Self::excerpt(trimmed)
-            )),
+            ))),
         }
     }
 
@@ -44,6 +47,7 @@ impl Timezone {
         shown
     }
 
+    /// The zone name.
     pub fn as_str(&self) -> &str {
         &self.name
     }
@@ -55,10 +59,10 @@ impl Timezone {
 }
 
 impl std::str::FromStr for Timezone {
-    type Err = super::Invalid;
+    type Err = Invalid;
 
-    fn from_str(input: &str) -> Result<Self, super::Invalid> {
-        Self::parse(input).map_err(super::Invalid)
+    fn from_str(input: &str) -> Result<Self, Invalid> {
+        Self::parse(input)
     }
 }
 
@@ -90,7 +94,9 @@ mod tests {
         ] {
             assert!(Timezone::parse(bad).is_err(), "accepted {bad:?}");
         }
-        let err = Timezone::parse(&"x".repeat(10_000)).unwrap_err();
+        let err = Timezone::parse(&"x".repeat(10_000))
+            .unwrap_err()
+            .to_string();
         assert!(err.len() < 120, "{err}");
         assert!(err.contains(&format!("{}…", "x".repeat(64))), "{err}");
         assert_eq!(Timezone::excerpt("Mars\u{1b}[2J"), "Mars\u{fffd}[2J");

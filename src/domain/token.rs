@@ -84,6 +84,7 @@ pub struct LinkTarget {
     pub secret: i64,
 }
 
+/// Why a token was refused; the text is what a person reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("the link is not valid")]
@@ -107,14 +108,17 @@ impl std::fmt::Debug for TokenKey {
 }
 
 impl TokenKey {
+    /// Fewest bytes a key may have.
     pub const MIN_LEN: usize = 32;
 
+    /// A new random key of [`TokenKey::MIN_LEN`] bytes.
     pub fn generate() -> Self {
         let mut bytes = vec![0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         Self(bytes)
     }
 
+    /// A key from its base64 text; refuses one shorter than [`TokenKey::MIN_LEN`] bytes.
     pub fn from_base64(text: &str) -> Result<Self, String> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(text.trim())
@@ -127,6 +131,7 @@ impl TokenKey {
         Ok(Self(bytes))
     }
 
+    /// The key as base64 text, as written in the configuration.
     pub fn to_base64(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(&self.0)
     }

@@ -84,6 +84,7 @@ pub struct CompiledSend {
 }
 
 impl CompiledSend {
+    /// Compiles a send's templates once, for every recipient.
     pub fn new(send: &SendTemplates<'_>) -> Result<Self, TemplateError> {
         let invalid = |e: handlebars::TemplateError| TemplateError::Invalid {
             name: format!("send {}", send.id),
@@ -109,6 +110,7 @@ impl CompiledSend {
     }
 }
 
+/// Why a message could not be composed.
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {
     #[error(transparent)]
@@ -122,6 +124,7 @@ pub enum ComposeError {
 }
 
 impl Composer {
+    /// A composer over the templates and links.
     pub fn new(
         templates: Arc<Templates>,
         links: Links,
@@ -140,6 +143,7 @@ impl Composer {
         }
     }
 
+    /// The links it puts in messages.
     pub fn links(&self) -> &Links {
         &self.links
     }

@@ -18,6 +18,7 @@ use crate::content::{Escape, registry};
 #[folder = "templates/"]
 struct Embedded;
 
+/// A template that could not be read or compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("template {name}: {message}")]
@@ -81,6 +82,7 @@ impl Templates {
         Ok(self.text.render(name, data)?)
     }
 
+    /// True when a template of this name is registered.
     pub fn has(&self, name: &str) -> bool {
         self.html.has_template(name)
     }

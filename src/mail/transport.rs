@@ -9,6 +9,7 @@ use rand::Rng;
 use super::smtp::SmtpPool;
 use crate::config::{Config, TransportKind};
 
+/// Where messages go: a folder of `.eml` files or an SMTP relay.
 #[derive(Clone)]
 pub enum Transport {
     /// Writes each message as `<random>.eml` in the folder.
@@ -60,27 +61,7 @@ pub enum SendErrorKind {
     Held,
 }
 
-/// Which step of opening a session with the relay failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayFault {
-    /// No connection, no greeting, a refusing greeting (`421`), or no answer in time.
-    Connect,
-    /// STARTTLS missing or refused, the TLS handshake, the certificate or its pin.
-    Tls,
-    /// `AUTH` failed: wrong credentials (`535`) or no mechanism both sides know.
-    Auth,
-}
-
-impl RelayFault {
-    /// As stored in `deliveries.failure_kind`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RelayFault::Connect => "connect",
-            RelayFault::Tls => "tls",
-            RelayFault::Auth => "auth",
-        }
-    }
-}
+pub use crate::domain::RelayFault;
 
 /// Whether the transport takes messages now (see [`Transport::relay_state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +74,7 @@ pub enum RelayState {
     ProbeDue,
 }
 
+/// A message the transport did not take: the kind decides whether to retry.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct SendError {
@@ -101,6 +83,7 @@ pub struct SendError {
 }
 
 impl Transport {
+    /// The transport the configuration names.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         match config.mail.transport {
             TransportKind::File => {

@@ -23,7 +23,7 @@ use sqlx::Row;
 
 use super::{Store, outbox};
 use crate::clock::Millis;
-use crate::domain::SubscriptionStatus;
+use crate::domain::{DeliveryStatus, SendStatus, SubscriptionStatus};
 
 pub use crate::domain::CourseState;
 
@@ -186,7 +186,7 @@ macro_rules! select_progress {
 }
 
 fn progress_from_row(r: &sqlx::any::AnyRow) -> Result<Progress, sqlx::Error> {
-    let status: Option<String> = r.try_get("subscription_status")?;
+    let status: Option<SubscriptionStatus> = super::word_opt(r, "subscription_status")?;
     Ok(Progress {
         subscriber_id: r.try_get("subscriber_id")?,
         offering_id: r.try_get("offering_id")?,
@@ -200,7 +200,7 @@ fn progress_from_row(r: &sqlx::any::AnyRow) -> Result<Progress, sqlx::Error> {
         finished_at: r.try_get("finished_at")?,
         version: r.try_get("version")?,
         timezone: r.try_get("timezone")?,
-        subscription_confirmed: status.as_deref() == Some("confirmed"),
+        subscription_confirmed: status == Some(SubscriptionStatus::Confirmed),
         confirmed_at: r.try_get("confirmed_at")?,
     })
 }
@@ -557,11 +557,11 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         };
-        let status: String = send.try_get("status")?;
+        let status: SendStatus = super::word(&send, "status")?;
         let prefix: String = send.try_get("message_id_prefix")?;
-        let skipped = match (&lesson.skipped, status.as_str()) {
+        let skipped = match (&lesson.skipped, status) {
             (Some(why), _) => Some(why.clone()),
-            (None, "cancelled") => Some("the lesson was withdrawn".to_owned()),
+            (None, SendStatus::Cancelled) => Some("the lesson was withdrawn".to_owned()),
             (None, _) => None,
         };
         let lesson = outbox::Lesson {
@@ -637,10 +637,10 @@ impl Store {
             let (mut sent, mut queued, mut missed) = (0, 0, 0);
             for c in &counts {
                 let n: i64 = c.try_get("n")?;
-                match c.try_get::<String, _>("status")?.as_str() {
-                    "sent" => sent += n,
-                    "pending" => queued += n,
-                    "skipped" => missed += n,
+                match super::word(c, "status")? {
+                    DeliveryStatus::Sent => sent += n,
+                    DeliveryStatus::Pending => queued += n,
+                    DeliveryStatus::Skipped => missed += n,
                     _ => {}
                 }
             }

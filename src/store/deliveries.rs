@@ -77,6 +77,7 @@ pub struct ConfirmationEmail {
     pub offerings: Vec<crate::store::Offering>,
 }
 
+/// How many deliveries of a send are in each status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DeliveryCounts {
     pub pending: i64,
@@ -89,7 +90,7 @@ pub struct DeliveryCounts {
 
 impl DeliveryCounts {
     pub(crate) fn add(&mut self, status: &str, n: i64) -> Result<(), sqlx::Error> {
-        let slot = match DeliveryStatus::parse(status).map_err(decode_error)? {
+        let slot = match status.parse::<DeliveryStatus>().map_err(decode_error)? {
             DeliveryStatus::Pending => &mut self.pending,
             DeliveryStatus::Sent => &mut self.sent,
             DeliveryStatus::Failed => &mut self.failed,
@@ -101,6 +102,7 @@ impl DeliveryCounts {
         Ok(())
     }
 
+    /// All deliveries, whatever their status.
     pub fn total(&self) -> i64 {
         self.pending + self.sent + self.failed + self.suppressed + self.skipped + self.cancelled
     }

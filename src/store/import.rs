@@ -116,6 +116,7 @@ pub struct ExportLine {
     pub subscription: Option<ExportSubscription>,
 }
 
+/// One subscription of an exported subscriber.
 #[derive(Debug, Clone)]
 pub struct ExportSubscription {
     pub offering: String,

@@ -204,6 +204,7 @@ impl Store {
         tx.commit().await
     }
 
+    /// True when the address with this hash is on the suppression list.
     pub async fn is_suppressed(&self, email_hash: &str) -> Result<bool, sqlx::Error> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM suppressions WHERE email_hash = $1")
             .bind(email_hash)

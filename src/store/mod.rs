@@ -42,12 +42,14 @@ pub use subscribers::{
     SubscriberRow, SubscriptionRow,
 };
 
+/// Which database the store talks to, chosen from the URL scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
 }
 
+/// The database: a connection pool and its dialect.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -171,14 +173,17 @@ impl Store {
         }
     }
 
+    /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
+    /// The connection pool.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
+    /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
     }

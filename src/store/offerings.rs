@@ -10,6 +10,7 @@ use super::sql::Sql;
 use crate::clock::Millis;
 use crate::domain::{OfferingKind, Slug};
 
+/// An offering as stored: a newsletter or a course people subscribe to.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Offering {
     pub id: i64,
@@ -137,6 +138,7 @@ impl Store {
         Ok(offerings)
     }
 
+    /// The offering with this slug, if any.
     pub async fn offering_by_slug(&self, slug: &Slug) -> Result<Option<Offering>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT id, slug, name, description, kind, public FROM offerings

@@ -20,6 +20,7 @@ use sqlx::Row;
 
 use super::Store;
 use crate::clock::Millis;
+use crate::domain::DeliveryStatus;
 
 /// A fresh Message-ID prefix: 80 random bits as 20 hex digits.
 pub fn new_message_id_prefix() -> String {
@@ -149,11 +150,7 @@ async fn insert_block(
         .bind(rows.domain.to_owned())
         .bind(rows.due)
         .bind(now)
-        .bind(if rows.skip_reason.is_some() {
-            "skipped"
-        } else {
-            "pending"
-        })
+        .bind(initial_status(rows.skip_reason.is_some()))
         .bind(rows.skip_reason.map(str::to_owned))
         .bind(rows.offering_id)
         .bind(after)
@@ -339,11 +336,7 @@ pub(super) async fn enqueue_lesson(
     .bind(lesson.send_id)
     .bind(lesson.prefix.to_owned())
     .bind(domain.to_owned())
-    .bind(if lesson.skipped.is_some() {
-        "skipped"
-    } else {
-        "pending"
-    })
+    .bind(initial_status(lesson.skipped.is_some()))
     .bind(lesson.due.min(now))
     .bind(now)
     .bind(lesson.skipped.map(str::to_owned))
@@ -351,6 +344,16 @@ pub(super) async fn enqueue_lesson(
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// The word a new delivery row starts with: `skipped` when it is written only as a record.
+fn initial_status(skipped: bool) -> &'static str {
+    if skipped {
+        DeliveryStatus::Skipped
+    } else {
+        DeliveryStatus::Pending
+    }
+    .as_str()
 }
 
 #[cfg(test)]

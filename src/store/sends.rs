@@ -17,6 +17,7 @@ use sqlx::Row;
 
 use super::{DeliveryCounts, Store};
 use crate::clock::Millis;
+use crate::domain::{DeliveryStatus, RelayFault};
 
 /// A send to write; the content was checked before.
 #[derive(Debug, Clone)]
@@ -76,9 +77,9 @@ pub struct SendContent {
 /// What happened to a send's recipients that did not get it, grouped by reason.
 #[derive(Debug, Clone, Serialize)]
 pub struct FailureGroup {
-    pub status: String,
-    /// `connect`, `tls` or `auth` when nothing reached the relay (see migration 0010).
-    pub failure_kind: Option<String>,
+    pub status: DeliveryStatus,
+    /// Set when nothing reached the relay (see migration 0010).
+    pub failure_kind: Option<RelayFault>,
     pub error: String,
     pub count: i64,
 }
@@ -98,6 +99,7 @@ pub enum RetryOutcome {
 }
 
 impl Store {
+    /// Writes a new send and returns its id.
     pub async fn create_send(&self, send: &NewSend, now: Millis) -> Result<i64, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         insert_send(&mut conn, send, now).await
@@ -183,9 +185,10 @@ impl Store {
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-        match status.as_deref() {
+        let status = status.map(|s| s.parse::<SendStatus>()).transpose();
+        match status.map_err(super::decode_error)? {
             None => return Ok(RetryOutcome::NoSuchSend),
-            Some("cancelled") => return Ok(RetryOutcome::Cancelled),
+            Some(SendStatus::Cancelled) => return Ok(RetryOutcome::Cancelled),
             Some(_) => {}
         }
         let failed = sqlx::query(
@@ -286,6 +289,7 @@ impl Store {
         Ok(paused)
     }
 
+    /// How many of a send's deliveries are in each status.
     pub async fn send_counts(&self, id: i64) -> Result<DeliveryCounts, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT status, COUNT(*) AS n FROM deliveries WHERE send_id = $1 GROUP BY status",
@@ -300,6 +304,7 @@ impl Store {
         Ok(counts)
     }
 
+    /// How many of a send's deliveries were interrupted (the `interrupted` column summed).
     pub async fn send_interruptions(&self, id: i64) -> Result<i64, sqlx::Error> {
         let n: Option<i64> = sqlx::query_scalar(
             "SELECT CAST(SUM(interrupted) AS BIGINT) FROM deliveries WHERE send_id = $1",
@@ -389,8 +394,8 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(FailureGroup {
-                    status: r.try_get("status")?,
-                    failure_kind: r.try_get("failure_kind")?,
+                    status: super::word(r, "status")?,
+                    failure_kind: super::word_opt(r, "failure_kind")?,
                     error: r.try_get("error")?,
                     count: r.try_get("n")?,
                 })

@@ -8,9 +8,9 @@
 //!  handler ─┘    (waits)          └──◄── next batch ◄──────────┘
 //! ```
 //!
-//! A signup costs about a dozen statements; under load each was a round trip to the
-//! database (on SQLite, a wake-up of its connection thread), and signups queued for SQLite's
-//! single write lock one by one. A batch costs the same few statements whatever its size. No
+//! A signup costs about a dozen statements; written one by one under load, each is a round
+//! trip to the database (on SQLite, a wake-up of its connection thread), and signups queue for
+//! SQLite's single write lock one by one. A batch costs the same few statements whatever its size. No
 //! timer delays anything: an idle writer writes a lone signup at once.
 //!
 //! If a batch fails as a whole, each of its signups is written again on its own

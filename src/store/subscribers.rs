@@ -8,7 +8,9 @@ use sqlx::Row;
 use super::sql::Sql;
 use super::{Store, outbox};
 use crate::clock::Millis;
-use crate::domain::{EmailAddress, LinkTarget, SubscriberName, SubscriptionStatus, Timezone};
+use crate::domain::{
+    ConsentSource, EmailAddress, LinkTarget, SubscriberName, SubscriptionStatus, Timezone,
+};
 use crate::store::Offering;
 
 /// Where a consent came from and what the person saw.
@@ -18,8 +20,8 @@ pub struct ConsentMeta {
     pub user_agent: Option<String>,
     /// Hex SHA-256 of the consent text shown next to the button.
     pub text_hash: String,
-    /// `form` or `api`.
-    pub source: &'static str,
+    /// Where the consent was given.
+    pub source: ConsentSource,
 }
 
 /// A validated signup, ready to be written.
@@ -40,6 +42,7 @@ pub struct NewSignup {
     pub domain_cap_per_hour: Option<u32>,
 }
 
+/// What a signup wrote: the subscriber and the consent its confirmation link names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignupOutcome {
     pub subscriber_id: i64,
@@ -61,6 +64,7 @@ pub struct PendingConfirmation {
     pub offerings: Vec<Offering>,
 }
 
+/// One subscription of a subscriber, as listed.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscriptionRow {
     pub offering: String,
@@ -71,6 +75,7 @@ pub struct SubscriptionRow {
     pub unsubscribed_at: Option<Millis>,
 }
 
+/// One consent record, as shown to the owner.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConsentRecord {
     pub action: String,
@@ -82,6 +87,7 @@ pub struct ConsentRecord {
     pub source: String,
 }
 
+/// A subscriber in a listing.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscriberRow {
     pub id: i64,
@@ -92,6 +98,7 @@ pub struct SubscriberRow {
     pub subscriptions: Vec<SubscriptionRow>,
 }
 
+/// A subscriber with subscriptions and consent history.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscriberDetail {
     #[serde(flatten)]
@@ -543,7 +550,7 @@ async fn write_round(
             .bind(signup.consent.user_agent.clone())
             .bind(slugs.join(";"))
             .bind(signup.consent.text_hash.clone())
-            .bind(signup.consent.source);
+            .bind(signup.consent.source.as_str());
     }
     let mut consents: HashMap<i64, LinkTarget> = HashMap::new();
     for row in query.fetch_all(&mut **tx).await? {
@@ -713,7 +720,7 @@ pub(super) async fn insert_consent(
     .bind(meta.user_agent.clone())
     .bind(offerings)
     .bind(&meta.text_hash)
-    .bind(meta.source)
+    .bind(meta.source.as_str())
     .fetch_one(&mut **tx)
     .await
 }

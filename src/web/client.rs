@@ -16,6 +16,7 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use super::AppState;
+use crate::domain::ConsentSource;
 use crate::store::ConsentMeta;
 
 /// The client of one request.
@@ -50,7 +51,7 @@ impl FromRequestParts<AppState> for ClientInfo {
 impl ClientInfo {
     /// The consent record of what this client did: `text_hash` is the consent text agreed to
     /// (empty where none is shown), `source` where it happened.
-    pub fn consent(self, text_hash: String, source: &'static str) -> ConsentMeta {
+    pub fn consent(self, text_hash: String, source: ConsentSource) -> ConsentMeta {
         ConsentMeta {
             ip: self.ip.map(|ip| ip.to_string()),
             user_agent: self.user_agent,

@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 
 use super::client::ClientInfo;
 use super::{AppError, AppState, ErrorKind, pages};
-use crate::domain::{LinkTarget, TokenPurpose};
+use crate::domain::{ConsentSource, LinkTarget, TokenPurpose};
 use crate::store::Offering;
 
+/// The confirmation routes.
 pub fn routes() -> Router<AppState> {
     Router::new().route("/confirm/{token}", get(confirm_page).post(confirm))
 }
@@ -76,7 +77,7 @@ async fn confirm(
     Path(token): Path<String>,
 ) -> Result<Response, AppError> {
     let id = consent(&state, &token)?;
-    let meta = client.consent(state.consent_hash().to_owned(), "form");
+    let meta = client.consent(state.consent_hash().to_owned(), ConsentSource::Form);
     let signup = state
         .store()
         .confirm_signup(id, &meta, state.clock().now_ms())

@@ -70,6 +70,7 @@ struct StateInner {
 }
 
 impl AppState {
+    /// The state shared by every handler.
     pub fn new(
         config: Config,
         store: Store,
@@ -106,33 +107,42 @@ impl AppState {
         }
     }
 
+    /// The configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
+    /// The database.
     pub fn store(&self) -> &Store {
         &self.inner.store
     }
+    /// The writer that batches signups.
     pub fn signups(&self) -> &SignupWriter {
         &self.inner.signups
     }
+    /// The page and email templates.
     pub fn templates(&self) -> &Templates {
         &self.inner.templates
     }
+    /// The signed links.
     pub fn links(&self) -> &Links {
         &self.inner.links
     }
+    /// The clock.
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
     }
+    /// The per-client rate limiter, when configured.
     pub fn limiter(&self) -> Option<&RateLimiter> {
         self.inner.limiter.as_ref()
     }
+    /// The per-domain signup limiter, when configured.
     pub fn domain_limiter(&self) -> Option<&DomainSourceLimiter> {
         self.inner.domain_limiter.as_ref()
     }
     pub(crate) fn answer_pace(&self) -> &answer_pace::AnswerPace {
         &self.inner.answer_pace
     }
+    /// Hex SHA-256 of the consent text shown on the signup form.
     pub fn consent_hash(&self) -> &str {
         &self.inner.consent_hash
     }

@@ -17,10 +17,11 @@ use super::client::ClientInfo;
 use super::{AppError, AppState, ErrorKind, pages};
 use crate::courses::{PauseOutcome, ResumeOutcome};
 use crate::domain::{
-    OfferingKind, Slug, SubscriberName, SubscriptionStatus, Timezone, TokenPurpose,
+    ConsentSource, OfferingKind, Slug, SubscriberName, SubscriptionStatus, Timezone, TokenPurpose,
 };
 use crate::store::{CourseState, Offering, SubscriberRef};
 
+/// The preferences page routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/preferences/{token}", get(preferences_page).post(save))
@@ -280,14 +281,14 @@ async fn save(
     }
     let mut errors = FieldErrors::new();
     let parsed_name = SubscriberName::parse(&name)
-        .map_err(|e| errors.insert("name", e))
+        .map_err(|e| errors.insert("name", e.to_string()))
         .ok()
         .flatten();
     let parsed_zone = if timezone.trim().is_empty() {
         None
     } else {
         Timezone::parse(&timezone)
-            .map_err(|e| errors.insert("timezone", e))
+            .map_err(|e| errors.insert("timezone", e.to_string()))
             .ok()
     };
     if wanted
@@ -322,7 +323,7 @@ async fn save(
             parsed_name.as_ref(),
             parsed_zone.as_ref(),
             &ids,
-            &client.consent(String::new(), "email"),
+            &client.consent(String::new(), ConsentSource::Email),
             state.clock().now_ms(),
         )
         .await?;

@@ -48,6 +48,7 @@ pub struct ConnectionTimeouts {
 }
 
 impl ConnectionTimeouts {
+    /// The timeouts the server configuration sets.
     pub fn from_config(server: &ServerConfig) -> Self {
         Self {
             header_read: Duration::from_secs(server.header_read_timeout_seconds),

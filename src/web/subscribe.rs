@@ -19,9 +19,10 @@ use serde_json::{Value, json};
 use super::client::ClientInfo;
 use super::error::is_json;
 use super::{AppError, AppState, ErrorKind, pages};
-use crate::domain::{EmailAddress, SubscriberName, Timezone};
+use crate::domain::{ConsentSource, EmailAddress, SubscriberName, Timezone};
 use crate::store::{NewSignup, Offering};
 
+/// The signup routes (form and JSON).
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/subscribe", get(signup_page).post(subscribe))
@@ -219,8 +220,8 @@ async fn signup(
     let config = state.config();
     let mailbox_key = state.links().mailbox_key(&signup.email);
     let source = match format {
-        Format::Form => "form",
-        Format::Json => "api",
+        Format::Form => ConsentSource::Form,
+        Format::Json => ConsentSource::Api,
     };
     let new = NewSignup {
         mailbox_key,
@@ -347,17 +348,17 @@ struct ValidSignup {
 fn validate(raw: &RawSignup, available: &[Offering]) -> Result<ValidSignup, FieldErrors> {
     let mut errors = FieldErrors::new();
     let email = EmailAddress::parse(&raw.email)
-        .map_err(|e| errors.insert("email", e))
+        .map_err(|e| errors.insert("email", e.to_string()))
         .ok();
     let name = SubscriberName::parse(&raw.name)
-        .map_err(|e| errors.insert("name", e))
+        .map_err(|e| errors.insert("name", e.to_string()))
         .ok()
         .flatten();
     let timezone = if raw.timezone.trim().is_empty() {
         None
     } else {
         Timezone::parse(&raw.timezone)
-            .map_err(|e| errors.insert("timezone", e))
+            .map_err(|e| errors.insert("timezone", e.to_string()))
             .ok()
     };
     let mut offerings: Vec<Offering> = Vec::new();

@@ -14,8 +14,9 @@ use serde_json::json;
 
 use super::client::ClientInfo;
 use super::{AppError, AppState, ErrorKind, pages};
-use crate::domain::{LinkTarget, TokenPurpose};
+use crate::domain::{ConsentSource, LinkTarget, TokenPurpose};
 
+/// The unsubscribe routes (page and one-click).
 pub fn routes() -> Router<AppState> {
     Router::new().route(
         "/unsubscribe/{token}",
@@ -110,7 +111,7 @@ async fn unsubscribe(
     let present = still_there(&state, subscriber).await?;
     let subscriber_id = subscriber.id;
     let everything = wants_everything(&state, request).await;
-    let meta = client.consent(String::new(), "email");
+    let meta = client.consent(String::new(), ConsentSource::Email);
     let scope = (!everything).then_some(offering_id);
     let left = if present {
         state

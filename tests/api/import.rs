@@ -418,7 +418,7 @@ async fn existing_people_keep_their_name_confirmation_and_unsubscriptions(backen
         ip: None,
         user_agent: None,
         text_hash: String::new(),
-        source: "email",
+        source: sangha::domain::ConsentSource::Email,
     };
     app.store()
         .unsubscribe(left.subscriber.id, None, &leaving, now_ms())
@@ -497,7 +497,7 @@ async fn an_export_imports_into_a_fresh_app_as_the_same_people(backend: Backend)
         ip: None,
         user_agent: None,
         text_hash: String::new(),
-        source: "email",
+        source: sangha::domain::ConsentSource::Email,
     };
     let morning = old
         .store()

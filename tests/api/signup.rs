@@ -475,7 +475,7 @@ async fn new_signup(app: &TestApp, email: &str, offerings: &[&str]) -> NewSignup
             ip: Some("192.0.2.7".into()),
             user_agent: None,
             text_hash: "0".repeat(64),
-            source: "api",
+            source: sangha::domain::ConsentSource::Api,
         },
         cooldown_ms: 3_600_000,
         domain_cap_per_hour: None,

@@ -18,7 +18,7 @@ use std::io::Write;
 use crate::app::Runtime;
 use crate::clock::format_ms;
 use crate::config::Config;
-use crate::domain::{EmailAddress, Slug, SubscriptionStatus};
+use crate::domain::{ConsentSource, EmailAddress, Slug, SubscriptionStatus};
 use crate::store::{ConsentMeta, SubscriberDetail, SubscriberRow};
 
 use super::{JsonFlag, SubscribersCommand, offering, open};
@@ -160,7 +160,7 @@ async fn remove(
         ip: None,
         user_agent: None,
         text_hash: String::new(),
-        source: "owner",
+        source: ConsentSource::Owner,
     };
     let left = runtime
         .store

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-use crate::domain::{EmailAddress, SubscriberName, Timezone};
+use crate::domain::{EmailAddress, Invalid, SubscriberName, Timezone};
 use crate::store::Offering;
 
 /// The columns an import needs, in the order an export writes them.
@@ -232,7 +232,7 @@ impl<'o> Rows<'o> {
 fn check_timezone(
     known: &mut HashMap<String, Timezone>,
     text: &str,
-) -> Result<Option<Timezone>, String> {
+) -> Result<Option<Timezone>, Invalid> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);
