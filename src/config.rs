@@ -29,6 +29,7 @@ pub struct Config {
     pub tokens: TokenConfig,
     pub signup: SignupConfig,
     pub worker: WorkerConfig,
+    pub dns: DnsConfig,
     #[serde(default)]
     pub offerings: Vec<OfferingConfig>,
     /// Folder the config was read from; templates are looked up next to it.
@@ -420,6 +421,14 @@ pub struct WorkerConfig {
     pub shutdown_grace_seconds: u64,
 }
 
+/// `[dns]`: where `sangha doctor` looks up SPF, DKIM and DMARC records.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers to ask (`IP:PORT`); empty: those of the system (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+}
+
 /// `[[offerings]]`: one newsletter or course people can sign up for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -703,6 +712,7 @@ impl Default for Config {
                 recurring_warn_below: 3,
                 shutdown_grace_seconds: 20,
             },
+            dns: DnsConfig::default(),
             offerings: Vec::new(),
             config_dir: None,
         }

@@ -16,6 +16,8 @@ pub mod content;
 pub mod courses;
 /// The scheduler (with the course step) and the delivery workers that drain the outbox.
 pub mod delivery;
+/// The DNS records mail authentication rests on (SPF, DMARC, DKIM), for `sangha doctor`.
+pub mod dns;
 /// Newtypes and state enums parsed at the boundary.
 pub mod domain;
 /// Links with signed tokens that go into emails.

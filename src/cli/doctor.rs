@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{Config, TransportKind, redact_url_password};
+use crate::dns::{Dns, tag};
 use crate::mail::{RelayFault, SendErrorKind, Transport};
 use crate::store::{Backend, Store};
 
@@ -55,6 +56,7 @@ pub async fn run(config_path: Option<&Path>, out: &mut (dyn Write + Send)) -> an
             check_config(&mut report, &config)?;
             check_database(&mut report, &config).await?;
             check_mail(&mut report, &config).await?;
+            check_dns(&mut report, &config).await?;
         }
         Err(e) => report.line(
             Verdict::Fail,
@@ -214,5 +216,148 @@ async fn check_mail(report: &mut Report<'_>, config: &Config) -> std::io::Result
             };
             report.line(Verdict::Fail, "smtp", &format!("{}: {fix}", e.message))
         }
+    }
+}
+
+/// SPF of the envelope domain and DMARC of the From domain, as mailbox providers read them.
+async fn check_dns(report: &mut Report<'_>, config: &Config) -> std::io::Result<()> {
+    let dns = match Dns::new(&config.dns.nameservers) {
+        Ok(dns) => dns,
+        Err(e) => return report.line(Verdict::Fail, "dns", &e.to_string()),
+    };
+    // The envelope sender is the From address.
+    let domain = config.mail.from.email.domain().to_ascii_lowercase();
+    match dns.spf(&domain).await {
+        Ok(records) => {
+            let (verdict, what) = judge_spf(&domain, &records);
+            report.line(verdict, "spf", &what)?;
+        }
+        Err(e) => report.line(
+            Verdict::Fail,
+            "spf",
+            &format!("{e}: check the network or dns.nameservers"),
+        )?,
+    }
+    // A subdomain without a record of its own is covered by its parent's (RFC 7489 §6.6.3).
+    let mut at = domain.as_str();
+    loop {
+        match dns.dmarc(at).await {
+            Ok(records) if records.is_empty() && at.matches('.').count() > 1 => {
+                at = at.split_once('.').map_or(at, |(_, parent)| parent);
+            }
+            Ok(records) => {
+                let (verdict, what) = judge_dmarc(&domain, at, &records);
+                return report.line(verdict, "dmarc", &what);
+            }
+            Err(e) => {
+                return report.line(
+                    Verdict::Fail,
+                    "dmarc",
+                    &format!("{e}: check the network or dns.nameservers"),
+                );
+            }
+        }
+    }
+}
+
+/// What the SPF records of `domain` let receivers conclude.
+fn judge_spf(domain: &str, records: &[String]) -> (Verdict, String) {
+    let record = match records {
+        [] => {
+            return (
+                Verdict::Fail,
+                format!(
+                    "no SPF record at {domain}: publish a TXT record `v=spf1 include:… -all` \
+                     naming your relay (its documentation gives the include)"
+                ),
+            );
+        }
+        [one] => one,
+        _ => {
+            return (
+                Verdict::Fail,
+                format!(
+                    "{} SPF records at {domain}: receivers treat more than one as an error \
+                     (RFC 7208); merge them into one",
+                    records.len()
+                ),
+            );
+        }
+    };
+    let all = record.split_whitespace().find(|term| {
+        term.trim_start_matches(['+', '-', '~', '?'])
+            .eq_ignore_ascii_case("all")
+    });
+    match all {
+        Some(term) if term.starts_with('-') || term.starts_with('~') => (
+            Verdict::Ok,
+            format!("{domain}: `{record}`; it must name the relay you send through"),
+        ),
+        Some(term) if term.starts_with('?') => (
+            Verdict::Warn,
+            format!(
+                "{domain}: `{record}` ends in ?all, which says nothing of other senders; use \
+                 ~all or -all"
+            ),
+        ),
+        Some(_) => (
+            Verdict::Fail,
+            format!("{domain}: `{record}` lets anyone send as {domain} (+all); end it with -all"),
+        ),
+        None if record.to_ascii_lowercase().contains("redirect=") => {
+            (Verdict::Ok, format!("{domain}: `{record}` (redirected)"))
+        }
+        None => (
+            Verdict::Warn,
+            format!("{domain}: `{record}` has no `all` at its end; end it with ~all or -all"),
+        ),
+    }
+}
+
+/// What the DMARC record found at `at` (the From domain or a parent) says.
+fn judge_dmarc(domain: &str, at: &str, records: &[String]) -> (Verdict, String) {
+    let record = match records {
+        [] => {
+            return (
+                Verdict::Fail,
+                format!(
+                    "no DMARC record for {domain}: Gmail and Yahoo require one of bulk senders; \
+                     publish TXT `v=DMARC1; p=none; rua=mailto:postmaster@{domain}` at \
+                     _dmarc.{domain} to start"
+                ),
+            );
+        }
+        [one] => one,
+        _ => {
+            return (
+                Verdict::Fail,
+                format!(
+                    "{} DMARC records at _dmarc.{at}: receivers ignore them all; keep one",
+                    records.len()
+                ),
+            );
+        }
+    };
+    let inherited = if at == domain {
+        String::new()
+    } else {
+        format!(" (from {at})")
+    };
+    match tag(record, "p").map(str::to_ascii_lowercase).as_deref() {
+        Some("reject" | "quarantine") => (Verdict::Ok, format!("{domain}{inherited}: `{record}`")),
+        Some("none") => (
+            Verdict::Ok,
+            format!(
+                "{domain}{inherited}: `{record}`: policy none only watches; once the reports \
+                 show your mail passes, move to p=quarantine"
+            ),
+        ),
+        _ => (
+            Verdict::Fail,
+            format!(
+                "{domain}{inherited}: `{record}` has no valid policy: add p=none, \
+                 p=quarantine or p=reject"
+            ),
+        ),
     }
 }

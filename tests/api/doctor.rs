@@ -4,6 +4,7 @@
 use sangha::config::Config;
 
 use crate::backend_tests;
+use crate::support::dns::TestDns;
 use crate::support::smtp::{TestSmtpServer, TestTls};
 use crate::support::test_ca::TestCa;
 use crate::support::{Backend, run_cli, run_cli_with, stderr, stdout, test_config};
@@ -18,8 +19,14 @@ const USER: &str = "sangha";
 const PASSWORD: &str = "s3cret-pass";
 
 /// The environment that sends through the relay on `port` (STARTTLS when `ca` is given).
-fn smtp_env(port: u16, password: &str, ca: Option<&str>) -> Vec<(&'static str, String)> {
+fn smtp_env(
+    port: u16,
+    password: &str,
+    ca: Option<&str>,
+    dns: &TestDns,
+) -> Vec<(&'static str, String)> {
     let mut env = vec![
+        dns_env(dns),
         ("SANGHA__MAIL__TRANSPORT", "smtp".to_owned()),
         ("SANGHA__SMTP__HOST", "127.0.0.1".to_owned()),
         ("SANGHA__SMTP__PORT", port.to_string()),
@@ -34,6 +41,19 @@ fn smtp_env(port: u16, password: &str, ca: Option<&str>) -> Vec<(&'static str, S
         None => env.push(("SANGHA__SMTP__TLS", "none".to_owned())),
     }
     env
+}
+
+/// A name server with right SPF and DMARC records for the committed config's example.com.
+async fn published() -> TestDns {
+    let dns = TestDns::start().await;
+    dns.add_txt("example.com", &["v=spf1 ip4:127.0.0.1 -all"]);
+    dns.add_txt("_dmarc.example.com", &["v=DMARC1; p=reject"]);
+    dns
+}
+
+/// The environment that points doctor at `dns` (never at the machine's resolver).
+fn dns_env(dns: &TestDns) -> (&'static str, String) {
+    ("SANGHA__DNS__NAMESERVERS", format!("[\"{}\"]", dns.addr()))
 }
 
 /// The config of a migrated database.
@@ -53,6 +73,7 @@ fn line<'a>(text: &'a str, verdict: &str, area: &str) -> Option<&'a str> {
 async fn a_healthy_installation_passes_and_no_mail_is_sent(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let config = migrated(&backend, dir.path()).await;
+    let dns = published().await;
     let ca = TestCa::new("Doctor's CA");
     let cert = ca.server_certificate(&["127.0.0.1"]);
     let server = TestSmtpServer::builder()
@@ -61,7 +82,7 @@ async fn a_healthy_installation_passes_and_no_mail_is_sent(backend: Backend) {
         .start()
         .await;
     let ca_file = ca.write_pem(dir.path()).display().to_string();
-    let mut env = smtp_env(server.port(), PASSWORD, Some(&ca_file));
+    let mut env = smtp_env(server.port(), PASSWORD, Some(&ca_file), &dns);
     env.push((
         "SANGHA__SERVER__BASE_URL",
         "https://shakti.example".to_owned(),
@@ -80,6 +101,8 @@ async fn a_healthy_installation_passes_and_no_mail_is_sent(backend: Backend) {
     }
     assert!(line(&text, "OK", "database").is_some(), "{text}");
     assert!(line(&text, "OK", "base_url").is_some(), "{text}");
+    assert!(line(&text, "OK", "spf").is_some(), "{text}");
+    assert!(line(&text, "OK", "dmarc").is_some(), "{text}");
     assert!(text.contains("0 failed"), "{text}");
     assert_eq!(server.logins(), (1, 0), "one login, accepted");
     assert!(server.messages().is_empty(), "doctor sends no mail");
@@ -89,7 +112,7 @@ async fn a_healthy_installation_passes_and_no_mail_is_sent(backend: Backend) {
     }
 
     // An http:// site is a warning, not a failure.
-    let env = smtp_env(server.port(), PASSWORD, Some(&ca_file));
+    let env = smtp_env(server.port(), PASSWORD, Some(&ca_file), &dns);
     let out = run_cli_with(&config, &["doctor"], &env);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
@@ -100,6 +123,7 @@ async fn a_healthy_installation_passes_and_no_mail_is_sent(backend: Backend) {
 async fn a_relay_that_refuses_the_login_or_is_down_fails_with_the_fix(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let config = migrated(&backend, dir.path()).await;
+    let dns = published().await;
     let server = TestSmtpServer::builder()
         .credentials(USER, PASSWORD)
         .start()
@@ -107,7 +131,7 @@ async fn a_relay_that_refuses_the_login_or_is_down_fails_with_the_fix(backend: B
     let out = run_cli_with(
         &config,
         &["doctor"],
-        &smtp_env(server.port(), "wrong-pass", None),
+        &smtp_env(server.port(), "wrong-pass", None, &dns),
     );
     let text = stdout(&out);
     assert!(!out.status.success(), "{text}");
@@ -121,7 +145,11 @@ async fn a_relay_that_refuses_the_login_or_is_down_fails_with_the_fix(backend: B
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
-    let out = run_cli_with(&config, &["doctor"], &smtp_env(closed_port, PASSWORD, None));
+    let out = run_cli_with(
+        &config,
+        &["doctor"],
+        &smtp_env(closed_port, PASSWORD, None, &dns),
+    );
     let text = stdout(&out);
     assert!(!out.status.success(), "{text}");
     let fail = line(&text, "FAIL", "smtp").unwrap_or_else(|| panic!("{text}"));
@@ -131,7 +159,8 @@ async fn a_relay_that_refuses_the_login_or_is_down_fails_with_the_fix(backend: B
 async fn a_database_not_yet_migrated_fails_and_doctor_creates_nothing(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(&backend, dir.path()).await;
-    let out = run_cli(&config, &["doctor"]);
+    let dns = published().await;
+    let out = run_cli_with(&config, &["doctor"], &[dns_env(&dns)]);
     let text = stdout(&out);
     assert!(!out.status.success(), "{text}");
     let fail = line(&text, "FAIL", "database").unwrap_or_else(|| panic!("{text}"));
@@ -155,10 +184,108 @@ async fn a_database_not_yet_migrated_fails_and_doctor_creates_nothing(backend: B
     let out = run_cli_with(
         &config,
         &["doctor"],
-        &[("SANGHA__SERVER__BASE_URL", "localhost".to_owned())],
+        &[
+            ("SANGHA__SERVER__BASE_URL", "localhost".to_owned()),
+            dns_env(&dns),
+        ],
     );
     let text = stdout(&out);
     assert!(!out.status.success(), "{text}");
     let fail = line(&text, "FAIL", "config").unwrap_or_else(|| panic!("{text}"));
     assert!(fail.contains("server.base_url"), "{fail}");
+}
+
+/// Runs doctor asking `dns` for records, with mail from `from`; returns its output and
+/// whether it passed.
+fn doctor_with_dns(config: &Config, dns: &TestDns, from: &str) -> (String, bool) {
+    let env = [
+        ("SANGHA__DNS__NAMESERVERS", format!("[\"{}\"]", dns.addr())),
+        ("SANGHA__MAIL__FROM", from.to_owned()),
+    ];
+    let out = run_cli_with(config, &["doctor"], &env);
+    (stdout(&out), out.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spf_and_dmarc_are_read_from_dns_and_judged_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = migrated(&Backend::Sqlite, dir.path()).await;
+    let dns = TestDns::start().await;
+    let from = "Shakti Temple <hello@shakti.example>";
+
+    // Nothing published: both fail, with the record to publish.
+    let (text, ok) = doctor_with_dns(&config, &dns, from);
+    assert!(!ok, "{text}");
+    let spf = line(&text, "FAIL", "spf").unwrap_or_else(|| panic!("{text}"));
+    assert!(spf.contains("no SPF record at shakti.example"), "{spf}");
+    let dmarc = line(&text, "FAIL", "dmarc").unwrap_or_else(|| panic!("{text}"));
+    assert!(dmarc.contains("_dmarc.shakti.example"), "{dmarc}");
+    assert!(
+        dmarc.contains("v=DMARC1; p=none"),
+        "the record to start with: {dmarc}"
+    );
+
+    // Right records (a long SPF value in two strings is one record).
+    dns.add_txt(
+        "shakti.example",
+        &[
+            "v=spf1 ip4:192.0.2.0/24 ",
+            "include:_spf.relay.example -all",
+        ],
+    );
+    dns.add_txt("shakti.example", &["google-site-verification=abc"]);
+    dns.add_txt(
+        "_dmarc.shakti.example",
+        &["v=DMARC1; p=quarantine; rua=mailto:d@shakti.example"],
+    );
+    let (text, _) = doctor_with_dns(&config, &dns, from);
+    let spf = line(&text, "OK", "spf").unwrap_or_else(|| panic!("{text}"));
+    assert!(spf.contains("include:_spf.relay.example -all"), "{spf}");
+    let dmarc = line(&text, "OK", "dmarc").unwrap_or_else(|| panic!("{text}"));
+    assert!(dmarc.contains("p=quarantine"), "{dmarc}");
+    assert!(!text.contains("FAIL"), "{text}");
+
+    // A subdomain without its own DMARC record is covered by its parent's.
+    let (text, _) = doctor_with_dns(&config, &dns, "Shakti <news@news.shakti.example>");
+    let dmarc = line(&text, "OK", "dmarc").unwrap_or_else(|| panic!("{text}"));
+    assert!(dmarc.contains("(from shakti.example)"), "{dmarc}");
+
+    // Wrong records.
+    dns.remove("shakti.example");
+    dns.add_txt("shakti.example", &["v=spf1 a mx +all"]);
+    dns.remove("_dmarc.shakti.example");
+    dns.add_txt(
+        "_dmarc.shakti.example",
+        &["v=DMARC1; rua=mailto:d@shakti.example"],
+    );
+    let (text, ok) = doctor_with_dns(&config, &dns, from);
+    assert!(!ok, "{text}");
+    let spf = line(&text, "FAIL", "spf").unwrap_or_else(|| panic!("{text}"));
+    assert!(spf.contains("lets anyone send"), "{spf}");
+    let dmarc = line(&text, "FAIL", "dmarc").unwrap_or_else(|| panic!("{text}"));
+    assert!(dmarc.contains("no valid policy"), "{dmarc}");
+
+    dns.add_txt("shakti.example", &["v=spf1 -all"]);
+    dns.remove("_dmarc.shakti.example");
+    dns.add_txt("_dmarc.shakti.example", &["v=DMARC1; p=none"]);
+    let (text, _) = doctor_with_dns(&config, &dns, from);
+    let spf = line(&text, "FAIL", "spf").unwrap_or_else(|| panic!("{text}"));
+    assert!(spf.contains("2 SPF records"), "{spf}");
+    let dmarc = line(&text, "OK", "dmarc").unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        dmarc.contains("p=quarantine"),
+        "the advice names the next step: {dmarc}"
+    );
+
+    // A name server that does not answer is a failure that says so, not "no record".
+    drop(dns);
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let env = [(
+        "SANGHA__DNS__NAMESERVERS",
+        format!("[\"{}\"]", silent.local_addr().unwrap()),
+    )];
+    let out = run_cli_with(&config, &["doctor"], &env);
+    let text = stdout(&out);
+    let spf = line(&text, "FAIL", "spf").unwrap_or_else(|| panic!("{text}"));
+    assert!(spf.contains("cannot look up"), "{spf}");
 }
