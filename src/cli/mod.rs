@@ -2,6 +2,7 @@
 //! (`sends`, `subscribers`, `courses`, `offerings`). Only `main` and `cli` print.
 
 mod courses;
+mod dkim;
 mod offerings;
 mod sends;
 mod subscribers;
@@ -15,6 +16,7 @@ use crate::app::{Application, Runtime, shutdown_signal};
 use crate::clock::Clock;
 use crate::config::{Config, TransportKind};
 use crate::domain::{EmailAddress, Every, Slug, SubscriptionStatus};
+use crate::mail::DkimAlgorithm;
 use crate::store::Offering;
 
 #[derive(Debug, Parser)]
@@ -57,6 +59,27 @@ pub enum Command {
     Preview(PreviewArgs),
     /// Send content once to one address through the configured transport.
     TestSend(TestSendArgs),
+    /// DKIM keys: make one, print the DNS records to publish.
+    #[command(subcommand)]
+    Dkim(DkimCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DkimCommand {
+    /// Write a new signing key under data_dir/dkim/ and print its DNS record.
+    Keygen {
+        /// The key's name in DNS: SELECTOR._domainkey.DOMAIN.
+        #[arg(long, default_value = "sangha")]
+        selector: String,
+        /// rsa (2048 bits, known to every verifier) or ed25519.
+        #[arg(long, default_value = "rsa")]
+        algorithm: DkimAlgorithm,
+        /// Overwrite an existing key file of this selector.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the DNS TXT records of the configured keys again.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +326,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Sends(command) => sends::run(&open(config).await?, command, out).await,
         Command::Preview(args) => sends::preview(&open(config).await?, args, out).await,
         Command::TestSend(args) => sends::test_send(&open(config).await?, args, out).await,
+        Command::Dkim(command) => dkim::run(&config, command, out),
     }
 }
 
@@ -322,7 +346,14 @@ async fn offering(runtime: &Runtime, slug: &Slug) -> anyhow::Result<Offering> {
 
 /// `sangha config check`.
 fn check_config(config: &Config, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let dkim = crate::mail::Dkim::from_config(config)?;
     writeln!(out, "# configuration is valid")?;
+    if dkim.is_enabled() {
+        let names: Vec<String> = dkim.records().into_iter().map(|r| r.name).collect();
+        writeln!(out, "# DKIM keys read: {}", names.join(", "))?;
+    } else {
+        writeln!(out, "# no DKIM keys: messages go out unsigned")?;
+    }
     if config.mail.transport == TransportKind::Smtp {
         for warning in config.smtp.warnings() {
             writeln!(out, "# warning: {warning}")?;

@@ -9,6 +9,7 @@ mod cli;
 mod confirm;
 mod courses;
 mod crash;
+mod dkim;
 mod erased;
 mod faults;
 mod first_run;
