@@ -17,7 +17,7 @@ use crate::courses::Courses;
 use crate::delivery::{Scheduler, Worker};
 use crate::domain::TokenKey;
 use crate::links::Links;
-use crate::mail::{Composer, Templates, Transport};
+use crate::mail::{Composer, Dkim, Templates, Transport};
 use crate::store::{DeclaredOffering, Store};
 use crate::web::{AppState, router};
 
@@ -29,12 +29,15 @@ pub struct Runtime {
     pub clock: Clock,
     /// The configured courses, built once and shared by the scheduler, the web and the CLI.
     pub courses: Courses,
+    /// The DKIM keys, read once here: a missing or bad key stops the start.
+    pub dkim: Dkim,
 }
 
 impl Runtime {
     /// Connects, applies pending migrations and mirrors the configured offerings, so a fresh
     /// data folder works with any command.
     pub async fn open(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let dkim = Dkim::from_config(&config)?;
         create_private_dir(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
         warn_if_open_to_others(&config.data_dir);
@@ -69,6 +72,7 @@ impl Runtime {
             .context("cannot record the configured offerings")?;
         Ok(Self {
             courses: Courses::from_config(&config),
+            dkim,
             config,
             store,
             clock,
@@ -129,10 +133,15 @@ impl Runtime {
         ))
     }
 
+    /// The configured transport, signing with the DKIM keys.
+    pub fn transport(&self) -> anyhow::Result<Transport> {
+        Ok(Transport::from_config(&self.config)?.with_dkim(self.dkim.clone()))
+    }
+
     /// A delivery worker over the configured transport.
     pub fn worker(&self, templates: Arc<Templates>, links: Links) -> anyhow::Result<Worker> {
         let composer = self.composer(templates, links)?;
-        let transport = Transport::from_config(&self.config)?;
+        let transport = self.transport()?;
         Ok(Worker::new(
             self.store.clone(),
             composer,

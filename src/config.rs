@@ -26,6 +26,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub mail: MailConfig,
     pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub dkim: DkimConfig,
     pub tokens: TokenConfig,
     pub signup: SignupConfig,
     pub worker: WorkerConfig,
@@ -174,6 +176,29 @@ pub struct MailConfig {
     /// An address that unsubscribes by email, offered in List-Unsubscribe beside the link;
     /// empty for none.
     pub unsubscribe_mailto: String,
+}
+
+/// `[dkim]`: the keys that sign every message; none means messages go out unsigned.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// The `d=` domain of the signatures; empty means the domain of `mail.from`.
+    #[serde(default)]
+    pub domain: String,
+    /// One signature per key (an RSA and an Ed25519 key side by side are usual).
+    #[serde(default)]
+    pub keys: Vec<DkimKeyConfig>,
+}
+
+/// One DKIM key: its selector and its private key file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKeyConfig {
+    /// The `s=` selector: the key is published at `selector._domainkey.domain`.
+    pub selector: String,
+    /// The PEM private key (PKCS#8, or PKCS#1 for RSA); relative to `data_dir`. Only the path
+    /// is in the config, so the key never shows in `config check`.
+    pub file: PathBuf,
 }
 
 /// How the SMTP connection is encrypted.
@@ -713,6 +738,7 @@ impl Default for Config {
                 shutdown_grace_seconds: 20,
             },
             dns: DnsConfig::default(),
+            dkim: DkimConfig::default(),
             offerings: Vec::new(),
             config_dir: None,
         }
@@ -843,6 +869,7 @@ impl Config {
         if let Some(path) = self.smtp_ca_file() {
             read_ca_file(&path).map_err(|e| invalid("smtp.ca_file", e))?;
         }
+        self.validate_dkim()?;
         if self.smtp.pool_size == 0 {
             return Err(invalid("smtp.pool_size", "must be at least 1"));
         }
@@ -912,6 +939,43 @@ impl Config {
         Ok(())
     }
 
+    /// DKIM names are DNS labels: selectors and the domain of letters, digits, `-` and `.`,
+    /// each selector once. The key files are read later, once, when the transport is built.
+    fn validate_dkim(&self) -> Result<(), ConfigError> {
+        let dns_name = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with('.')
+                && !s.ends_with('.')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        };
+        if !self.dkim.domain.is_empty() && !dns_name(&self.dkim.domain) {
+            return Err(invalid(
+                "dkim.domain",
+                "must be a domain name like example.com, or empty for the domain of mail.from",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, key) in self.dkim.keys.iter().enumerate() {
+            if !dns_name(&key.selector) {
+                return Err(invalid(
+                    &format!("dkim.keys[{i}].selector"),
+                    "must be letters, digits, `-` or `.`, like \"sangha2026\"",
+                ));
+            }
+            if !seen.insert(&key.selector) {
+                return Err(invalid(
+                    &format!("dkim.keys[{i}].selector"),
+                    format!("`{}` is listed twice", key.selector),
+                ));
+            }
+            if key.file.as_os_str().is_empty() {
+                return Err(invalid(&format!("dkim.keys[{i}].file"), "must be set"));
+            }
+        }
+        Ok(())
+    }
+
     /// A course needs a folder of lessons, a time of day and valid weekdays; a newsletter
     /// takes none of them.
     fn validate_course(&self, i: usize, o: &OfferingConfig) -> Result<(), ConfigError> {
@@ -964,6 +1028,25 @@ impl Config {
             Some(base) if file.is_relative() => base.join(file),
             _ => file.clone(),
         })
+    }
+
+    /// The `d=` domain of DKIM signatures: `dkim.domain`, else the domain of `mail.from`.
+    pub fn dkim_domain(&self) -> String {
+        if self.dkim.domain.is_empty() {
+            self.mail.from.email.domain().to_ascii_lowercase()
+        } else {
+            self.dkim.domain.to_ascii_lowercase()
+        }
+    }
+
+    /// A DKIM key file as given when absolute, else inside `data_dir` (where `sangha dkim
+    /// keygen` writes it).
+    pub fn dkim_key_file(&self, key: &DkimKeyConfig) -> PathBuf {
+        if key.file.is_relative() {
+            self.data_dir.join(&key.file)
+        } else {
+            key.file.clone()
+        }
     }
 
     /// The base URL without a trailing slash.

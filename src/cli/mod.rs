@@ -2,6 +2,7 @@
 //! (`sends`, `subscribers`, `courses`, `offerings`). Only `main` and `cli` print.
 
 mod courses;
+mod dkim;
 mod doctor;
 mod offerings;
 mod sends;
@@ -16,6 +17,7 @@ use crate::app::{Application, Runtime, shutdown_signal};
 use crate::clock::Clock;
 use crate::config::{Config, TransportKind};
 use crate::domain::{EmailAddress, Every, Slug, SubscriptionStatus};
+use crate::mail::DkimAlgorithm;
 use crate::store::Offering;
 
 /// The command line: a global config path and one command.
@@ -63,6 +65,27 @@ pub enum Command {
     /// Check the installation and say what to fix: config, database, the relay (no mail is
     /// sent), base_url; exits non-zero when a check fails.
     Doctor,
+    /// DKIM keys: make one, print the DNS records to publish.
+    #[command(subcommand)]
+    Dkim(DkimCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DkimCommand {
+    /// Write a new signing key under data_dir/dkim/ and print its DNS record.
+    Keygen {
+        /// The key's name in DNS: SELECTOR._domainkey.DOMAIN.
+        #[arg(long, default_value = "sangha")]
+        selector: String,
+        /// rsa (2048 bits, known to every verifier) or ed25519.
+        #[arg(long, default_value = "rsa")]
+        algorithm: DkimAlgorithm,
+        /// Overwrite an existing key file of this selector.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the DNS TXT records of the configured keys again.
+    Show,
 }
 
 /// `sangha sends …`: list, inspect and steer sends.
@@ -319,6 +342,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Sends(command) => sends::run(&open(load()?).await?, command, out).await,
         Command::Preview(args) => sends::preview(&open(load()?).await?, args, out).await,
         Command::TestSend(args) => sends::test_send(&open(load()?).await?, args, out).await,
+        Command::Dkim(command) => dkim::run(&load()?, command, out),
     }
 }
 
@@ -338,7 +362,14 @@ async fn offering(runtime: &Runtime, slug: &Slug) -> anyhow::Result<Offering> {
 
 /// `sangha config check`.
 fn check_config(config: &Config, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let dkim = crate::mail::Dkim::from_config(config)?;
     writeln!(out, "# configuration is valid")?;
+    if dkim.is_enabled() {
+        let names: Vec<String> = dkim.records().into_iter().map(|r| r.name).collect();
+        writeln!(out, "# DKIM keys read: {}", names.join(", "))?;
+    } else {
+        writeln!(out, "# no DKIM keys: messages go out unsigned")?;
+    }
     if config.mail.transport == TransportKind::Smtp {
         for warning in config.smtp.warnings() {
             writeln!(out, "# warning: {warning}")?;

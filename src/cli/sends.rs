@@ -17,7 +17,7 @@ use crate::domain::{
     DeliveryStatus, EmailAddress, Every, LinkTarget, RecurrenceStatus, RelayFault, Slug, TimeOfDay,
     Timezone,
 };
-use crate::mail::{CompiledSend, EmailContent, Recipient, SendTemplates, Transport};
+use crate::mail::{CompiledSend, EmailContent, Recipient, SendTemplates};
 use crate::schedule::{content_files, local_instant, new_send};
 use crate::store::{FailureGroup, NewSend, Offering, RetryOutcome, SendStatus, SendSummary};
 
@@ -223,7 +223,7 @@ pub async fn test_send(
     let compiled = CompiledSend::new(&templates(&send))?;
     let to = &args.to;
     let (_, message) = render_for(runtime, &compiled, &offering, Some(to)).await?;
-    let transport = Transport::from_config(&runtime.config)?;
+    let transport = runtime.transport()?;
     let sent = transport.send(message).await;
     // End the session with QUIT rather than dropping the connection.
     transport.close().await;

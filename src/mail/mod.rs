@@ -1,6 +1,7 @@
-//! Email: templates, message building and transports.
+//! Email: templates, message building, DKIM signing and transports.
 
 mod compose;
+mod dkim;
 mod message;
 mod smtp;
 mod templates;
@@ -9,6 +10,7 @@ mod transport;
 pub use compose::{
     CompiledSend, ComposeError, Composer, OfferingInfo, Recipient, SendTemplates, SignupToConfirm,
 };
+pub use dkim::{Dkim, DkimAlgorithm, DkimRecord, generate_key, key_file_for, record_of_pem};
 pub use message::{EmailContent, build_message};
 pub use templates::{TemplateError, Templates};
 pub use transport::{RelayFault, RelayState, SendError, SendErrorKind, Transport};

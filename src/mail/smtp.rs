@@ -53,7 +53,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use lettre::Message;
 use lettre::address::Envelope;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -291,11 +290,9 @@ impl SmtpPool {
     ///
     /// While the relay refuses our credentials, messages come back [`SendErrorKind::Held`]
     /// without a connection (see the module's documentation).
-    pub async fn send(&self, message: &Message) -> Result<String, SendError> {
+    pub async fn send(&self, envelope: &Envelope, email: Vec<u8>) -> Result<String, SendError> {
         let inner = &self.inner;
         let admission = inner.admit()?;
-        let envelope = message.envelope();
-        let email = message.formatted();
         if let Some(limiter) = &inner.limiter {
             limiter.until_ready().await;
         }

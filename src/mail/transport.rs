@@ -6,12 +6,19 @@ use std::path::PathBuf;
 use lettre::Message;
 use rand::Rng;
 
+use super::dkim::Dkim;
 use super::smtp::SmtpPool;
 use crate::config::{Config, TransportKind};
 
-/// Where messages go: a folder of `.eml` files or an SMTP relay.
+/// Where messages go, and the DKIM keys that sign each one on its way.
 #[derive(Clone)]
-pub enum Transport {
+pub struct Transport {
+    route: Route,
+    dkim: Dkim,
+}
+
+#[derive(Clone)]
+enum Route {
     /// Writes each message as `<random>.eml` in the folder.
     File(PathBuf),
     Smtp(SmtpPool),
@@ -19,10 +26,14 @@ pub enum Transport {
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Transport::File(dir) => write!(f, "Transport::File({})", dir.display()),
-            Transport::Smtp(pool) => write!(f, "Transport::Smtp({pool:?})"),
+        match &self.route {
+            Route::File(dir) => write!(f, "Transport::File({})", dir.display())?,
+            Route::Smtp(pool) => write!(f, "Transport::Smtp({pool:?})")?,
         }
+        if self.dkim.is_enabled() {
+            write!(f, " signed by {:?}", self.dkim)?;
+        }
+        Ok(())
     }
 }
 
@@ -83,49 +94,63 @@ pub struct SendError {
 }
 
 impl Transport {
-    /// The transport the configuration names.
+    /// The configured transport, signing nothing (see [`Transport::with_dkim`]).
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        match config.mail.transport {
+        let route = match config.mail.transport {
             TransportKind::File => {
                 let dir = config.outbox_dir();
                 std::fs::create_dir_all(&dir).map_err(|e| {
                     anyhow::anyhow!("cannot create outbox folder {}: {e}", dir.display())
                 })?;
-                Ok(Transport::File(dir))
+                Route::File(dir)
             }
             // EHLO announces the Message-ID domain: a name the operator controls and that
             // config validation has checked, where the machine's own hostname is often a
             // container id that relays refuse as not fully qualified (and that would show up
             // in every Received header).
-            TransportKind::Smtp => Ok(Transport::Smtp(SmtpPool::new(
+            TransportKind::Smtp => Route::Smtp(SmtpPool::new(
                 &config.smtp,
                 config.smtp_ca_file().as_deref(),
                 &config.mail.message_id_domain,
-            )?)),
-        }
+            )?),
+        };
+        Ok(Self {
+            route,
+            dkim: Dkim::default(),
+        })
     }
 
-    /// Hands one message over. Returns the server's reply (or the file's id).
+    /// This transport, signing every message with `dkim`'s keys.
+    pub fn with_dkim(mut self, dkim: Dkim) -> Self {
+        self.dkim = dkim;
+        self
+    }
+
+    /// Hands one message over, signed, as it goes on the wire. Returns the server's reply (or
+    /// the file's id).
     pub async fn send(&self, message: Message) -> Result<String, SendError> {
-        match self {
-            Transport::File(dir) => {
-                write_eml(dir, &message.formatted())
-                    .await
-                    .map_err(|e| SendError {
-                        kind: SendErrorKind::Transient,
-                        message: format!("file transport: {e}"),
-                    })
-            }
-            Transport::Smtp(pool) => pool.send(&message).await,
+        let email = self
+            .dkim
+            .sign(message.formatted())
+            .map_err(|message| SendError {
+                kind: SendErrorKind::Permanent,
+                message,
+            })?;
+        match &self.route {
+            Route::File(dir) => write_eml(dir, &email).await.map_err(|e| SendError {
+                kind: SendErrorKind::Transient,
+                message: format!("file transport: {e}"),
+            }),
+            Route::Smtp(pool) => pool.send(message.envelope(), email).await,
         }
     }
 
     /// Checks the way out without sending mail (an SMTP session is opened and closed) and
     /// says what it found.
     pub async fn probe(&self) -> Result<String, SendError> {
-        match self {
-            Transport::File(dir) => Ok(format!("messages are written to {}", dir.display())),
-            Transport::Smtp(pool) => pool.probe().await,
+        match &self.route {
+            Route::File(dir) => Ok(format!("messages are written to {}", dir.display())),
+            Route::Smtp(pool) => pool.probe().await,
         }
     }
 
@@ -133,9 +158,9 @@ impl Transport {
     /// callers should not claim work until the next login attempt is due, and then only one
     /// message's worth.
     pub fn relay_state(&self) -> RelayState {
-        match self {
-            Transport::File(_) => RelayState::Open,
-            Transport::Smtp(pool) => pool.relay_state(),
+        match &self.route {
+            Route::File(_) => RelayState::Open,
+            Route::Smtp(pool) => pool.relay_state(),
         }
     }
 
@@ -143,7 +168,7 @@ impl Transport {
     /// credentials (30 s), for tests.
     #[doc(hidden)]
     pub fn set_login_backoff(&self, first: std::time::Duration) {
-        if let Transport::Smtp(pool) = self {
+        if let Route::Smtp(pool) = &self.route {
             pool.set_login_backoff(first);
         }
     }
@@ -151,16 +176,16 @@ impl Transport {
     /// Sessions the SMTP relay lets us have now (`None` for the file transport), for tests.
     #[doc(hidden)]
     pub fn pool_capacity(&self) -> Option<u32> {
-        match self {
-            Transport::File(_) => None,
-            Transport::Smtp(pool) => Some(pool.capacity()),
+        match &self.route {
+            Route::File(_) => None,
+            Route::Smtp(pool) => Some(pool.capacity()),
         }
     }
 
     /// Ends idle SMTP sessions politely (`QUIT`); call on shutdown. Sending afterwards still
     /// works and opens new sessions.
     pub async fn close(&self) {
-        if let Transport::Smtp(pool) = self {
+        if let Route::Smtp(pool) = &self.route {
             pool.close().await;
         }
     }

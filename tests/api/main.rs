@@ -9,6 +9,7 @@ mod cli;
 mod confirm;
 mod courses;
 mod crash;
+mod dkim;
 mod doctor;
 mod erased;
 mod faults;
