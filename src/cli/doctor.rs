@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::config::{Config, TransportKind, redact_url_password};
 use crate::dns::{Dns, tag};
-use crate::mail::{RelayFault, SendErrorKind, Transport};
+use crate::mail::{Dkim, RelayFault, SendErrorKind, Transport};
 use crate::store::{Backend, Store};
 
 /// How sure a finding is that something needs doing.
@@ -238,6 +238,7 @@ async fn check_dns(report: &mut Report<'_>, config: &Config) -> std::io::Result<
             &format!("{e}: check the network or dns.nameservers"),
         )?,
     }
+    check_dkim(report, config, &dns).await?;
     // A subdomain without a record of its own is covered by its parent's (RFC 7489 §6.6.3).
     let mut at = domain.as_str();
     loop {
@@ -360,4 +361,55 @@ fn judge_dmarc(domain: &str, at: &str, records: &[String]) -> (Verdict, String) 
             ),
         ),
     }
+}
+
+/// Each configured DKIM key against the TXT record published for its selector.
+async fn check_dkim(report: &mut Report<'_>, config: &Config, dns: &Dns) -> std::io::Result<()> {
+    let dkim = match Dkim::from_config(config) {
+        Ok(dkim) => dkim,
+        Err(e) => return report.line(Verdict::Fail, "dkim", &format!("{e:#}")),
+    };
+    let records = dkim.records();
+    if records.is_empty() {
+        return report.line(
+            Verdict::Warn,
+            "dkim",
+            "mail goes out unsigned: Gmail and Yahoo require DKIM of bulk senders; run \
+             `sangha dkim keygen`, publish the record it prints and add the key to [dkim]",
+        );
+    }
+    for expected in records {
+        let name = &expected.name;
+        let key = |record: &str| tag(record, "p").map(|p| p.split_whitespace().collect::<String>());
+        let wanted = key(&expected.value);
+        match dns.txt(name).await {
+            Err(e) => report.line(
+                Verdict::Fail,
+                "dkim",
+                &format!("{e}: check the network or dns.nameservers"),
+            )?,
+            Ok(found) if found.is_empty() => report.line(
+                Verdict::Fail,
+                "dkim",
+                &format!(
+                    "no record at {name}: receivers cannot check the signature; publish the \
+                     record `sangha dkim show` prints"
+                ),
+            )?,
+            Ok(found) if found.iter().any(|r| key(r) == wanted) => report.line(
+                Verdict::Ok,
+                "dkim",
+                &format!("{name} publishes the key that signs"),
+            )?,
+            Ok(_) => report.line(
+                Verdict::Fail,
+                "dkim",
+                &format!(
+                    "{name} publishes another key than the one that signs: every signature \
+                     fails; publish the record `sangha dkim show` prints"
+                ),
+            )?,
+        }
+    }
+    Ok(())
 }

@@ -289,3 +289,66 @@ async fn spf_and_dmarc_are_read_from_dns_and_judged_in_plain_words() {
     let spf = line(&text, "FAIL", "spf").unwrap_or_else(|| panic!("{text}"));
     assert!(spf.contains("cannot look up"), "{spf}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_dkim_key_is_checked_against_the_record_published_for_its_selector() {
+    use sangha::mail::{DkimAlgorithm, generate_key, record_of_pem};
+    let dir = tempfile::tempdir().unwrap();
+    let config = migrated(&Backend::Sqlite, dir.path()).await;
+    let dns = published().await;
+    let pem = generate_key(DkimAlgorithm::Ed25519).unwrap();
+    let file = dir.path().join("ed1.pem");
+    std::fs::write(&file, &pem).unwrap();
+    let record = record_of_pem("ed1", "example.com", pem.as_bytes()).unwrap();
+    let with_key = [
+        dns_env(&dns),
+        (
+            "SANGHA__DKIM__KEYS",
+            format!("[{{selector=\"ed1\",file=\"{}\"}}]", file.display()),
+        ),
+    ];
+
+    // Not published yet.
+    let out = run_cli_with(&config, &["doctor"], &with_key);
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    let fail = line(&text, "FAIL", "dkim").unwrap_or_else(|| panic!("{text}"));
+    assert!(fail.contains("ed1._domainkey.example.com"), "{fail}");
+    assert!(
+        fail.contains("sangha dkim show"),
+        "the fix is named: {fail}"
+    );
+
+    // Another key published under the selector (an old one, or a typo).
+    let other = record_of_pem(
+        "ed1",
+        "example.com",
+        generate_key(DkimAlgorithm::Ed25519).unwrap().as_bytes(),
+    )
+    .unwrap();
+    dns.add_txt(&other.name, &[&other.value]);
+    let out = run_cli_with(&config, &["doctor"], &with_key);
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    let fail = line(&text, "FAIL", "dkim").unwrap_or_else(|| panic!("{text}"));
+    assert!(fail.contains("another key"), "{fail}");
+
+    // The right one, split into strings as a zone file would.
+    dns.remove(&record.name);
+    let (head, tail) = record.value.split_at(20);
+    dns.add_txt(&record.name, &[head, tail]);
+    let out = run_cli_with(&config, &["doctor"], &with_key);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(line(&text, "OK", "dkim").is_some(), "{text}");
+    assert!(
+        !text.contains(pem.trim()),
+        "the private key is never printed"
+    );
+
+    // No key at all is a warning: mail goes out unsigned.
+    let out = run_cli_with(&config, &["doctor"], &[dns_env(&dns)]);
+    let text = stdout(&out);
+    let warn = line(&text, "WARN", "dkim").unwrap_or_else(|| panic!("{text}"));
+    assert!(warn.contains("sangha dkim keygen"), "{warn}");
+}
