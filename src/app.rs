@@ -41,6 +41,9 @@ impl Runtime {
         create_private_dir(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
         warn_if_open_to_others(&config.data_dir);
+        for warning in config.alignment_warnings() {
+            tracing::warn!("{warning}");
+        }
         let store = Store::connect_with_timeout(
             &config.database.url,
             config.database.max_connections,
@@ -53,7 +56,7 @@ impl Runtime {
                 redact_url_password(&config.database.url)
             )
         })?
-        .with_message_id_domain(&config.mail.message_id_domain);
+        .with_message_id_domain(&config.message_id_domain());
         store.migrate().await.context("cannot apply migrations")?;
         let declared: Vec<DeclaredOffering<'_>> = config
             .offerings
@@ -128,9 +131,10 @@ impl Runtime {
             links,
             from,
             &self.config.site.name,
-            &self.config.mail.message_id_domain,
+            &self.config.message_id_domain(),
             mailto,
-        ))
+        )
+        .with_return_path(self.config.mail.return_path.clone()))
     }
 
     /// The configured transport, signing with the DKIM keys.

@@ -169,8 +169,19 @@ pub struct MailConfig {
     /// The From header, `Name <address>`.
     #[serde(serialize_with = "text::serialize", deserialize_with = "from_mailbox")]
     pub from: Mailbox,
-    /// Right-hand side of every Message-ID.
+    /// Right-hand side of every Message-ID; empty means the domain of `from`
+    /// (see [`Config::message_id_domain`]).
+    #[serde(default)]
     pub message_id_domain: String,
+    /// The envelope sender (Return-Path), where bounces go: `bounces@example.com`, a mailbox
+    /// that takes `+tag` addresses. When set, each delivery goes out from its own VERP address
+    /// `bounces+TAG@example.com` naming it; empty means the `from` address, without tags.
+    #[serde(
+        default,
+        serialize_with = "serialize_return_path",
+        deserialize_with = "return_path"
+    )]
+    pub return_path: Option<lettre::Address>,
     /// Where the file transport writes `.eml` files; empty means `data_dir/outbox`.
     pub outbox_dir: String,
     /// An address that unsubscribes by email, offered in List-Unsubscribe beside the link;
@@ -537,6 +548,35 @@ fn bind_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D:
     parse_text(d, "must be an address like 127.0.0.1:3000")
 }
 
+fn serialize_return_path<S: serde::Serializer>(
+    value: &Option<lettre::Address>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(value.as_ref().map_or("", |a| a.as_ref()))
+}
+
+/// `mail.return_path`: an address, or empty for none. Its local part leaves room for the tag.
+fn return_path<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<lettre::Address>, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let address: lettre::Address = text.parse().map_err(|_| {
+        serde::de::Error::custom("must be an address like bounces@example.com, or empty")
+    })?;
+    let room = 64 - 1 - crate::domain::BounceTag::MAX_LEN;
+    if address.user().len() > room || address.user().contains('+') {
+        return Err(serde::de::Error::custom(format!(
+            "its local part (before the @) must be at most {room} characters and without `+`, \
+             to leave room for the `+tag` of each delivery"
+        )));
+    }
+    Ok(Some(address))
+}
+
 fn from_mailbox<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Mailbox, D::Error> {
     parse_text(d, "must be an address like `Name <hello@example.com>`")
 }
@@ -690,7 +730,8 @@ impl Default for Config {
                 from: "Sangha <hello@example.com>"
                     .parse()
                     .expect("a valid address"),
-                message_id_domain: "example.com".into(),
+                message_id_domain: String::new(),
+                return_path: None,
                 outbox_dir: String::new(),
                 unsubscribe_mailto: String::new(),
             },
@@ -843,7 +884,7 @@ impl Config {
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
-        let domain = &self.mail.message_id_domain;
+        let domain = self.message_id_domain();
         if domain.is_empty()
             || !domain
                 .chars()
@@ -1028,6 +1069,75 @@ impl Config {
             Some(base) if file.is_relative() => base.join(file),
             _ => file.clone(),
         })
+    }
+
+    /// The right-hand side of Message-IDs: `mail.message_id_domain`, else the domain of
+    /// `mail.from`.
+    pub fn message_id_domain(&self) -> String {
+        if self.mail.message_id_domain.is_empty() {
+            self.mail.from.email.domain().to_ascii_lowercase()
+        } else {
+            self.mail.message_id_domain.to_ascii_lowercase()
+        }
+    }
+
+    /// The envelope sender (Return-Path) of messages that name no delivery, and the base of
+    /// the VERP addresses of those that do: `mail.return_path`, else the From address.
+    pub fn envelope_sender(&self) -> lettre::Address {
+        self.mail
+            .return_path
+            .clone()
+            .unwrap_or_else(|| self.mail.from.email.clone())
+    }
+
+    /// Settings that work but are likely mistakes, each with its fix: the SMTP ones (see
+    /// [`SmtpConfig::warnings`]) and the [`Config::alignment_warnings`]. `config check` and
+    /// `doctor` print them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.mail.transport == TransportKind::Smtp {
+            warnings.extend(self.smtp.warnings());
+        }
+        warnings.extend(self.alignment_warnings());
+        warnings
+    }
+
+    /// The DKIM, envelope and Message-ID domains that are neither the From domain nor under
+    /// it (nor above it), each with its fix; by default all are the From domain.
+    pub fn alignment_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let from = self.mail.from.email.domain().to_ascii_lowercase();
+        let aligned = |domain: &str| {
+            domain == from
+                || domain.ends_with(&format!(".{from}"))
+                || from.ends_with(&format!(".{domain}"))
+        };
+        let dkim = self.dkim_domain();
+        if !self.dkim.keys.is_empty() && !aligned(&dkim) {
+            warnings.push(format!(
+                "dkim.domain = \"{dkim}\" is not the domain of mail.from ({from}) nor one \
+                 under it: DMARC counts a DKIM signature only when its domain aligns with the \
+                 From domain, so Gmail and Yahoo treat the mail as unsigned; leave dkim.domain \
+                 empty to sign as {from}"
+            ));
+        }
+        let envelope = self.envelope_sender().domain().to_ascii_lowercase();
+        if !aligned(&envelope) {
+            warnings.push(format!(
+                "mail.return_path is at {envelope}, not at the domain of mail.from ({from}) \
+                 nor one under it: SPF then passes for {envelope} only, and DMARC does not \
+                 count it; use an address like bounces@{from}"
+            ));
+        }
+        let message_id = self.message_id_domain();
+        if !aligned(&message_id) {
+            warnings.push(format!(
+                "mail.message_id_domain = \"{message_id}\" is not the domain of mail.from \
+                 ({from}): Message-IDs of another domain than the sender's look forged to spam \
+                 filters; leave it empty to use {from}"
+            ));
+        }
+        warnings
     }
 
     /// The `d=` domain of DKIM signatures: `dkim.domain`, else the domain of `mail.from`.
@@ -1491,6 +1601,108 @@ mod tests {
         ] {
             assert!(printed.contains(line), "{line} in {printed}");
         }
+    }
+
+    #[test]
+    fn the_dkim_envelope_and_message_id_domains_follow_from_and_a_misaligned_one_is_warned() {
+        let config = load("[mail]\nfrom = \"Ananda <hello@shakti.example>\"\n", &[]).unwrap();
+        assert_eq!(config.message_id_domain(), "shakti.example");
+        assert_eq!(config.dkim_domain(), "shakti.example");
+        assert_eq!(config.envelope_sender().to_string(), "hello@shakti.example");
+        assert_eq!(config.warnings(), Vec::<String>::new());
+
+        let aligned = load(
+            "[mail]\nfrom = \"hello@shakti.example\"\nreturn_path = \"bounces@mail.shakti.example\"\n\
+             message_id_domain = \"shakti.example\"\n\
+             [dkim]\ndomain = \"SHAKTI.example\"\nkeys = [{ selector = \"s1\", file = \"k.pem\" }]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            aligned.envelope_sender().to_string(),
+            "bounces@mail.shakti.example"
+        );
+        assert_eq!(aligned.alignment_warnings(), Vec::<String>::new());
+
+        let apart = load(
+            "[mail]\nfrom = \"hello@shakti.example\"\nreturn_path = \"bounces@relay.example\"\n\
+             message_id_domain = \"example.com\"\n\
+             [dkim]\ndomain = \"relay.example\"\nkeys = [{ selector = \"s1\", file = \"k.pem\" }]\n",
+            &[],
+        )
+        .unwrap();
+        let warnings = apart.warnings();
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert!(
+            warnings[0].starts_with("dkim.domain = \"relay.example\""),
+            "{warnings:#?}"
+        );
+        assert!(
+            warnings[1].starts_with("mail.return_path is at relay.example"),
+            "{warnings:#?}"
+        );
+        assert!(
+            warnings[2].starts_with("mail.message_id_domain = \"example.com\""),
+            "{warnings:#?}"
+        );
+        assert!(
+            warnings.iter().all(|w| w.contains("shakti.example")),
+            "each names From"
+        );
+        // Without keys there is no signature to misalign.
+        let unsigned = load(
+            "[mail]\nfrom = \"hello@shakti.example\"\n[dkim]\ndomain = \"relay.example\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(unsigned.alignment_warnings(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_return_path_leaves_room_for_its_tag_and_a_bad_one_is_named() {
+        let config = load("[mail]\nreturn_path = \" bounces@example.com \"\n", &[]).unwrap();
+        assert_eq!(
+            config
+                .mail
+                .return_path
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("bounces@example.com")
+        );
+        assert!(
+            config
+                .to_redacted_toml()
+                .contains("return_path = \"bounces@example.com\"")
+        );
+        assert!(
+            load("[mail]\nreturn_path = \"\"\n", &[])
+                .unwrap()
+                .mail
+                .return_path
+                .is_none()
+        );
+        for (bad, says) in [
+            ("not an address", "must be an address"),
+            ("bounces+x@example.com", "without `+`"),
+            (
+                &format!("{}@example.com", "b".repeat(24)),
+                "at most 23 characters",
+            ),
+        ] {
+            let err = load(&format!("[mail]\nreturn_path = \"{bad}\"\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("mail.return_path"), "{err}");
+            assert!(err.contains(says), "{says} in {err}");
+        }
+        assert!(
+            load(
+                &format!("[mail]\nreturn_path = \"{}@example.com\"\n", "b".repeat(23)),
+                &[]
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -6,8 +6,12 @@
 //! written with the current key's hash and checked against the hash under every key
 //! ([`Links::email_hashes`]), so an address erased before a rotation stays suppressed after it.
 
+use lettre::Address;
+
 use crate::clock::Millis;
-use crate::domain::{EmailAddress, LinkTarget, Token, TokenError, TokenKey, TokenPurpose};
+use crate::domain::{
+    BounceTag, EmailAddress, LinkTarget, Token, TokenError, TokenKey, TokenPurpose,
+};
 
 /// Makes and checks the signed links in emails and pages (confirm, unsubscribe, preferences).
 #[derive(Debug, Clone)]
@@ -131,6 +135,42 @@ impl Links {
         hashes
     }
 
+    /// The envelope sender (VERP) of one delivery: `local+TAG@domain` under the return path
+    /// `local@domain`, so that a bounce names the delivery it answers by the address it comes
+    /// back to (see [`BounceTag`]).
+    pub fn bounce_address(
+        &self,
+        return_path: &Address,
+        delivery_id: i64,
+        message_id: &str,
+    ) -> Address {
+        let tag = self.key().bounce_tag(delivery_id, message_id);
+        let local = format!("{}+{tag}", return_path.user());
+        Address::new(local, return_path.domain())
+            .expect("a tag of digits, a dash and hex keeps a valid address valid")
+    }
+
+    /// The tag of `address` when it is a VERP address under `return_path` (the local part and
+    /// the domain compared without regard to case); whether the tag is genuine is for
+    /// [`Links::bounce_tag_matches`] to say, once the delivery it names is read.
+    pub fn bounce_tag_of(return_path: &Address, address: &str) -> Option<BounceTag> {
+        let address = address.trim().trim_start_matches('<').trim_end_matches('>');
+        let (local, domain) = address.rsplit_once('@')?;
+        let (user, tag) = local.rsplit_once('+')?;
+        if !user.eq_ignore_ascii_case(return_path.user())
+            || !domain.eq_ignore_ascii_case(return_path.domain())
+        {
+            return None;
+        }
+        tag.parse().ok()
+    }
+
+    /// Whether `tag` was made under one of the configured keys for a delivery with this
+    /// Message-ID.
+    pub fn bounce_tag_matches(&self, tag: &BounceTag, message_id: &str) -> bool {
+        tag.matches(&self.keys, message_id)
+    }
+
     /// Checks a token taken from a URL for `purpose` at `now_secs`, under the current key or
     /// any previous one.
     pub fn verify(
@@ -186,5 +226,42 @@ mod tests {
         assert_eq!(checked_after[0], after.email_hash(&email()));
         assert!(checked_after.contains(&written_before));
         assert_eq!(before.email_hashes(&email()), vec![written_before]);
+    }
+
+    #[test]
+    fn a_bounce_address_fits_an_address_and_names_its_delivery_under_any_key() {
+        let old = TokenKey::generate();
+        let links = Links::new("https://example.org", old.clone(), 1);
+        let return_path: Address = "bounces@mail.example.org".parse().unwrap();
+        let address = links.bounce_address(&return_path, 4711, "<p.3@example.org>");
+        let text = address.to_string();
+        assert!(text.starts_with("bounces+4711-"), "{text}");
+        assert!(text.ends_with("@mail.example.org"), "{text}");
+        let longest = links.bounce_address(&return_path, i64::MAX, "<p.3@example.org>");
+        assert!(longest.user().len() <= 64, "{longest}");
+
+        let tag = Links::bounce_tag_of(&return_path, &text.to_uppercase()).unwrap();
+        assert_eq!(tag.delivery_id, 4711);
+        assert!(links.bounce_tag_matches(&tag, "<p.3@example.org>"));
+        assert!(!links.bounce_tag_matches(&tag, "<p.4@example.org>"));
+        let rotated = Links::new("https://example.org", TokenKey::generate(), 1)
+            .with_previous_keys(vec![old]);
+        assert!(rotated.bounce_tag_matches(&tag, "<p.3@example.org>"));
+        let stranger = Links::new("https://example.org", TokenKey::generate(), 1);
+        assert!(!stranger.bounce_tag_matches(&tag, "<p.3@example.org>"));
+
+        assert_eq!(
+            Links::bounce_tag_of(&return_path, &format!("<{text}>")),
+            Some(tag)
+        );
+        for other in [
+            "bounces@mail.example.org",
+            "someone@mail.example.org",
+            &text.replace("bounces+", "hello+"),
+            &text.replace("@mail.", "@"),
+            "bounces+junk@mail.example.org",
+        ] {
+            assert_eq!(Links::bounce_tag_of(&return_path, other), None, "{other}");
+        }
     }
 }

@@ -76,10 +76,8 @@ pub async fn run(config_path: Option<&Path>, out: &mut (dyn Write + Send)) -> an
 
 /// Settings that work but that a mailbox provider or an attacker would hold against us.
 fn check_config(report: &mut Report<'_>, config: &Config) -> std::io::Result<()> {
-    if config.mail.transport == TransportKind::Smtp {
-        for warning in config.smtp.warnings() {
-            report.line(Verdict::Warn, "config", &warning)?;
-        }
+    for warning in config.warnings() {
+        report.line(Verdict::Warn, "config", &warning)?;
     }
     let base = config.base_url();
     if base.starts_with("https://") {
@@ -225,8 +223,7 @@ async fn check_dns(report: &mut Report<'_>, config: &Config) -> std::io::Result<
         Ok(dns) => dns,
         Err(e) => return report.line(Verdict::Fail, "dns", &e.to_string()),
     };
-    // The envelope sender is the From address.
-    let domain = config.mail.from.email.domain().to_ascii_lowercase();
+    let domain = config.envelope_sender().domain().to_ascii_lowercase();
     match dns.spf(&domain).await {
         Ok(records) => {
             let (verdict, what) = judge_spf(&domain, &records);

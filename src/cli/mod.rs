@@ -370,10 +370,8 @@ fn check_config(config: &Config, out: &mut (dyn Write + Send)) -> anyhow::Result
     } else {
         writeln!(out, "# no DKIM keys: messages go out unsigned")?;
     }
-    if config.mail.transport == TransportKind::Smtp {
-        for warning in config.smtp.warnings() {
-            writeln!(out, "# warning: {warning}")?;
-        }
+    for warning in config.warnings() {
+        writeln!(out, "# warning: {warning}")?;
     }
     writeln!(out, "{}", config.to_redacted_toml())?;
     Ok(())

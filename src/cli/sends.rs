@@ -394,13 +394,14 @@ async fn render_for(
     let message_id = crate::store::message_id(
         &crate::store::new_message_id_prefix(),
         link.id,
-        &runtime.config.mail.message_id_domain,
+        &runtime.config.message_id_domain(),
     );
     let to = Recipient {
         email: &address,
         name: name.as_deref(),
         link,
         message_id: &message_id,
+        delivery_id: None,
     };
     let offering = for_mail::offering(offering);
     let composer = runtime.composer(runtime.templates()?, runtime.links()?)?;

@@ -10,6 +10,7 @@ pub fn recipient(delivery: &ClaimedDelivery) -> Recipient<'_> {
         name: delivery.name.as_deref(),
         link: delivery.subscriber_link(),
         message_id: &delivery.message_id,
+        delivery_id: Some(delivery.id),
     }
 }
 

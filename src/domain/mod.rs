@@ -33,4 +33,4 @@ pub fn hex(bytes: &[u8]) -> String {
     }
     out
 }
-pub use token::{LinkTarget, Token, TokenError, TokenKey, TokenPurpose};
+pub use token::{BounceTag, LinkTarget, Token, TokenError, TokenKey, TokenPurpose};

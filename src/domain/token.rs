@@ -151,6 +151,25 @@ impl TokenKey {
         super::hex(&mac.finalize().into_bytes())
     }
 
+    fn bounce_mac(&self, delivery_id: i64, message_id: &str) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"sangha-bounce");
+        mac.update(&delivery_id.to_be_bytes());
+        mac.update(message_id.as_bytes());
+        mac
+    }
+
+    /// The tag of a VERP return path for one delivery (see [`BounceTag`]).
+    pub fn bounce_tag(&self, delivery_id: i64, message_id: &str) -> BounceTag {
+        let full = self
+            .bounce_mac(delivery_id, message_id)
+            .finalize()
+            .into_bytes();
+        let mut mac = [0u8; BOUNCE_MAC_LEN];
+        mac.copy_from_slice(&full[..BOUNCE_MAC_LEN]);
+        BounceTag { delivery_id, mac }
+    }
+
     /// Signs the claims into a URL-safe string.
     pub fn sign(&self, token: &Token) -> String {
         let mut body = [0u8; TOKEN_LEN];
@@ -228,6 +247,65 @@ impl TokenKey {
             return Err(TokenError::Expired);
         }
         Ok(token)
+    }
+}
+
+/// The tag a VERP return path carries, `ID-MAC` (`bounces+1234-0f3a…@example.org`): the id of
+/// the delivery a bounce answers, and 80 bits of MAC over that id and the delivery's
+/// Message-ID. It is short (an address's local part holds at most 64 characters), digits and
+/// lowercase hex only (mail systems may change the case of a local part), and bound to the
+/// delivery's Message-ID, so a tag of a deleted delivery never names a new row with the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BounceTag {
+    /// The delivery the bounced message was.
+    pub delivery_id: i64,
+    mac: [u8; BOUNCE_MAC_LEN],
+}
+
+const BOUNCE_MAC_LEN: usize = 10;
+
+impl BounceTag {
+    /// The longest tag: 19 digits, a dash and the MAC in hex.
+    pub const MAX_LEN: usize = 19 + 1 + 2 * BOUNCE_MAC_LEN;
+
+    /// Whether one of `keys` made this tag for a delivery with this Message-ID (compared in
+    /// constant time).
+    pub fn matches(&self, keys: &[TokenKey], message_id: &str) -> bool {
+        keys.iter().any(|key| {
+            key.bounce_mac(self.delivery_id, message_id)
+                .verify_truncated_left(&self.mac)
+                .is_ok()
+        })
+    }
+}
+
+impl std::fmt::Display for BounceTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.delivery_id, super::hex(&self.mac))
+    }
+}
+
+impl std::str::FromStr for BounceTag {
+    type Err = TokenError;
+
+    /// Reads `ID-MAC`, in either case; anything else is [`TokenError::Malformed`].
+    fn from_str(text: &str) -> Result<Self, TokenError> {
+        let (id, mac_hex) = text.split_once('-').ok_or(TokenError::Malformed)?;
+        if id.is_empty()
+            || id.len() > 19
+            || !id.bytes().all(|b| b.is_ascii_digit())
+            || mac_hex.len() != 2 * BOUNCE_MAC_LEN
+            || !mac_hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(TokenError::Malformed);
+        }
+        let delivery_id = id.parse().map_err(|_| TokenError::Malformed)?;
+        let mut mac = [0u8; BOUNCE_MAC_LEN];
+        for (i, byte) in mac.iter_mut().enumerate() {
+            let pair = mac_hex.get(2 * i..2 * i + 2).ok_or(TokenError::Malformed)?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| TokenError::Malformed)?;
+        }
+        Ok(Self { delivery_id, mac })
     }
 }
 
@@ -410,5 +488,76 @@ mod tests {
         tampered[0] = 1;
         let tampered = URL_SAFE_NO_PAD.encode(tampered);
         assert!(key.verify(&tampered, TokenPurpose::Confirm, 0).is_err());
+    }
+
+    #[test]
+    fn a_bounce_tag_names_its_delivery_is_bound_to_its_message_id_and_survives_case_changes() {
+        let key = TokenKey::generate();
+        let tag = key.bounce_tag(1234, "<abc.7@example.org>");
+        let text = tag.to_string();
+        assert!(text.starts_with("1234-"), "{text}");
+        assert_eq!(text.len(), 5 + 20);
+        let read: BounceTag = text.parse().unwrap();
+        assert_eq!(read, tag);
+        assert_eq!(read.delivery_id, 1234);
+        assert!(read.matches(std::slice::from_ref(&key), "<abc.7@example.org>"));
+        let upper: BounceTag = text.to_uppercase().parse().unwrap();
+        assert!(upper.matches(std::slice::from_ref(&key), "<abc.7@example.org>"));
+        // Another row that got the same id has another Message-ID.
+        assert!(!read.matches(std::slice::from_ref(&key), "<def.9@example.org>"));
+        assert!(!read.matches(&[TokenKey::generate()], "<abc.7@example.org>"));
+        // After a rotation the old key still recognises its tags.
+        assert!(read.matches(&[TokenKey::generate(), key.clone()], "<abc.7@example.org>"));
+        let longest = key.bounce_tag(i64::MAX, "x").to_string();
+        assert_eq!(longest.len(), BounceTag::MAX_LEN);
+        assert_eq!(longest.parse::<BounceTag>().unwrap().delivery_id, i64::MAX);
+    }
+
+    #[test]
+    fn a_forged_or_mangled_bounce_tag_is_refused() {
+        let key = TokenKey::generate();
+        let keys = std::slice::from_ref(&key);
+        let text = key.bounce_tag(77, "<m@example.org>").to_string();
+        // Another delivery id under the same MAC.
+        let moved = text.replacen("77-", "78-", 1);
+        assert!(
+            !moved
+                .parse::<BounceTag>()
+                .unwrap()
+                .matches(keys, "<m@example.org>")
+        );
+        // Every changed hex digit of the MAC.
+        for i in 3..text.len() {
+            let mut bytes = text.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
+            let changed = String::from_utf8(bytes).unwrap();
+            assert!(
+                changed
+                    .parse::<BounceTag>()
+                    .is_ok_and(|t| !t.matches(keys, "<m@example.org>")),
+                "{changed}"
+            );
+        }
+        for junk in [
+            "",
+            "-",
+            "77",
+            "77-",
+            "-0123456789abcdef0123",
+            "x7-0123456789abcdef0123",
+            "77-0123456789abcdef012",
+            "77-0123456789abcdef01234",
+            "77-0123456789abcdef012g",
+            "77-+123456789abcdef0123",
+            "+77-0123456789abcdef0123",
+            "99999999999999999999-0123456789abcdef0123",
+            "77-é123456789abcdef0123",
+        ] {
+            assert_eq!(
+                junk.parse::<BounceTag>(),
+                Err(TokenError::Malformed),
+                "{junk}"
+            );
+        }
     }
 }

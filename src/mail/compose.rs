@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use lettre::Message;
 use lettre::message::Mailbox;
+use lettre::{Address, Message};
 use serde_json::json;
 
 use handlebars::Handlebars;
@@ -16,7 +16,8 @@ use crate::content::{Escape, OfferingVariables, SiteVariables, Variables, regist
 use crate::domain::LinkTarget;
 use crate::links::Links;
 
-/// Who one copy goes to: the address, the name, the person's links and the Message-ID.
+/// Who one copy goes to: the address, the name, the person's links, the Message-ID and the
+/// delivery it is.
 #[derive(Debug, Clone, Copy)]
 pub struct Recipient<'a> {
     pub email: &'a str,
@@ -24,6 +25,9 @@ pub struct Recipient<'a> {
     /// What the person's unsubscribe and preferences links act on.
     pub link: LinkTarget,
     pub message_id: &'a str,
+    /// The delivery row this copy is, named by its VERP envelope sender; `None` for a copy
+    /// that is no delivery (a test-send).
+    pub delivery_id: Option<i64>,
 }
 
 /// An offering as an email names it.
@@ -68,6 +72,9 @@ pub struct Composer {
     list_id_domain: String,
     /// An address that unsubscribes by mail, offered in List-Unsubscribe beside the link.
     unsubscribe_mailto: Option<String>,
+    /// `mail.return_path`: when set, each delivery's envelope sender is a VERP address under
+    /// it; when not, the From address.
+    return_path: Option<Address>,
 }
 
 /// Headers added to a message beyond the usual ones (name, value).
@@ -140,6 +147,25 @@ impl Composer {
             site_name: site_name.to_owned(),
             list_id_domain: list_id_domain.to_owned(),
             unsubscribe_mailto,
+            return_path: None,
+        }
+    }
+
+    /// This composer, sending each delivery from its own VERP address under `return_path`
+    /// (`mail.return_path`), and what is no delivery from `return_path` itself.
+    pub fn with_return_path(mut self, return_path: Option<Address>) -> Self {
+        self.return_path = return_path;
+        self
+    }
+
+    /// The envelope sender (Return-Path) of one copy: a VERP address naming its delivery under
+    /// the return path, the return path itself for a copy that is no delivery, or the From
+    /// address when no return path is configured.
+    pub fn envelope_sender(&self, to: &Recipient<'_>) -> Address {
+        match (&self.return_path, to.delivery_id) {
+            (Some(path), Some(id)) => self.links.bounce_address(path, id, to.message_id),
+            (Some(path), None) => path.clone(),
+            (None, _) => self.from.email.clone(),
         }
     }
 
@@ -159,6 +185,7 @@ impl Composer {
         let (content, headers) = self.render_send(to, send, offering)?;
         Ok(build_message(
             &self.from,
+            &self.envelope_sender(to),
             Self::mailbox(to)?,
             to.message_id,
             content,
@@ -271,6 +298,7 @@ impl Composer {
         };
         Ok(build_message(
             &self.from,
+            &self.envelope_sender(to),
             Self::mailbox(to)?,
             to.message_id,
             content,

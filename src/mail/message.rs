@@ -1,9 +1,10 @@
 //! Building RFC 5322 messages with lettre: multipart/alternative with a text and an HTML part,
 //! headers encoded by lettre (RFC 2047 for non-ASCII subjects and names).
 
-use lettre::Message;
+use lettre::address::Envelope;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::{Address, Message};
 
 /// A rendered email.
 #[derive(Debug, Clone)]
@@ -13,10 +14,12 @@ pub struct EmailContent {
     pub text: String,
 }
 
-/// Builds the message. The Date header is stamped now, at hand-off to the transport.
-/// `extra` headers are added as given (names are ASCII; values are encoded by lettre).
+/// Builds the message, with `sender` as its envelope sender (the Return-Path bounces go to).
+/// The Date header is stamped now, at hand-off to the transport. `extra` headers are added as
+/// given (names are ASCII; values are encoded by lettre).
 pub fn build_message(
     from: &Mailbox,
+    sender: &Address,
     mut to: Mailbox,
     message_id: &str,
     content: EmailContent,
@@ -34,7 +37,8 @@ pub fn build_message(
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect()
     });
-    let mut builder = Message::builder();
+    let envelope = Envelope::new(Some(sender.clone()), vec![to.email.clone()])?;
+    let mut builder = Message::builder().envelope(envelope);
     for (name, value) in extra {
         let value: String = value.chars().filter(|c| !c.is_control()).collect();
         builder = builder.raw_header(HeaderValue::new(

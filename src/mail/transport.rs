@@ -111,7 +111,7 @@ impl Transport {
             TransportKind::Smtp => Route::Smtp(SmtpPool::new(
                 &config.smtp,
                 config.smtp_ca_file().as_deref(),
-                &config.mail.message_id_domain,
+                &config.message_id_domain(),
             )?),
         };
         Ok(Self {

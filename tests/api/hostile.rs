@@ -619,6 +619,7 @@ fn assert_headers_hold(subject: &str, name: &str, extra: &str) -> TestCaseResult
     );
     let message = build_message(
         &from,
+        &from.email,
         to,
         "<0123456789abcdef@example.com>",
         EmailContent {

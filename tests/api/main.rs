@@ -25,6 +25,7 @@ mod probe_stop;
 mod probe_web;
 mod relay_mistakes;
 mod relay_refusal;
+mod return_path;
 mod secrets;
 mod sends;
 mod signup;

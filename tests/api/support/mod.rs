@@ -541,7 +541,7 @@ pub async fn assert_message_ids_come_from_the_outbox(app: &TestApp, expected: us
     for (id, prefix, subscriber) in rows {
         assert_eq!(
             id,
-            sangha::store::message_id(&prefix, subscriber, &app.config.mail.message_id_domain)
+            sangha::store::message_id(&prefix, subscriber, &app.config.message_id_domain())
         );
     }
 }
