@@ -422,6 +422,23 @@ async fn a_missing_or_invalid_key_stops_the_start_naming_the_file_and_no_key_is_
         assert!(!text.contains("PRIVATE KEY"), "a key leaked: {text}");
     }
     assert!(stdout(&check).contains("good.pem"), "{}", stdout(&check));
+    assert!(!stdout(&check).contains("# warning"), "{}", stdout(&check));
+    // Signing as another domain than From's is warned about, with its fix.
+    let apart = run_cli_with(
+        &config,
+        &["config", "check"],
+        &[
+            env[0].clone(),
+            ("SANGHA__DKIM__DOMAIN", "relay.example".to_owned()),
+        ],
+    );
+    assert!(apart.status.success(), "{}", stderr(&apart));
+    assert!(
+        stdout(&apart)
+            .contains("# warning: dkim.domain = \"relay.example\" is not the domain of mail.from"),
+        "{}",
+        stdout(&apart)
+    );
     let missing = run_cli_with(
         &config,
         &["config", "check"],
