@@ -33,6 +33,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub dns: DnsConfig,
     #[serde(default)]
+    pub bounces: BouncesConfig,
+    #[serde(default)]
     pub offerings: Vec<OfferingConfig>,
     /// Folder the config was read from; templates are looked up next to it.
     #[serde(skip)]
@@ -465,6 +467,28 @@ pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
 }
 
+/// `[bounces]`: what bounces and complaints do, and how long their reports are kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BouncesConfig {
+    /// Soft bounces (a full mailbox, a server that is down) on this many different emails…
+    pub soft_limit: u32,
+    /// …within this many days suppress the address, as one hard bounce does.
+    pub soft_days: u32,
+    /// Days the raw text of a report is kept (`sangha bounces show`); its parsed fields stay.
+    pub keep_days: u32,
+}
+
+impl Default for BouncesConfig {
+    fn default() -> Self {
+        Self {
+            soft_limit: 3,
+            soft_days: 30,
+            keep_days: 30,
+        }
+    }
+}
+
 /// `[[offerings]]`: one newsletter or course people can sign up for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -779,6 +803,7 @@ impl Default for Config {
                 shutdown_grace_seconds: 20,
             },
             dns: DnsConfig::default(),
+            bounces: BouncesConfig::default(),
             dkim: DkimConfig::default(),
             offerings: Vec::new(),
             config_dir: None,
@@ -941,6 +966,12 @@ impl Config {
         }
         if self.worker.fanout_batch_size == 0 {
             return Err(invalid("worker.fanout_batch_size", "must be at least 1"));
+        }
+        if self.bounces.soft_limit == 0 {
+            return Err(invalid("bounces.soft_limit", "must be at least 1"));
+        }
+        if self.bounces.soft_days == 0 {
+            return Err(invalid("bounces.soft_days", "must be at least 1"));
         }
         if self.worker.pause_failure_percent > 100 {
             return Err(invalid(

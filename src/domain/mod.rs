@@ -14,8 +14,9 @@ pub use email::EmailAddress;
 pub use name::SubscriberName;
 pub use slug::Slug;
 pub use status::{
-    ConsentSource, CourseState, DeliveryKind, DeliveryStatus, Every, OfferingKind,
-    RecurrenceStatus, RelayFault, SendStatus, SubscriptionStatus, SuppressionReason, UnknownWord,
+    BounceAction, BounceKind, BounceSource, ConsentSource, CourseState, DeliveryKind,
+    DeliveryStatus, Every, MatchedBy, OfferingKind, RecurrenceStatus, RelayFault, SendStatus,
+    SubscriptionStatus, SuppressionReason, UnknownWord,
 };
 pub use timezone::Timezone;
 

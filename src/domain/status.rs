@@ -146,7 +146,70 @@ impl Every {
 
 word_enum!(
     /// Why an address is on the suppression list.
-    SuppressionReason { Erased => "erased", Bounced => "bounced" }
+    SuppressionReason { Erased => "erased", Bounced => "bounced", Complained => "complained" }
+);
+
+word_enum!(
+    /// What a report says happened to one message.
+    BounceKind {
+        /// A permanent failure (5.x.x, or the provider's permanent type): stop mailing.
+        Hard => "hard",
+        /// A temporary failure (4.x.x, a full mailbox): counts towards suppression.
+        Soft => "soft",
+        /// Not delivered yet and still being tried: nothing to do.
+        Delayed => "delayed",
+        /// The person marked the message as spam (a feedback report).
+        Complaint => "complaint",
+        /// A vacation or out-of-office reply, or a challenge: not a bounce.
+        #[serde(rename = "auto_reply")]
+        AutoReply => "auto_reply",
+        /// Nothing recognisable: kept for the owner to read, never acted on.
+        Unknown => "unknown",
+    }
+);
+
+word_enum!(
+    /// How a report reached us.
+    BounceSource {
+        /// The bounce mailbox, read over IMAP.
+        Imap => "imap",
+        /// `sangha bounces import`.
+        Import => "import",
+        Ses => "ses",
+        Postmark => "postmark",
+        Mailgun => "mailgun",
+        Sendgrid => "sendgrid",
+    }
+);
+
+word_enum!(
+    /// How a report was tied to the delivery it answers.
+    MatchedBy {
+        /// The VERP tag of the address it came back to.
+        Verp => "verp",
+        /// The provider's id of the message.
+        #[serde(rename = "provider_id")]
+        ProviderId => "provider_id",
+        /// The original Message-ID quoted in the report.
+        #[serde(rename = "message_id")]
+        MessageId => "message_id",
+    }
+);
+
+word_enum!(
+    /// What a report made Sangha do.
+    BounceAction {
+        /// The address went on the suppression list and left every offering.
+        Suppressed => "suppressed",
+        /// A complaint: the person left everything and the address is suppressed.
+        Unsubscribed => "unsubscribed",
+        /// A soft bounce, counted towards suppression.
+        Counted => "counted",
+        /// Nothing (a delay, an auto-reply, an address already suppressed).
+        None => "none",
+        /// No delivery matched: kept for review, acted on nothing.
+        Unmatched => "unmatched",
+    }
 );
 
 word_enum!(

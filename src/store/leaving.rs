@@ -173,6 +173,15 @@ impl Store {
         now: Millis,
     ) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        // Reports that name the address but matched none of the person's deliveries (theirs
+        // go with the person, by cascade).
+        sqlx::query(
+            "DELETE FROM bounces WHERE lower(recipient) =
+                 (SELECT lower(email) FROM subscribers WHERE id = $1)",
+        )
+        .bind(subscriber_id)
+        .execute(&mut *tx)
+        .await?;
         let gone = sqlx::query("DELETE FROM subscribers WHERE id = $1")
             .bind(subscriber_id)
             .execute(&mut *tx)
@@ -214,7 +223,7 @@ impl Store {
     }
 }
 
-async fn add_suppression(
+pub(super) async fn add_suppression(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     email_hash: &str,
     reason: SuppressionReason,
@@ -233,7 +242,7 @@ async fn add_suppression(
 }
 
 /// `a;b` for the given offering ids, for consent records.
-async fn slugs_of(
+pub(super) async fn slugs_of(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     ids: &[i64],
 ) -> Result<String, sqlx::Error> {

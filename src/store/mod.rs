@@ -2,6 +2,7 @@
 //! runtime sqlx queries written once in the SQL both dialects share (`$1` placeholders, `ON
 //! CONFLICT`, `RETURNING`); the few places that differ branch on [`Backend`].
 
+mod bounces;
 mod courses;
 mod deliveries;
 mod import;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use bounces::{BounceCounts, BounceRow, BouncedDelivery, NewBounce, SoftBounceRule};
 pub use courses::{
     CourseStarter, CourseState, CourseStatus, LessonDelivery, NewLesson, Progress, ProgressChange,
     StoredLesson,

@@ -271,13 +271,15 @@ impl Store {
         percent: u32,
     ) -> Result<bool, sqlx::Error> {
         let counts = self.send_counts(id).await?;
-        let failed = counts.failed + counts.suppressed;
-        let tried = failed + counts.sent;
+        // A delivery the relay took and that bounced later is counted as failed.
+        let bounced = self.send_bounce_counts(id).await?.bounced;
+        let tried = counts.failed + counts.suppressed + counts.sent;
+        let failed = counts.failed + counts.suppressed + bounced;
         if failed < i64::from(min_failures) || failed * 100 < tried * i64::from(percent) {
             return Ok(false);
         }
         let reason = format!(
-            "paused automatically: {failed} of {tried} deliveries failed \
+            "paused automatically: {failed} of {tried} deliveries failed or bounced \
              (threshold {percent}% after {min_failures}); see the failures below, then \
              `sangha sends resume {id}`, or `sangha sends retry {id}` to try the failed ones \
              again"

@@ -23,6 +23,12 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
         "mail renders and hands over messages; it does not read rows",
     ),
     (
+        "bounces",
+        &["web", "mail", "delivery", "cli"],
+        "bounces read reports and record what they call for; they never send mail or answer \
+         requests",
+    ),
+    (
         "store",
         &["config", "web", "mail", "delivery", "cli"],
         "the store speaks SQL in its own types",

@@ -1,0 +1,186 @@
+//! Ties each report to the delivery it answers and records what it calls for: the VERP tag of
+//! the address it came back to first, then the original Message-ID it quotes. An unmatched
+//! report is kept for review and acts on nothing. A bounce of a send's delivery counts towards
+//! that send's failures, and a send whose failures pass the threshold pauses itself.
+
+use lettre::Address;
+
+use crate::clock::{Clock, Millis};
+use crate::config::Config;
+use crate::domain::{BounceAction, BounceKind, BounceSource, EmailAddress, MatchedBy};
+use crate::links::Links;
+use crate::store::{BouncedDelivery, NewBounce, SoftBounceRule, Store};
+
+/// What one report says of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub kind: BounceKind,
+    /// The address that failed or complained, as the report names it.
+    pub recipient: Option<String>,
+    /// The RFC 3463 status (`5.1.1`), or the provider's type.
+    pub status: Option<String>,
+    /// The server's words (`550 5.1.1 <x@example.org>: user unknown`).
+    pub diagnostic: Option<String>,
+}
+
+/// One report as it arrived, however it came: a message (a DSN, a feedback report, an
+/// auto-reply) or a provider's event.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub source: BounceSource,
+    /// Identifies the report itself (a hash of the message, or the provider's event id): the
+    /// same report arriving twice is recorded once.
+    pub report_key: String,
+    /// The addresses the report was delivered to: a VERP address among them names the delivery.
+    pub envelope_to: Vec<String>,
+    /// The original message's Message-ID, as quoted in the report.
+    pub original_message_id: Option<String>,
+    /// The report as it came, kept for `bounces.keep_days`.
+    pub raw: Option<String>,
+    pub notices: Vec<Notice>,
+}
+
+/// What became of one notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The row written; `None` when the same report was recorded before (and nothing was done
+    /// again).
+    pub id: Option<i64>,
+    pub kind: BounceKind,
+    pub matched_by: Option<MatchedBy>,
+    pub action: Option<BounceAction>,
+}
+
+/// Records reports against the store, under the configured return path and policy.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    store: Store,
+    links: Links,
+    clock: Clock,
+    return_path: Option<Address>,
+    soft_limit: u32,
+    soft_days: u32,
+    pause_after_failures: u32,
+    pause_failure_percent: u32,
+}
+
+const DAY_MS: Millis = 86_400_000;
+
+impl Recorder {
+    /// A recorder with the policy of `config` (`[bounces]`, `worker.pause_*`).
+    pub fn new(store: Store, links: Links, clock: Clock, config: &Config) -> Self {
+        Self {
+            store,
+            links,
+            clock,
+            return_path: config.mail.return_path.clone(),
+            soft_limit: config.bounces.soft_limit,
+            soft_days: config.bounces.soft_days,
+            pause_after_failures: config.worker.pause_after_failures,
+            pause_failure_percent: config.worker.pause_failure_percent,
+        }
+    }
+
+    /// Matches and records every notice of one report, and pauses a send its bounces push past
+    /// the failure threshold.
+    pub async fn record(&self, report: &Incoming) -> Result<Vec<Recorded>, sqlx::Error> {
+        let now = self.clock.now_ms();
+        let delivery = self.delivery_of(report).await?;
+        let rule = SoftBounceRule {
+            limit: self.soft_limit,
+            since: now - i64::from(self.soft_days) * DAY_MS,
+        };
+        let mut recorded = Vec::with_capacity(report.notices.len());
+        for (i, notice) in report.notices.iter().enumerate() {
+            let dedup_key = match &delivery {
+                Some((d, _)) => format!("delivery:{}:{}", d.id, notice.kind),
+                None => format!("report:{}:{i}", report.report_key),
+            };
+            let email_hash = delivery
+                .as_ref()
+                .and_then(|(d, _)| EmailAddress::parse(&d.email).ok())
+                .map(|email| self.links.email_hash(&email));
+            let bounce = NewBounce {
+                source: report.source,
+                dedup_key: &dedup_key,
+                kind: notice.kind,
+                recipient: notice.recipient.as_deref(),
+                status: notice.status.as_deref(),
+                diagnostic: notice.diagnostic.as_deref(),
+                matched: delivery.as_ref().map(|(d, by)| (d, *by)),
+                raw: report.raw.as_deref(),
+            };
+            let done = self
+                .store
+                .record_bounce(&bounce, email_hash.as_deref(), rule, now)
+                .await?;
+            if let Some((id, action)) = done {
+                tracing::info!(bounce = id, kind = %notice.kind, action = %action,
+                    delivery = delivery.as_ref().map(|(d, _)| d.id), "report recorded");
+            }
+            recorded.push(Recorded {
+                id: done.map(|(id, _)| id),
+                kind: notice.kind,
+                matched_by: delivery.as_ref().map(|(_, by)| *by),
+                action: done.map(|(_, action)| action),
+            });
+        }
+        if let Some((d, _)) = &delivery
+            && let Some(send_id) = d.send_id
+            && recorded
+                .iter()
+                .any(|r| r.id.is_some() && matches!(r.kind, BounceKind::Hard | BounceKind::Soft))
+        {
+            self.store
+                .pause_send_if_failing(
+                    send_id,
+                    self.pause_after_failures,
+                    self.pause_failure_percent,
+                )
+                .await?;
+        }
+        Ok(recorded)
+    }
+
+    /// The delivery a report answers: by the VERP tag of an address it was delivered to
+    /// (checked against that delivery's Message-ID), else by the Message-ID it quotes.
+    async fn delivery_of(
+        &self,
+        report: &Incoming,
+    ) -> Result<Option<(BouncedDelivery, MatchedBy)>, sqlx::Error> {
+        if let Some(return_path) = &self.return_path {
+            for address in &report.envelope_to {
+                let Some(tag) = Links::bounce_tag_of(return_path, address) else {
+                    continue;
+                };
+                if let Some(d) = self.store.delivery_for_bounce(tag.delivery_id).await?
+                    && self.links.bounce_tag_matches(&tag, &d.message_id)
+                {
+                    return Ok(Some((d, MatchedBy::Verp)));
+                }
+                tracing::warn!(
+                    delivery = tag.delivery_id,
+                    "a bounce came back to a tag that names no delivery of ours"
+                );
+            }
+        }
+        if let Some(id) = &report.original_message_id {
+            let id = id.trim().trim_start_matches('<').trim_end_matches('>');
+            if !id.is_empty()
+                && let Some(d) = self
+                    .store
+                    .delivery_by_message_id(&format!("<{id}>"))
+                    .await?
+            {
+                return Ok(Some((d, MatchedBy::MessageId)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Clears the raw text of reports older than `bounces.keep_days`.
+    pub async fn forget_old_reports(&self, keep_days: u32) -> Result<u64, sqlx::Error> {
+        let before = self.clock.now_ms() - i64::from(keep_days) * DAY_MS;
+        self.store.forget_bounce_reports(before).await
+    }
+}

@@ -1,0 +1,366 @@
+//! Reports of what happened to sent mail: matched to their delivery (VERP first, then the
+//! quoted Message-ID), acted on once (a hard bounce suppresses, a complaint unsubscribes, soft
+//! bounces count), counted against their send, and kept for review when nothing matches.
+
+use sangha::app::Runtime;
+use sangha::bounces::{Incoming, Notice, Recorder};
+use sangha::clock::Clock;
+use sangha::domain::{BounceAction, BounceKind, BounceSource, EmailAddress, MatchedBy};
+use sangha::store::SendStatus;
+
+use crate::backend_tests;
+use crate::sends::MORNING;
+use crate::support::{Backend, Options, TestApp, confirm_path_in, stderr, stdout};
+
+backend_tests!(
+    each_kind_of_report_does_what_it_should_once_and_an_unmatched_one_is_only_kept,
+    bounces_of_a_running_send_count_as_its_failures_and_pause_it,
+);
+
+/// The delivery of `kind` (`send` or `confirmation`) to `email`: its id and Message-ID.
+async fn delivery_to(app: &TestApp, email: &str, kind: &str) -> (i64, String) {
+    sqlx::query_as(
+        "SELECT d.id, d.message_id FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+         WHERE s.email = $1 AND d.kind = $2",
+    )
+    .bind(email)
+    .bind(kind)
+    .fetch_one(app.store().pool())
+    .await
+    .unwrap()
+}
+
+/// The VERP address the delivery of `kind` to `email` went out from.
+async fn verp_of(app: &TestApp, email: &str, kind: &str) -> String {
+    let (id, message_id) = delivery_to(app, email, kind).await;
+    let return_path = app.config.mail.return_path.clone().unwrap();
+    app.state
+        .links()
+        .bounce_address(&return_path, id, &message_id)
+        .to_string()
+}
+
+fn report(
+    key: &str,
+    envelope_to: Option<String>,
+    message_id: Option<String>,
+    kind: BounceKind,
+) -> Incoming {
+    Incoming {
+        source: BounceSource::Import,
+        report_key: key.to_owned(),
+        envelope_to: envelope_to.into_iter().collect(),
+        original_message_id: message_id,
+        raw: Some(format!("the raw report {key}")),
+        notices: vec![Notice {
+            kind,
+            recipient: Some("someone@example.org".to_owned()),
+            status: Some(
+                if kind == BounceKind::Soft {
+                    "4.2.2"
+                } else {
+                    "5.1.1"
+                }
+                .to_owned(),
+            ),
+            diagnostic: Some("550 5.1.1 user unknown".to_owned()),
+        }],
+    }
+}
+
+fn recorder(app: &TestApp) -> Recorder {
+    Recorder::new(
+        app.store().clone(),
+        app.state.links().clone(),
+        app.clock.clone(),
+        &app.config,
+    )
+}
+
+async fn subscribed(app: &TestApp, email: &str) -> bool {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM subscriptions u JOIN subscribers s ON s.id = u.subscriber_id
+         WHERE s.email = $1 AND u.status = 'confirmed'",
+    )
+    .bind(email)
+    .fetch_one(app.store().pool())
+    .await
+    .unwrap();
+    n > 0
+}
+
+async fn suppressed(app: &TestApp, email: &str) -> bool {
+    let hash = app
+        .state
+        .links()
+        .email_hash(&EmailAddress::parse(email).unwrap());
+    app.store().is_suppressed(&hash).await.unwrap()
+}
+
+async fn each_kind_of_report_does_what_it_should_once_and_an_unmatched_one_is_only_kept(
+    backend: Backend,
+) {
+    let app = TestApp::spawn_with(backend, Options::default(), |c| {
+        c.mail.return_path = Some("bounces@example.com".parse().unwrap());
+        c.bounces.soft_limit = 2;
+    })
+    .await;
+    let people = [
+        "hard@example.org",
+        "soft@example.org",
+        "complain@example.org",
+        "away@example.org",
+        "keep@example.org",
+    ];
+    for email in people {
+        app.confirmed_subscriber(email, &["morning-meditation"])
+            .await;
+    }
+    let path = app.write_content("morning.md", MORNING);
+    let send = app.schedule_now("morning-meditation", &path);
+    app.wait_for_send_done(send).await;
+    let recorder = recorder(&app);
+
+    // A hard bounce, by its VERP address: the address is suppressed and leaves everything.
+    let hard = report(
+        "r1",
+        Some(verp_of(&app, "hard@example.org", "send").await),
+        None,
+        BounceKind::Hard,
+    );
+    let done = recorder.record(&hard).await.unwrap();
+    assert_eq!(done[0].matched_by, Some(MatchedBy::Verp));
+    assert_eq!(done[0].action, Some(BounceAction::Suppressed));
+    assert!(suppressed(&app, "hard@example.org").await);
+    assert!(!subscribed(&app, "hard@example.org").await);
+    // The same bounce again, by another way (a webhook, a manual import): nothing twice.
+    let mut again = report(
+        "another-key",
+        None,
+        Some(delivery_to(&app, "hard@example.org", "send").await.1),
+        BounceKind::Hard,
+    );
+    again.source = BounceSource::Imap;
+    let done = recorder.record(&again).await.unwrap();
+    assert_eq!((done[0].id, done[0].action), (None, None), "{done:?}");
+
+    // A complaint, by the quoted Message-ID (angle brackets or not): the person leaves
+    // everything, on the record, and the address is suppressed.
+    let (_, message_id) = delivery_to(&app, "complain@example.org", "send").await;
+    let complaint = report(
+        "r2",
+        None,
+        Some(message_id.trim_matches(['<', '>']).to_owned()),
+        BounceKind::Complaint,
+    );
+    let done = recorder.record(&complaint).await.unwrap();
+    assert_eq!(done[0].matched_by, Some(MatchedBy::MessageId));
+    assert_eq!(done[0].action, Some(BounceAction::Unsubscribed));
+    assert!(suppressed(&app, "complain@example.org").await);
+    assert!(!subscribed(&app, "complain@example.org").await);
+    let consents: Vec<String> = sqlx::query_scalar(
+        "SELECT c.action FROM consents c JOIN subscribers s ON s.id = c.subscriber_id
+         WHERE s.email = 'complain@example.org' ORDER BY c.id",
+    )
+    .fetch_all(app.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        consents.last().map(String::as_str),
+        Some("unsubscribe"),
+        "{consents:?}"
+    );
+
+    // Soft bounces count per email: the same one twice is one; a second email's makes two,
+    // the limit here, and suppresses.
+    let soft_confirmation = verp_of(&app, "soft@example.org", "confirmation").await;
+    let done = recorder
+        .record(&report(
+            "r3",
+            Some(soft_confirmation.clone()),
+            None,
+            BounceKind::Soft,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(done[0].action, Some(BounceAction::Counted));
+    let done = recorder
+        .record(&report(
+            "r3-again",
+            Some(soft_confirmation),
+            None,
+            BounceKind::Soft,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(done[0].id, None, "the same email's soft bounce counts once");
+    assert!(subscribed(&app, "soft@example.org").await);
+    let done = recorder
+        .record(&report(
+            "r4",
+            Some(verp_of(&app, "soft@example.org", "send").await),
+            None,
+            BounceKind::Soft,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(done[0].action, Some(BounceAction::Suppressed));
+    assert!(suppressed(&app, "soft@example.org").await);
+    assert!(!subscribed(&app, "soft@example.org").await);
+
+    // An auto-reply and a delay are recorded and change nothing.
+    for (key, kind) in [("r5", BounceKind::AutoReply), ("r6", BounceKind::Delayed)] {
+        let done = recorder
+            .record(&report(
+                key,
+                Some(verp_of(&app, "away@example.org", "send").await),
+                None,
+                kind,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(done[0].action, Some(BounceAction::None), "{kind}");
+    }
+    assert!(subscribed(&app, "away@example.org").await);
+    assert!(!suppressed(&app, "away@example.org").await);
+
+    // Unmatched: a forged tag, a tag moved to another delivery, an unknown Message-ID. Kept
+    // for review, acting on nothing; the same report twice is kept once.
+    let (keep_id, _) = delivery_to(&app, "keep@example.org", "send").await;
+    let forged = format!("bounces+{keep_id}-00112233445566778899@example.com");
+    let real = verp_of(&app, "away@example.org", "send").await;
+    let (away_id, _) = delivery_to(&app, "away@example.org", "send").await;
+    let moved = real.replacen(&format!("+{away_id}-"), &format!("+{keep_id}-"), 1);
+    for (key, address, message_id) in [
+        ("u1", Some(forged), None),
+        ("u2", Some(moved), None),
+        ("u3", None, Some("<nobody@example.com>".to_owned())),
+        ("u4", Some("hello@example.com".to_owned()), None),
+    ] {
+        let done = recorder
+            .record(&report(key, address, message_id, BounceKind::Hard))
+            .await
+            .unwrap();
+        assert_eq!(done[0].matched_by, None, "{key}");
+        assert_eq!(done[0].action, Some(BounceAction::Unmatched), "{key}");
+        let done = recorder
+            .record(&report(key, None, None, BounceKind::Hard))
+            .await
+            .unwrap();
+        assert_eq!(done[0].id, None, "{key} twice is kept once");
+    }
+    assert!(subscribed(&app, "keep@example.org").await);
+    assert!(!suppressed(&app, "keep@example.org").await);
+
+    // Each bounce and complaint of the send is counted against it.
+    let counts = app.store().send_bounce_counts(send).await.unwrap();
+    assert_eq!((counts.bounced, counts.complained), (2, 1), "{counts:?}");
+
+    // Raw reports are forgotten after keep_days; what was parsed stays.
+    let listed = app.store().bounces_since(0, 100).await.unwrap();
+    assert_eq!(listed.len(), 10, "{listed:#?}");
+    let first = app
+        .store()
+        .bounce(listed.last().unwrap().id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.raw.as_deref(), Some("the raw report r1"));
+    let now = app.clock.now_ms();
+    let later = Recorder::new(
+        app.store().clone(),
+        app.state.links().clone(),
+        Clock::manual(now + 29 * 86_400_000),
+        &app.config,
+    );
+    assert_eq!(
+        later.forget_old_reports(30).await.unwrap(),
+        0,
+        "within keep_days"
+    );
+    let later = Recorder::new(
+        app.store().clone(),
+        app.state.links().clone(),
+        Clock::manual(now + 31 * 86_400_000),
+        &app.config,
+    );
+    assert_eq!(later.forget_old_reports(30).await.unwrap(), 10);
+    let first = app.store().bounce(first.id).await.unwrap().unwrap();
+    assert_eq!(first.raw, None);
+    assert_eq!(
+        (first.kind, first.status.as_deref()),
+        (BounceKind::Hard, Some("5.1.1"))
+    );
+}
+
+async fn bounces_of_a_running_send_count_as_its_failures_and_pause_it(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        Options {
+            worker: false,
+            ..Options::default()
+        },
+        |c| {
+            c.worker.batch_size = 2;
+            c.worker.concurrency = 2;
+            c.worker.pause_after_failures = 2;
+            c.worker.pause_failure_percent = 50;
+        },
+    )
+    .await;
+    let runtime = Runtime::open(app.config.clone(), Clock::System)
+        .await
+        .unwrap();
+    let worker = runtime
+        .worker(runtime.templates().unwrap(), runtime.links().unwrap())
+        .unwrap();
+    for i in 0..4 {
+        app.signup(&format!("p{i}@example.org"), &["morning-meditation"])
+            .await;
+    }
+    while !worker.step().await.unwrap().is_idle() {}
+    for raw in app.outbox() {
+        app.post_form(&confirm_path_in(&raw), "").await;
+    }
+    let path = app.write_content("morning.md", MORNING);
+    let send = app.schedule_now("morning-meditation", &path);
+    runtime.scheduler().step().await.unwrap();
+    worker.step().await.unwrap();
+    let counts = app.store().send_counts(send).await.unwrap();
+    assert_eq!((counts.sent, counts.pending), (2, 2), "{counts:?}");
+
+    let sent: Vec<String> = sqlx::query_scalar(
+        "SELECT message_id FROM deliveries WHERE send_id = $1 AND status = 'sent'",
+    )
+    .bind(send)
+    .fetch_all(app.store().pool())
+    .await
+    .unwrap();
+    let recorder = recorder(&app);
+    let done = recorder
+        .record(&report("b1", None, Some(sent[0].clone()), BounceKind::Hard))
+        .await
+        .unwrap();
+    assert_eq!(done[0].action, Some(BounceAction::Suppressed));
+    let status = |app: &TestApp| {
+        let store = app.store().clone();
+        async move { store.send_summaries(Some(send)).await.unwrap()[0].status }
+    };
+    assert_eq!(
+        status(&app).await,
+        SendStatus::Sending,
+        "one bounce is under the minimum of 2"
+    );
+    recorder
+        .record(&report("b2", None, Some(sent[1].clone()), BounceKind::Hard))
+        .await
+        .unwrap();
+    let show = app.cli(&["sends", "show", &send.to_string()]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    assert!(
+        stdout(&show).contains("2 of 2 deliveries failed or bounced"),
+        "{}",
+        stdout(&show)
+    );
+    assert_eq!(status(&app).await, SendStatus::Paused);
+}
