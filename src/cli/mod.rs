@@ -1,6 +1,7 @@
 //! The owner's command line: the clap types and a short dispatch to each command family
 //! (`sends`, `subscribers`, `courses`, `offerings`). Only `main` and `cli` print.
 
+mod bounces;
 mod courses;
 mod dkim;
 mod doctor;
@@ -68,6 +69,25 @@ pub enum Command {
     /// DKIM keys: make one, print the DNS records to publish.
     #[command(subcommand)]
     Dkim(DkimCommand),
+    /// Bounces, complaints and auto-replies: list, show, import a saved report.
+    #[command(subcommand)]
+    Bounces(BouncesCommand),
+}
+
+/// `sangha bounces …`: what came back about the mail sent.
+#[derive(Debug, Subcommand)]
+pub enum BouncesCommand {
+    /// Reports received, newest first: what each said and what Sangha did.
+    List {
+        /// Only those received on or after this day (YYYY-MM-DD, in the site's time zone) or
+        /// in the last N days (`7d`).
+        #[arg(long, value_parser = bounces::parse_since)]
+        since: Option<bounces::Since>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// One report: its parsed fields and the report itself (while kept).
+    Show { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -343,6 +363,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Preview(args) => sends::preview(&open(load()?).await?, args, out).await,
         Command::TestSend(args) => sends::test_send(&open(load()?).await?, args, out).await,
         Command::Dkim(command) => dkim::run(&load()?, command, out),
+        Command::Bounces(command) => bounces::run(&open(load()?).await?, command, out).await,
     }
 }
 

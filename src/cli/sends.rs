@@ -495,6 +495,14 @@ async fn print_send(
         "pending: {}  sent: {}  failed: {}  suppressed: {}  skipped: {}  cancelled: {}",
         c.pending, c.sent, c.failed, c.suppressed, c.skipped, c.cancelled
     )?;
+    let later = runtime.store.send_bounce_counts(id).await?;
+    if later != Default::default() {
+        writeln!(
+            out,
+            "reported later: bounced: {}  complained: {}  (`sangha bounces list`)",
+            later.bounced, later.complained
+        )?;
+    }
     if s.interrupted > 0 {
         writeln!(
             out,

@@ -33,6 +33,8 @@ pub struct Scheduler {
     default_zone: String,
     grace_ms: Millis,
     warn_below: u32,
+    /// How long the raw text of a bounce report is kept (`bounces.keep_days`).
+    keep_reports_ms: Millis,
     /// Moves each person through the courses.
     courses: super::CourseStep,
     /// Woken after every fan-out batch, so workers start on a big send while the rest of
@@ -50,6 +52,7 @@ impl Scheduler {
             default_zone: config.site.timezone.to_string(),
             grace_ms: i64::from(config.worker.grace_minutes) * 60_000,
             warn_below: config.worker.recurring_warn_below,
+            keep_reports_ms: i64::from(config.bounces.keep_days) * 86_400_000,
             courses: super::CourseStep::new(courses),
             wake_workers: None,
         }
@@ -86,6 +89,13 @@ impl Scheduler {
         }
         outcome.sends_finished = finished.len();
         outcome.deliveries_created += self.courses.step(&self.store, now).await?;
+        let forgotten = self
+            .store
+            .forget_bounce_reports(now - self.keep_reports_ms)
+            .await?;
+        if forgotten > 0 {
+            tracing::info!(reports = forgotten, "forgot the text of old bounce reports");
+        }
         Ok(outcome)
     }
 

@@ -4,9 +4,9 @@
 
 use sqlx::Row;
 
-use super::Store;
 use super::leaving::add_suppression;
 use super::subscribers::{ConsentMeta, insert_consent};
+use super::{Store, word, word_opt};
 use crate::clock::Millis;
 use crate::domain::{
     BounceAction, BounceKind, BounceSource, ConsentSource, MatchedBy, SuppressionReason,
@@ -94,35 +94,19 @@ fn bounced_delivery(row: &sqlx::any::AnyRow) -> Result<BouncedDelivery, sqlx::Er
 }
 
 fn bounce_row(row: &sqlx::any::AnyRow, with_raw: bool) -> Result<BounceRow, sqlx::Error> {
-    let word = |column: &str| -> Result<String, sqlx::Error> { row.try_get(column) };
-    let parse = |column: &str, text: String| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: format!("unknown word `{text}`").into(),
-    };
-    let source = word("source")?;
-    let kind = word("kind")?;
-    let action = word("action")?;
-    let matched_by: Option<String> = row.try_get("matched_by")?;
     Ok(BounceRow {
         id: row.try_get("id")?,
         received_at: row.try_get("received_at")?,
-        source: source
-            .parse()
-            .map_err(|_| parse("source", source.clone()))?,
-        kind: kind.parse().map_err(|_| parse("kind", kind.clone()))?,
+        source: word(row, "source")?,
+        kind: word(row, "kind")?,
         recipient: row.try_get("recipient")?,
         status: row.try_get("status")?,
         diagnostic: row.try_get("diagnostic")?,
         delivery_id: row.try_get("delivery_id")?,
         subscriber_id: row.try_get("subscriber_id")?,
         send_id: row.try_get("send_id")?,
-        matched_by: match matched_by {
-            Some(m) => Some(m.parse().map_err(|_| parse("matched_by", m.clone()))?),
-            None => None,
-        },
-        action: action
-            .parse()
-            .map_err(|_| parse("action", action.clone()))?,
+        matched_by: word_opt(row, "matched_by")?,
+        action: word(row, "action")?,
         raw: if with_raw { row.try_get("raw")? } else { None },
     })
 }

@@ -109,6 +109,8 @@ pub struct SubscriberDetail {
     pub consents: Vec<ConsentRecord>,
     /// Where the person is in each course they have started.
     pub courses: Vec<super::CourseStatus>,
+    /// Bounces and complaints of mail sent to them, newest first (without the raw reports).
+    pub bounces: Vec<super::BounceRow>,
 }
 
 pub(super) fn split_slugs(joined: &str) -> Vec<String> {
@@ -425,6 +427,7 @@ impl Store {
                 })
                 .collect::<Result<_, sqlx::Error>>()?,
             courses: self.course_statuses(id).await?,
+            bounces: self.subscriber_bounces(id).await?,
         }))
     }
 }

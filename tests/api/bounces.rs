@@ -256,6 +256,64 @@ async fn each_kind_of_report_does_what_it_should_once_and_an_unmatched_one_is_on
     let counts = app.store().send_bounce_counts(send).await.unwrap();
     assert_eq!((counts.bounced, counts.complained), (2, 1), "{counts:?}");
 
+    // The owner sees them: the list, one report with its text, the person, the send.
+    let list = app.cli(&["bounces", "list"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let list = stdout(&list);
+    assert_eq!(list.lines().count(), 11, "{list}");
+    assert!(
+        list.lines().any(|l| l.contains(" import ")
+            && l.contains(" hard ")
+            && l.contains(" suppressed ")
+            && l.contains(" verp ")),
+        "{list}"
+    );
+    assert!(
+        list.lines().any(|l| l.contains(" complaint ")
+            && l.contains(" unsubscribed ")
+            && l.contains(" message_id ")),
+        "{list}"
+    );
+    assert!(list.lines().any(|l| l.contains(" unmatched ")), "{list}");
+    let json = app.cli(&["bounces", "list", "--json", "--since", "1d"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 10);
+    assert!(
+        json[0].get("raw").is_none(),
+        "lists never carry the raw reports"
+    );
+    let none = stdout(&app.cli(&["bounces", "list", "--since", "2999-01-01"]));
+    assert_eq!(none.lines().count(), 1, "{none}");
+    let bad = app.cli(&["bounces", "list", "--since", "yesterday"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("a day like 2026-12-01"),
+        "{}",
+        stderr(&bad)
+    );
+    let first_id = json.as_array().unwrap().last().unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let show = stdout(&app.cli(&["bounces", "show", &first_id.to_string()]));
+    assert!(show.contains("hard from import"), "{show}");
+    assert!(show.contains("(matched by verp), send"), "{show}");
+    assert!(show.contains("the raw report r1"), "{show}");
+    let missing = app.cli(&["bounces", "show", "999999"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("there is no report 999999"),
+        "{}",
+        stderr(&missing)
+    );
+    let person = stdout(&app.cli(&["subscribers", "show", "soft@example.org"]));
+    assert!(person.contains("bounces and complaints:"), "{person}");
+    assert_eq!(person.matches(" soft ").count(), 2, "{person}");
+    let shown = stdout(&app.cli(&["sends", "show", &send.to_string()]));
+    assert!(
+        shown.contains("reported later: bounced: 2  complained: 1"),
+        "{shown}"
+    );
+
     // Raw reports are forgotten after keep_days; what was parsed stays.
     let listed = app.store().bounces_since(0, 100).await.unwrap();
     assert_eq!(listed.len(), 10, "{listed:#?}");
@@ -278,13 +336,11 @@ async fn each_kind_of_report_does_what_it_should_once_and_an_unmatched_one_is_on
         0,
         "within keep_days"
     );
-    let later = Recorder::new(
-        app.store().clone(),
-        app.state.links().clone(),
-        Clock::manual(now + 31 * 86_400_000),
-        &app.config,
-    );
-    assert_eq!(later.forget_old_reports(30).await.unwrap(), 10);
+    // The scheduler forgets them as time passes.
+    let later = Runtime::open(app.config.clone(), Clock::manual(now + 31 * 86_400_000))
+        .await
+        .unwrap();
+    later.scheduler().step().await.unwrap();
     let first = app.store().bounce(first.id).await.unwrap().unwrap();
     assert_eq!(first.raw, None);
     assert_eq!(

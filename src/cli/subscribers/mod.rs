@@ -230,5 +230,23 @@ fn print_detail(detail: &SubscriberDetail, out: &mut (dyn Write + Send)) -> anyh
             c.user_agent.as_deref().unwrap_or("-"),
         )?;
     }
+    if !detail.bounces.is_empty() {
+        writeln!(out, "bounces and complaints:")?;
+        for b in &detail.bounces {
+            writeln!(
+                out,
+                "  {}  {:<10} {:<12} {}  (report {}, `sangha bounces show {}`)",
+                format_ms(b.received_at),
+                b.kind,
+                b.action,
+                b.diagnostic
+                    .as_deref()
+                    .or(b.status.as_deref())
+                    .unwrap_or("-"),
+                b.id,
+                b.id
+            )?;
+        }
+    }
     Ok(())
 }
