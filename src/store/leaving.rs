@@ -32,7 +32,8 @@ impl Store {
             .await
     }
 
-    async fn subscriber_by_id(&self, id: i64) -> Result<Option<SubscriberRef>, sqlx::Error> {
+    /// The person with this id.
+    pub async fn subscriber_by_id(&self, id: i64) -> Result<Option<SubscriberRef>, sqlx::Error> {
         self.subscriber_where("id = $1", id, None).await
     }
 
@@ -211,6 +212,50 @@ impl Store {
         .await?;
         add_suppression(&mut tx, email_hash, reason, now).await?;
         tx.commit().await
+    }
+
+    /// Why and since when an address (its hash under each key) is on the suppression list.
+    pub async fn suppression(
+        &self,
+        email_hashes: &[String],
+    ) -> Result<Option<(SuppressionReason, Millis)>, sqlx::Error> {
+        let sql = Sql::new(
+            "SELECT reason, created_at FROM suppressions WHERE email_hash IN (",
+            0,
+        )
+        .list(email_hashes.len())
+        .push(") ORDER BY created_at DESC LIMIT 1");
+        let mut query = sqlx::query(sql.build());
+        for hash in email_hashes {
+            query = query.bind(hash);
+        }
+        let Some(row) = query.fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            super::word(&row, "reason")?,
+            row.try_get("created_at")?,
+        )))
+    }
+
+    /// Takes an address off the suppression list where a bounce or a complaint put it (the
+    /// person confirmed again from their own inbox); an erasure or the owner's entry stays.
+    pub async fn lift_bounce_suppression(
+        &self,
+        email_hashes: &[String],
+    ) -> Result<u64, sqlx::Error> {
+        let sql = Sql::new(
+            "DELETE FROM suppressions WHERE reason IN ('bounced', 'complained')
+             AND email_hash IN (",
+            0,
+        )
+        .list(email_hashes.len())
+        .push(")");
+        let mut query = sqlx::query(sql.build());
+        for hash in email_hashes {
+            query = query.bind(hash);
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
     /// True when the address with this hash is on the suppression list.

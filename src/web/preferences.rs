@@ -15,11 +15,13 @@ use serde_json::{Value, json};
 
 use super::client::ClientInfo;
 use super::{AppError, AppState, ErrorKind, pages};
+use crate::clock::format_ms;
 use crate::courses::{PauseOutcome, ResumeOutcome};
 use crate::domain::{
-    ConsentSource, OfferingKind, Slug, SubscriberName, SubscriptionStatus, Timezone, TokenPurpose,
+    ConsentSource, OfferingKind, Slug, SubscriberName, SubscriptionStatus, SuppressionReason,
+    Timezone, TokenPurpose,
 };
-use crate::store::{CourseState, Offering, SubscriberRef};
+use crate::store::{CourseState, NewSignup, Offering, SubscriberRef};
 
 /// The preferences page routes.
 pub fn routes() -> Router<AppState> {
@@ -91,6 +93,26 @@ async fn choices(state: &AppState, who: &SubscriberRef) -> Result<Vec<(Offering,
         .collect())
 }
 
+/// The slugs of the offerings the person receives now.
+async fn confirmed_offerings(
+    state: &AppState,
+    who: &SubscriberRef,
+) -> Result<Vec<String>, AppError> {
+    Ok(state
+        .store()
+        .subscriber_detail(&who.email)
+        .await?
+        .map(|d| {
+            d.subscriber
+                .subscriptions
+                .into_iter()
+                .filter(|s| s.status == SubscriptionStatus::Confirmed)
+                .map(|s| s.offering)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// What the preferences page shows.
 struct View<'a> {
     who: &'a SubscriberRef,
@@ -100,7 +122,32 @@ struct View<'a> {
     values: (&'a str, &'a str),
     errors: FieldErrors,
     saved: bool,
+    /// A confirmation email went out for the offerings chosen again after mail stopped.
+    confirm_sent: bool,
+    /// Why mail to this person stopped, when a bounce or a complaint stopped it.
+    stopped: Option<String>,
     courses: CourseViews,
+}
+
+/// Why mail to this person stopped, in their words, when a bounce or a complaint stopped it
+/// (the address is on the suppression list for that reason).
+async fn stopped(state: &AppState, who: &SubscriberRef) -> Result<Option<String>, AppError> {
+    let hashes = state.links().email_hashes(&who.email);
+    let Some((reason, at)) = state.store().suppression(&hashes).await? else {
+        return Ok(None);
+    };
+    let day = format_ms(at).chars().take(10).collect::<String>();
+    Ok(match reason {
+        SuppressionReason::Bounced => Some(format!(
+            "We stopped sending to you on {day}: your mail server told us this address could \
+             not receive our emails."
+        )),
+        SuppressionReason::Complained => Some(format!(
+            "We stopped sending to you on {day}, because one of our emails was marked as spam \
+             in your mailbox."
+        )),
+        SuppressionReason::Erased => None,
+    })
 }
 
 impl<'a> View<'a> {
@@ -115,6 +162,8 @@ impl<'a> View<'a> {
             ),
             errors: FieldErrors::new(),
             saved: false,
+            confirm_sent: false,
+            stopped: stopped(state, who).await?,
             courses: course_views(state, who).await?,
         })
     }
@@ -145,6 +194,8 @@ impl<'a> View<'a> {
                 "course_action": format!("/preferences/{token}/course"),
                 "email": self.who.email.as_str(),
                 "saved": self.saved,
+                "confirm_sent": self.confirm_sent,
+                "stopped": self.stopped,
                 "offerings": self.choices.iter().map(|(o, on)| json!({
                     "slug": o.slug, "name": o.name, "description": o.description, "checked": on,
                 })).collect::<Vec<_>>(),
@@ -165,6 +216,7 @@ async fn preferences_page(
     let who = subscriber(&state, &token).await?;
     let mut view = View::load(&state, &who).await?;
     view.saved = saved.saved.is_some();
+    view.confirm_sent = saved.saved.as_deref() == Some("confirm");
     view.courses.notice = match saved.course.as_deref() {
         Some("paused") => Some("Your course is paused. Resume it whenever you are ready."),
         Some("resumed") => Some("Your course continues with its next lesson."),
@@ -307,15 +359,23 @@ async fn save(
             values: (&name, &timezone),
             errors,
             saved: false,
+            confirm_sent: false,
+            stopped: stopped(&state, &who).await?,
             courses: course_views(&state, &who).await?,
         };
         return Ok(view.render(&state, StatusCode::UNPROCESSABLE_ENTITY, &token));
     }
-    let ids: Vec<i64> = choices
+    // After a bounce or a complaint stopped mail, an offering chosen again waits for a new
+    // confirmation from the inbox: the address may be gone, or someone else's now.
+    let confirmed = confirmed_offerings(&state, &who).await?;
+    let stopped = stopped(&state, &who).await?.is_some();
+    let (ids, again): (Vec<&Offering>, Vec<&Offering>) = choices
         .iter()
         .filter(|(_, on)| *on)
-        .map(|(o, _)| o.id)
-        .collect();
+        .map(|(o, _)| o)
+        .partition(|o| !stopped || confirmed.contains(&o.slug));
+    let ids: Vec<i64> = ids.iter().map(|o| o.id).collect();
+    let now = state.clock().now_ms();
     state
         .store()
         .update_preferences(
@@ -323,11 +383,27 @@ async fn save(
             parsed_name.as_ref(),
             parsed_zone.as_ref(),
             &ids,
-            &client.consent(String::new(), ConsentSource::Email),
-            state.clock().now_ms(),
+            &client.clone().consent(String::new(), ConsentSource::Email),
+            now,
         )
         .await?;
-    Ok(Redirect::to(&format!("/preferences/{token}?saved=1")).into_response())
+    if again.is_empty() {
+        return Ok(Redirect::to(&format!("/preferences/{token}?saved=1")).into_response());
+    }
+    let config = state.config();
+    let signup = NewSignup {
+        mailbox_key: state.links().mailbox_key(&who.email),
+        email: who.email.clone(),
+        name: parsed_name,
+        timezone: parsed_zone,
+        offerings: again.into_iter().cloned().collect(),
+        consent: client.consent(state.consent_hash().to_owned(), ConsentSource::Email),
+        cooldown_ms: i64::from(config.signup.confirmation_cooldown_minutes) * 60_000,
+        domain_cap_per_hour: Some(config.signup.confirmations_per_domain_per_hour)
+            .filter(|cap| *cap > 0),
+    };
+    state.signups().record(signup).await?;
+    Ok(Redirect::to(&format!("/preferences/{token}?saved=confirm")).into_response())
 }
 
 async fn download(

@@ -15,6 +15,7 @@ use crate::support::{Backend, Options, TestApp, confirm_path_in, stderr, stdout}
 backend_tests!(
     each_kind_of_report_does_what_it_should_once_and_an_unmatched_one_is_only_kept,
     bounces_of_a_running_send_count_as_its_failures_and_pause_it,
+    a_person_stopped_by_a_bounce_is_told_why_and_comes_back_only_by_confirming_again,
 );
 
 /// The delivery of `kind` (`send` or `confirmation`) to `email`: its id and Message-ID.
@@ -419,4 +420,84 @@ async fn bounces_of_a_running_send_count_as_its_failures_and_pause_it(backend: B
         stdout(&show)
     );
     assert_eq!(status(&app).await, SendStatus::Paused);
+}
+
+async fn a_person_stopped_by_a_bounce_is_told_why_and_comes_back_only_by_confirming_again(
+    backend: Backend,
+) {
+    let clock = Clock::manual(1_800_000_000_000);
+    let app = TestApp::spawn_with(
+        backend,
+        Options {
+            clock: clock.clone(),
+            ..Options::default()
+        },
+        |_| {},
+    )
+    .await;
+    app.confirmed_subscriber("back@example.org", &["morning-meditation"])
+        .await;
+    // The bounce comes a day later, past the cooldown between two confirmation emails.
+    clock.advance(std::time::Duration::from_secs(86_400));
+    let (_, message_id) = delivery_to(&app, "back@example.org", "confirmation").await;
+    let done = recorder(&app)
+        .record(&report("p1", None, Some(message_id), BounceKind::Hard))
+        .await
+        .unwrap();
+    assert_eq!(done[0].action, Some(BounceAction::Suppressed));
+    let id: i64 = sqlx::query_scalar("SELECT id FROM subscribers WHERE email = 'back@example.org'")
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+    let token = app.state.links().preferences_token(app.link_of(id).await);
+    let page = app
+        .get(&format!("/preferences/{token}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("your mail server told us this address could not receive"),
+        "{page}"
+    );
+
+    // Choosing the offering again sends a confirmation; nothing starts before it is clicked.
+    let before = app.outbox().len();
+    let r = app
+        .post_form(
+            &format!("/preferences/{token}"),
+            "offerings=morning-meditation&name=&timezone=",
+        )
+        .await;
+    assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("/preferences/{token}?saved=confirm")
+    );
+    assert!(!subscribed(&app, "back@example.org").await);
+    assert!(suppressed(&app, "back@example.org").await);
+    let page = app
+        .get(&format!("/preferences/{token}?saved=confirm"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("We sent you an email"), "{page}");
+    let outbox = app.wait_for_outbox(before + 1).await;
+    let r = app
+        .post_form(&confirm_path_in(outbox.last().unwrap()), "")
+        .await;
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert!(subscribed(&app, "back@example.org").await);
+    assert!(
+        !suppressed(&app, "back@example.org").await,
+        "the new confirmation lifts it"
+    );
+    let page = app
+        .get(&format!("/preferences/{token}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("We stopped sending"), "{page}");
 }
