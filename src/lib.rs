@@ -4,6 +4,8 @@
 
 /// Opening the database, token key, templates and transport; running the server and workers.
 pub mod app;
+/// Reading bounces, feedback reports and auto-replies from raw messages; no I/O.
+pub mod bounces;
 /// The owner's command line (clap).
 pub mod cli;
 /// The time the application believes it is; manual in tests.
