@@ -117,6 +117,40 @@ fn a_postfix_dsn_gives_a_hard_5_1_1_with_the_verp_address_and_the_original_messa
 }
 
 #[test]
+fn a_failed_4_x_x_is_a_soft_failure_and_missing_fields_stand_for_each_other() {
+    let raw = fixture("postfix-dsn-hard.eml");
+    let soft = bounce_of(&raw.replace("Status: 5.1.1", "Status: 4.2.2"));
+    assert_eq!(only(&soft).failure(), Some(Severity::Soft));
+    // No Action: the status class says what happened.
+    let no_action = bounce_of(&raw.replace("Action: failed\n", ""));
+    assert_eq!(only(&no_action).action, Action::Failed);
+    // No Status: the Diagnostic-Code's code, else the action's class.
+    let no_status = bounce_of(&raw.replace("Status: 5.1.1\n", ""));
+    assert_eq!(only(&no_status).status, status("5.1.1"));
+    let neither = raw.replace("Status: 5.1.1\n", "").replace(
+        "smtp; 550 5.1.1 <gone@example.com>",
+        "smtp; <gone@example.com>",
+    );
+    assert_eq!(only(&bounce_of(&neither)).status, status("5.0.0"));
+}
+
+#[test]
+fn a_final_recipient_that_is_no_valid_address_is_kept_as_written() {
+    let raw = fixture("postfix-dsn-hard.eml")
+        .replace(
+            "Final-Recipient: rfc822; gone@example.com",
+            "Final-Recipient: x400; /G=gone/S=user/",
+        )
+        .replace("Original-Recipient: rfc822;gone@example.com\n", "");
+    let b = bounce_of(&raw);
+    assert_eq!(
+        only(&b).address,
+        ReportedAddress::Malformed("/G=gone/S=user/".to_owned())
+    );
+    assert_eq!(only(&b).address.valid(), None);
+}
+
+#[test]
 fn a_postfix_delay_warning_is_delayed_4_4_1_and_no_failure() {
     let b = bounce_of(&fixture("postfix-dsn-delayed.eml"));
     assert_eq!(b.format, Format::Dsn);
