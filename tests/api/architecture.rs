@@ -108,24 +108,16 @@ fn violations(imports: &[Import]) -> Vec<String> {
     let mut out = Vec::new();
     let known = |i: &Import| KNOWN.iter().any(|(f, t, _)| *f == i.from && *t == i.to);
     for i in imports {
-        let rule = FORBIDDEN
+        let forbidden = FORBIDDEN
             .iter()
-            .find(|(from, to, _)| *from == i.from && to.contains(&i.to.as_str()));
-        if let Some((_, _, why)) = rule
-            && !known(i)
-        {
-            out.push(format!(
-                "{}:{}: `{}` imports `{}` ({}): {why}",
-                i.file.display(),
-                i.line,
-                i.from,
-                i.to,
-                i.text
-            ));
-        }
-        if let Some((_, allowed, why)) = ONLY.iter().find(|(from, _, _)| *from == i.from)
-            && !allowed.contains(&i.to.as_str())
-        {
+            .find(|(from, to, _)| *from == i.from && to.contains(&i.to.as_str()))
+            .filter(|_| !known(i))
+            .map(|(_, _, why)| why);
+        let not_allowed = ONLY
+            .iter()
+            .find(|(from, allowed, _)| *from == i.from && !allowed.contains(&i.to.as_str()))
+            .map(|(_, _, why)| why);
+        if let Some(why) = forbidden.or(not_allowed) {
             out.push(format!(
                 "{}:{}: `{}` imports `{}` ({}): {why}",
                 i.file.display(),
