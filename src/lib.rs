@@ -4,7 +4,8 @@
 
 /// Opening the database, token key, templates and transport; running the server and workers.
 pub mod app;
-/// Bounces, complaints and auto-replies: matched to their deliveries and acted on.
+/// What comes back about sent mail: bounces, complaints and auto-replies read from raw
+/// messages, matched to their deliveries and acted on.
 pub mod bounces;
 /// The owner's command line (clap).
 pub mod cli;

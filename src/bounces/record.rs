@@ -3,13 +3,18 @@
 //! report is kept for review and acts on nothing. A bounce of a send's delivery counts towards
 //! that send's failures, and a send whose failures pass the threshold pauses itself.
 
-use lettre::Address;
+use sha2::{Digest, Sha256};
 
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
 use crate::domain::{BounceAction, BounceKind, BounceSource, EmailAddress, MatchedBy};
 use crate::links::Links;
 use crate::store::{BouncedDelivery, NewBounce, SoftBounceRule, Store};
+
+use super::{Action, FeedbackType, Report, Severity, parse};
+
+/// The most of a report's text kept for review (a bounce may carry the whole returned email).
+const RAW_LIMIT: usize = 256 * 1024;
 
 /// What one report says of one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +45,115 @@ pub struct Incoming {
     pub notices: Vec<Notice>,
 }
 
+impl Incoming {
+    /// A message that came back to the return path (or was saved by hand), read with
+    /// [`parse`]: each failed or delayed recipient of a bounce, a complaint, an auto-reply, or
+    /// one unknown notice for the owner to read. A report is known again by its own
+    /// Message-ID, or else by a hash of its bytes.
+    pub fn from_message(raw: &[u8], source: BounceSource) -> Self {
+        let report_key = mail_parser::MessageParser::default()
+            .parse_headers(raw)
+            .and_then(|m| m.message_id().map(|id| format!("message-id:{id}")))
+            .unwrap_or_else(|| format!("sha256:{}", crate::domain::hex(&Sha256::digest(raw))));
+        let text = String::from_utf8_lossy(raw);
+        let raw_text = if text.len() > RAW_LIMIT {
+            let mut end = RAW_LIMIT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!(
+                "{}\n[… {} more bytes not kept]",
+                &text[..end],
+                text.len() - end
+            )
+        } else {
+            text.into_owned()
+        };
+        let unknown = |reason: String| Notice {
+            kind: BounceKind::Unknown,
+            recipient: None,
+            status: None,
+            diagnostic: Some(reason),
+        };
+        let (envelope_to, original_message_id, notices) = match parse(raw) {
+            Report::Bounce(bounce) => {
+                let mut notices: Vec<Notice> = bounce
+                    .recipients
+                    .iter()
+                    .filter_map(|r| {
+                        let kind = match (r.failure(), r.action) {
+                            (Some(Severity::Hard), _) => BounceKind::Hard,
+                            (Some(Severity::Soft), _) => BounceKind::Soft,
+                            (None, Action::Delayed) => BounceKind::Delayed,
+                            (None, _) => return None,
+                        };
+                        Some(Notice {
+                            kind,
+                            recipient: Some(r.address.as_str().to_owned()),
+                            status: Some(r.status.to_string()),
+                            diagnostic: r.diagnostic.clone(),
+                        })
+                    })
+                    .collect();
+                if notices.is_empty() {
+                    notices.push(unknown(
+                        "a delivery report that names no failed or delayed recipient".into(),
+                    ));
+                }
+                (bounce.envelope_to, bounce.original_message_id, notices)
+            }
+            Report::Complaint(complaint) => {
+                let kind = match complaint.feedback_type {
+                    FeedbackType::Abuse
+                    | FeedbackType::Fraud
+                    | FeedbackType::Virus
+                    | FeedbackType::Other => BounceKind::Complaint,
+                    // "not spam" and an authentication failure report are no one's wish to leave.
+                    FeedbackType::NotSpam | FeedbackType::AuthFailure => BounceKind::Unknown,
+                };
+                let mut envelope_to = complaint.envelope_to;
+                // A feedback loop mails its report to the address the provider has on file;
+                // the VERP address is the returned message's envelope sender.
+                if let Some(from) = complaint
+                    .original_mail_from
+                    .as_ref()
+                    .and_then(|a| a.valid())
+                {
+                    envelope_to.push(from.clone());
+                }
+                let notice = Notice {
+                    kind,
+                    recipient: complaint
+                        .original_rcpt_to
+                        .as_ref()
+                        .map(|a| a.as_str().to_owned()),
+                    status: Some(format!("feedback: {:?}", complaint.feedback_type).to_lowercase()),
+                    diagnostic: complaint.user_agent.clone(),
+                };
+                (envelope_to, complaint.original_message_id, vec![notice])
+            }
+            Report::AutoReply(reply) => {
+                let notice = Notice {
+                    kind: BounceKind::AutoReply,
+                    recipient: reply.from.as_ref().map(|a| a.as_str().to_owned()),
+                    status: Some(format!("{:?}", reply.kind).to_lowercase()),
+                    diagnostic: Some(reply.cue.clone()),
+                };
+                (reply.envelope_to, reply.original_message_id, vec![notice])
+            }
+            Report::Unknown { reason } => (Vec::new(), None, vec![unknown(reason)]),
+        };
+        Self {
+            source,
+            report_key,
+            envelope_to: envelope_to.iter().map(|a| a.as_str().to_owned()).collect(),
+            original_message_id,
+            raw: Some(raw_text),
+            notices,
+        }
+    }
+}
+
 /// What became of one notice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
@@ -57,7 +171,6 @@ pub struct Recorder {
     store: Store,
     links: Links,
     clock: Clock,
-    return_path: Option<Address>,
     soft_limit: u32,
     soft_days: u32,
     pause_after_failures: u32,
@@ -73,7 +186,6 @@ impl Recorder {
             store,
             links,
             clock,
-            return_path: config.mail.return_path.clone(),
             soft_limit: config.bounces.soft_limit,
             soft_days: config.bounces.soft_days,
             pause_after_failures: config.worker.pause_after_failures,
@@ -148,21 +260,19 @@ impl Recorder {
         &self,
         report: &Incoming,
     ) -> Result<Option<(BouncedDelivery, MatchedBy)>, sqlx::Error> {
-        if let Some(return_path) = &self.return_path {
-            for address in &report.envelope_to {
-                let Some(tag) = Links::bounce_tag_of(return_path, address) else {
-                    continue;
-                };
-                if let Some(d) = self.store.delivery_for_bounce(tag.delivery_id).await?
-                    && self.links.bounce_tag_matches(&tag, &d.message_id)
-                {
-                    return Ok(Some((d, MatchedBy::Verp)));
-                }
-                tracing::warn!(
-                    delivery = tag.delivery_id,
-                    "a bounce came back to a tag that names no delivery of ours"
-                );
+        for address in &report.envelope_to {
+            let Some(tag) = Links::bounce_tag_of(address) else {
+                continue;
+            };
+            if let Some(d) = self.store.delivery_for_bounce(tag.delivery_id).await?
+                && self.links.bounce_tag_matches(&tag, &d.message_id)
+            {
+                return Ok(Some((d, MatchedBy::Verp)));
             }
+            tracing::warn!(
+                delivery = tag.delivery_id,
+                "a report came back to a tag that names no delivery of ours"
+            );
         }
         if let Some(id) = &report.original_message_id {
             let id = id.trim().trim_start_matches('<').trim_end_matches('>');

@@ -3,11 +3,13 @@
 
 use std::io::Write;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use super::BouncesCommand;
 use crate::app::Runtime;
+use crate::bounces::{Incoming, Recorder};
 use crate::clock::{Millis, format_ms};
+use crate::domain::BounceSource;
 
 /// `--since`: a day in the site's zone, or a number of days back.
 #[derive(Debug, Clone)]
@@ -88,6 +90,7 @@ pub async fn run(
             }
             Ok(())
         }
+        BouncesCommand::Import { files } => import(runtime, &files, out).await,
         BouncesCommand::Show { id } => {
             let Some(b) = runtime.store.bounce(id).await? else {
                 bail!("there is no report {id}");
@@ -124,4 +127,52 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// `sangha bounces import FILE…`: each file read and recorded; a file that cannot be read is
+/// named and the others still go in.
+async fn import(
+    runtime: &Runtime,
+    files: &[std::path::PathBuf],
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let recorder = Recorder::new(
+        runtime.store.clone(),
+        runtime.links()?,
+        runtime.clock.clone(),
+        &runtime.config,
+    );
+    let mut unreadable = 0;
+    for file in files {
+        let raw = match std::fs::read(file) {
+            Ok(raw) => raw,
+            Err(e) => {
+                writeln!(out, "{}: cannot read it: {e}", file.display())?;
+                unreadable += 1;
+                continue;
+            }
+        };
+        let report = Incoming::from_message(&raw, BounceSource::Import);
+        let recorded = recorder
+            .record(&report)
+            .await
+            .with_context(|| format!("{}: cannot record it", file.display()))?;
+        for (notice, done) in report.notices.iter().zip(&recorded) {
+            let who = notice.recipient.as_deref().unwrap_or("someone");
+            let what = match (done.id, done.action, done.matched_by) {
+                (None, _, _) => "already recorded; nothing done again".to_owned(),
+                (Some(id), Some(action), Some(by)) => {
+                    format!("{action} (matched by {by}; report {id})")
+                }
+                (Some(id), _, _) => {
+                    format!("matches no email of ours; kept as report {id} for you to read")
+                }
+            };
+            writeln!(out, "{}: {} of {who}: {what}", file.display(), notice.kind)?;
+        }
+    }
+    if unreadable > 0 {
+        bail!("{unreadable} file(s) could not be read; the others were recorded");
+    }
+    Ok(())
 }

@@ -88,6 +88,12 @@ pub enum BouncesCommand {
     },
     /// One report: its parsed fields and the report itself (while kept).
     Show { id: i64 },
+    /// Read reports saved by hand (.eml files: a bounce, a complaint, an auto-reply) and do
+    /// what each calls for, as if they had come to the bounce mailbox.
+    Import {
+        #[arg(required = true, value_name = "FILE.eml")]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

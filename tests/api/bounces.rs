@@ -16,6 +16,7 @@ backend_tests!(
     each_kind_of_report_does_what_it_should_once_and_an_unmatched_one_is_only_kept,
     bounces_of_a_running_send_count_as_its_failures_and_pause_it,
     a_person_stopped_by_a_bounce_is_told_why_and_comes_back_only_by_confirming_again,
+    saved_reports_are_imported_and_each_does_what_it_says_once,
 );
 
 /// The delivery of `kind` (`send` or `confirmation`) to `email`: its id and Message-ID.
@@ -500,4 +501,140 @@ async fn a_person_stopped_by_a_bounce_is_told_why_and_comes_back_only_by_confirm
         .await
         .unwrap();
     assert!(!page.contains("We stopped sending"), "{page}");
+}
+
+/// A fixture of `tests/fixtures/bounces/` with its addresses and Message-IDs made ours.
+fn fixture(name: &str, replace: &[(&str, &str)]) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bounces/");
+    let mut text = std::fs::read_to_string(format!("{path}{name}")).unwrap();
+    for (from, to) in replace {
+        assert!(text.contains(from), "{from} in {name}");
+        text = text.replace(from, to);
+    }
+    text
+}
+
+async fn saved_reports_are_imported_and_each_does_what_it_says_once(backend: Backend) {
+    let app = TestApp::spawn_with(backend, Options::default(), |c| {
+        c.mail.return_path = Some("bounces@news.example.org".parse().unwrap());
+    })
+    .await;
+    for email in ["gone@example.com", "reader@example.com", "away@example.com"] {
+        app.confirmed_subscriber(email, &["morning-meditation"])
+            .await;
+    }
+    let path = app.write_content("morning.md", MORNING);
+    let send = app.schedule_now("morning-meditation", &path);
+    app.wait_for_send_done(send).await;
+    let dir = app.dir.path().join("reports");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: String| {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        file.to_str().unwrap().to_owned()
+    };
+    // A Postfix DSN, returned to the VERP address of the email to gone@.
+    let hard = write(
+        "hard.eml",
+        fixture(
+            "postfix-dsn-hard.eml",
+            &[(
+                "bounces+d7f3a9c2e1@news.example.org",
+                &verp_of(&app, "gone@example.com", "send").await,
+            )],
+        ),
+    );
+    // A complaint (RFC 5965) about the email to reader@, known by its Message-ID only.
+    let (_, reader_id) = delivery_to(&app, "reader@example.com", "send").await;
+    let complaint = write(
+        "complaint.eml",
+        fixture(
+            "arf-rfc5965.eml",
+            &[
+                ("<4f2a9c0b1e7d3a5c8b21.52@news.example.org>", &reader_id),
+                (
+                    "bounces+3e4f5a6b7c@news.example.org",
+                    "bounces@news.example.org",
+                ),
+            ],
+        ),
+    );
+    // A vacation reply that came back to the VERP address of the email to away@.
+    let vacation = write(
+        "vacation.eml",
+        fixture(
+            "vacation-auto-submitted.eml",
+            &[(
+                "bounces+aa11bb22cc@news.example.org",
+                &verp_of(&app, "away@example.com", "send").await,
+            )],
+        ),
+    );
+    let human = write("human.eml", fixture("human-reply.eml", &[]));
+    let missing = dir.join("missing.eml");
+    let out = app.cli(&[
+        "bounces",
+        "import",
+        &hard,
+        &complaint,
+        missing.to_str().unwrap(),
+        &vacation,
+        &human,
+    ]);
+    let text = stdout(&out);
+    assert!(
+        !out.status.success(),
+        "an unreadable file fails the command: {text}"
+    );
+    assert!(
+        stderr(&out).contains("1 file(s) could not be read; the others were recorded"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(text.contains("missing.eml: cannot read it"), "{text}");
+    assert!(
+        text.contains("hard.eml: hard of gone@example.com: suppressed (matched by verp"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "complaint.eml: complaint of reader@example.com: unsubscribed (matched by message_id"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("vacation.eml: auto_reply of"), "{text}");
+    assert!(text.contains(": none (matched by verp"), "{text}");
+    assert!(
+        text.contains("human.eml: unknown of someone: matches no email of ours; kept as report"),
+        "{text}"
+    );
+    assert!(suppressed(&app, "gone@example.com").await);
+    assert!(!subscribed(&app, "gone@example.com").await);
+    assert!(suppressed(&app, "reader@example.com").await);
+    assert!(!subscribed(&app, "reader@example.com").await);
+    assert!(subscribed(&app, "away@example.com").await);
+    assert!(!suppressed(&app, "away@example.com").await);
+
+    // The same reports again, one of them saved with other line endings: nothing twice.
+    let crlf = write(
+        "hard-crlf.eml",
+        std::fs::read_to_string(&hard)
+            .unwrap()
+            .replace('\n', "\r\n"),
+    );
+    let out = app.cli(&[
+        "bounces", "import", &hard, &crlf, &complaint, &vacation, &human,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(
+        text.matches("already recorded; nothing done again").count(),
+        5,
+        "{text}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bounces")
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
 }
