@@ -79,6 +79,20 @@ fn check_config(report: &mut Report<'_>, config: &Config) -> std::io::Result<()>
     for warning in config.warnings() {
         report.line(Verdict::Warn, "config", &warning)?;
     }
+    match &config.mail.return_path {
+        Some(path) => report.line(
+            Verdict::Ok,
+            "bounces",
+            &format!("each email goes out from its own address under {path}, so a bounce names it"),
+        )?,
+        None => report.line(
+            Verdict::Warn,
+            "bounces",
+            "mail.return_path is empty: bounces come back to the From address mixed with \
+             replies, and only those that quote the email's Message-ID can be matched; set \
+             it to a mailbox that takes +tag addresses, like bounces@ your domain",
+        )?,
+    }
     let base = config.base_url();
     if base.starts_with("https://") {
         report.line(Verdict::Ok, "base_url", &format!("{base} is https"))

@@ -118,6 +118,16 @@ async fn a_healthy_installation_passes_and_no_mail_is_sent(backend: Backend) {
     assert!(out.status.success(), "{text}");
     let warn = line(&text, "WARN", "base_url").unwrap_or_else(|| panic!("{text}"));
     assert!(warn.contains("server.base_url"), "{warn}");
+    let warn = line(&text, "WARN", "bounces").unwrap_or_else(|| panic!("{text}"));
+    assert!(warn.contains("mail.return_path is empty"), "{warn}");
+    let mut env = smtp_env(server.port(), PASSWORD, Some(&ca_file), &dns);
+    env.push((
+        "SANGHA__MAIL__RETURN_PATH",
+        "bounces@shakti.example".to_owned(),
+    ));
+    let text = stdout(&run_cli_with(&config, &["doctor"], &env));
+    let ok = line(&text, "OK", "bounces").unwrap_or_else(|| panic!("{text}"));
+    assert!(ok.contains("bounces@shakti.example"), "{ok}");
 }
 
 async fn a_relay_that_refuses_the_login_or_is_down_fails_with_the_fix(backend: Backend) {
