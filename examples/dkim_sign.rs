@@ -3,9 +3,11 @@
 //! ed25519-sha256 key, and both, and prints microseconds per message. See BENCHMARKS.md.
 //!
 //! ```sh
-//! target/release/sangha preview --content bench/content.md --offering morning-meditation --eml /tmp/m.eml
+//! sangha preview --content bench/content.md --offering morning-meditation --eml /tmp/m.eml
 //! cargo run --release --example dkim_sign -- /tmp/m.eml [MESSAGES]
 //! ```
+//!
+//! (BENCHMARKS.md gives the whole sequence, with a database for `preview`.)
 
 use std::path::PathBuf;
 use std::time::Instant;
