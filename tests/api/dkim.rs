@@ -4,22 +4,16 @@
 //! them once a byte of the body or of a signed header changes. `sangha dkim keygen` and
 //! `sangha dkim show` print the DNS records; keys are secrets and are read once at start.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use reqwest::StatusCode;
 use sangha::app::Runtime;
 use sangha::clock::Clock;
-use sangha::config::{Config, DkimKeyConfig, TlsMode, TransportKind};
-use sangha::mail::{Dkim, DkimAlgorithm, generate_key, record_of_pem};
+use sangha::config::DkimKeyConfig;
+use sangha::mail::{Dkim, DkimAlgorithm, generate_key};
 
-use crate::support::smtp::{ReceivedMessage, TestSmtpServer};
-use crate::support::{
-    Backend, DEADLINE, Options, TestApp, confirm_path_in, run_cli, run_cli_with, stderr, stdout,
-    test_config,
-};
-
-const COURSE: &str = "orgasmic-queen";
+use crate::support::kinds::{DkimKeys, EveryKind, every_kind_signed};
+use crate::support::{Backend, run_cli, run_cli_with, stderr, stdout, test_config};
 
 /// A body that tests what canonicalization and transfer encoding do: non-ASCII text, a line
 /// longer than 998 characters, lines that start with a dot.
@@ -35,35 +29,6 @@ Atme ein, atme aus, {{name}}. Grüße aus dem Tempel: 心を静かに。\n\
 LONGLINE\n\
 \n\
 [Leave this list]({{unsubscribe_url}})\n";
-
-/// The TXT records of the test's keys, as `name=value`.
-struct Keys {
-    _dir: tempfile::TempDir,
-    files: Vec<(String, PathBuf)>,
-    records: Vec<String>,
-}
-
-fn keys(domain: &str) -> Keys {
-    let dir = tempfile::tempdir().unwrap();
-    let mut files = Vec::new();
-    let mut records = Vec::new();
-    for (selector, algorithm) in [
-        ("rsa1", DkimAlgorithm::Rsa),
-        ("ed1", DkimAlgorithm::Ed25519),
-    ] {
-        let pem = generate_key(algorithm).unwrap();
-        let path = dir.path().join(format!("{selector}.pem"));
-        std::fs::write(&path, &pem).unwrap();
-        let record = record_of_pem(selector, domain, pem.as_bytes()).unwrap();
-        records.push(format!("{}={}", record.name, record.value));
-        files.push((selector.to_owned(), path));
-    }
-    Keys {
-        _dir: dir,
-        files,
-        records,
-    }
-}
 
 /// The Python with dkimpy, or `None` (the test is skipped with a notice) unless
 /// `SANGHA_TEST_REQUIRE_DKIMPY=1` (as in `.ci/run`) makes its absence a failure.
@@ -99,21 +64,6 @@ fn dkimpy(python: &str, message: &[u8], records: &[String]) -> (bool, String) {
     (out.status.success(), report)
 }
 
-fn with_keys(keys: &Keys, port: u16) -> impl FnOnce(&mut Config) {
-    let files = keys.files.clone();
-    move |c| {
-        c.mail.transport = TransportKind::Smtp;
-        c.smtp.host = "127.0.0.1".into();
-        c.smtp.port = port;
-        c.smtp.tls = TlsMode::None;
-        c.mail.unsubscribe_mailto = "leave@example.com".into();
-        c.dkim.keys = files
-            .into_iter()
-            .map(|(selector, file)| DkimKeyConfig { selector, file })
-            .collect();
-    }
-}
-
 /// `message` with the first occurrence of `from` replaced by `to` (same length or not).
 fn tampered(message: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     let at = message
@@ -128,70 +78,16 @@ async fn every_message_kind_carries_both_signatures_and_dkimpy_verifies_the_rece
     let Some(python) = python_with_dkimpy() else {
         return;
     };
-    let server = TestSmtpServer::start().await;
-    let domain = "example.com";
-    let keys = keys(domain);
-    let app = TestApp::spawn_with(
-        Backend::Sqlite,
-        Options::default(),
-        with_keys(&keys, server.port()),
-    )
-    .await;
-
-    // Confirmation, then the course's welcome lesson, sent as soon as they confirm.
-    app.signup("radha@example.org", &["morning-meditation", COURSE])
-        .await;
-    let received = server.wait_for_messages(1, DEADLINE).await;
-    let confirmation = received[0].clone();
-    let r = app
-        .post_form(&confirm_path_in(&confirmation.data), "")
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
-    let lesson = server.wait_for_messages(2, DEADLINE).await[1].clone();
-
-    // A campaign send with a tricky body.
+    let keys = DkimKeys::generate("example.com");
     let long_line = "Om shanti ".repeat(120).replace(' ', "\u{a0}");
-    let content = app.write_content("tricky.md", &TRICKY.replace("LONGLINE", &long_line));
-    let send = app.schedule_now("morning-meditation", &content);
-    app.wait_for_send_done(send).await;
-    let campaign = server.wait_for_messages(3, DEADLINE).await[2].clone();
-
-    // A test send, from the command line, with the keys given in the environment.
-    let files = keys
-        .files
-        .iter()
-        .map(|(s, f)| format!("{{selector=\"{s}\",file=\"{}\"}}", f.display()))
-        .collect::<Vec<_>>()
-        .join(",");
-    let out = run_cli_with(
-        &app.config,
-        &[
-            "test-send",
-            "--content",
-            content.to_str().unwrap(),
-            "--to",
-            "owner@example.org",
-            "--offering",
-            "morning-meditation",
-        ],
-        &[
-            ("SANGHA__MAIL__TRANSPORT", "smtp".to_owned()),
-            ("SANGHA__SMTP__HOST", "127.0.0.1".to_owned()),
-            ("SANGHA__SMTP__PORT", server.port().to_string()),
-            ("SANGHA__SMTP__TLS", "none".to_owned()),
-            ("SANGHA__DKIM__KEYS", format!("[{files}]")),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let test_send = server.wait_for_messages(4, DEADLINE).await[3].clone();
-
-    let kinds: [(&str, &ReceivedMessage); 4] = [
-        ("confirmation", &confirmation),
-        ("course lesson", &lesson),
-        ("campaign", &campaign),
-        ("test-send", &test_send),
-    ];
-    for (kind, message) in kinds {
+    let kinds = every_kind_signed(&keys, &TRICKY.replace("LONGLINE", &long_line)).await;
+    let EveryKind {
+        lesson,
+        campaign,
+        test_send,
+        ..
+    } = &kinds;
+    for (kind, message) in kinds.named() {
         let (ok, report) = dkimpy(python, &message.data, &keys.records);
         assert!(
             ok,
@@ -276,7 +172,6 @@ async fn every_message_kind_carries_both_signatures_and_dkimpy_verifies_the_rece
     );
     let (ok, report) = dkimpy(python, &second_from, &keys.records);
     assert!(!ok, "an added From still verifies:\n{report}");
-    app.stop().await;
 }
 
 #[tokio::test]

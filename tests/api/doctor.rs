@@ -7,7 +7,7 @@ use crate::backend_tests;
 use crate::support::dns::TestDns;
 use crate::support::smtp::{TestSmtpServer, TestTls};
 use crate::support::test_ca::TestCa;
-use crate::support::{Backend, run_cli, run_cli_with, stderr, stdout, test_config};
+use crate::support::{Backend, relay_env, run_cli, run_cli_with, stderr, stdout, test_config};
 
 backend_tests!(
     a_healthy_installation_passes_and_no_mail_is_sent,
@@ -25,20 +25,17 @@ fn smtp_env(
     ca: Option<&str>,
     dns: &TestDns,
 ) -> Vec<(&'static str, String)> {
-    let mut env = vec![
+    let mut env = relay_env(port);
+    env.extend([
         dns_env(dns),
-        ("SANGHA__MAIL__TRANSPORT", "smtp".to_owned()),
-        ("SANGHA__SMTP__HOST", "127.0.0.1".to_owned()),
-        ("SANGHA__SMTP__PORT", port.to_string()),
         ("SANGHA__SMTP__USERNAME", USER.to_owned()),
         ("SANGHA__SMTP__PASSWORD", password.to_owned()),
-    ];
-    match ca {
-        Some(ca_file) => {
-            env.push(("SANGHA__SMTP__TLS", "starttls".to_owned()));
-            env.push(("SANGHA__SMTP__CA_FILE", ca_file.to_owned()));
-        }
-        None => env.push(("SANGHA__SMTP__TLS", "none".to_owned())),
+    ]);
+    if let Some(ca_file) = ca {
+        // STARTTLS instead of the plain connection of `relay_env`.
+        env.retain(|(key, _)| *key != "SANGHA__SMTP__TLS");
+        env.push(("SANGHA__SMTP__TLS", "starttls".to_owned()));
+        env.push(("SANGHA__SMTP__CA_FILE", ca_file.to_owned()));
     }
     env
 }

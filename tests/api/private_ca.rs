@@ -10,7 +10,7 @@ use sangha::config::{CertificateSha256, Secret, TlsMode, TransportKind};
 use crate::backend_tests;
 use crate::support::smtp::{TestSmtpServer, TestTls};
 use crate::support::test_ca::{ServerCertificate, TestCa};
-use crate::support::{Backend, DEADLINE, Options, TestApp, run_cli_with, stderr};
+use crate::support::{Backend, DEADLINE, Options, TestApp, stderr, test_send};
 
 backend_tests!(
     starttls_to_a_private_ca_relay_is_refused_without_ca_file,
@@ -178,19 +178,7 @@ async fn test_send_with(env: &[(&str, String)]) -> (bool, String, TestSmtpServer
     for (k, v) in env {
         all.push((k, v.replace("{ca}", pem.to_str().unwrap())));
     }
-    let out = run_cli_with(
-        &app.config,
-        &[
-            "test-send",
-            "--content",
-            content.to_str().unwrap(),
-            "--to",
-            "owner@example.org",
-            "--offering",
-            "morning-meditation",
-        ],
-        &all,
-    );
+    let out = test_send(&app.config, &content, &all);
     (out.status.success(), stderr(&out), server)
 }
 

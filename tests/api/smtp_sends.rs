@@ -7,14 +7,16 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use sangha::app::Runtime;
 use sangha::clock::Clock;
-use sangha::config::{Config, TlsMode, TransportKind};
 use sangha::domain::{EmailAddress, SubscriptionStatus};
 use sangha::store::SendStatus;
 
 use crate::backend_tests;
 use crate::sends::MORNING;
 use crate::support::smtp::{ReceivedMessage, TestSmtpServer};
-use crate::support::{Backend, DEADLINE, Options, TestApp, confirm_path_in, stdout};
+use crate::support::{
+    Backend, DEADLINE, Options, TestApp, confirm_path_in, relay_config, relay_env, stdout,
+    test_send,
+};
 
 backend_tests!(
     subscribe_confirm_schedule_receive_unsubscribe_in_one_click_and_the_next_send_skips_them,
@@ -23,16 +25,6 @@ backend_tests!(
     a_send_with_too_many_failures_pauses_itself_and_says_why,
     a_test_send_goes_through_the_real_transport,
 );
-
-fn smtp(port: u16) -> impl FnOnce(&mut Config) {
-    move |c| {
-        c.mail.transport = TransportKind::Smtp;
-        c.smtp.host = "127.0.0.1".into();
-        c.smtp.port = port;
-        c.smtp.tls = TlsMode::None;
-        c.mail.unsubscribe_mailto = "leave@example.com".into();
-    }
-}
 
 /// Signs up and confirms through the emails the SMTP server received.
 async fn confirmed_over_smtp(app: &TestApp, server: &TestSmtpServer, email: &str) {
@@ -60,7 +52,7 @@ async fn subscribe_confirm_schedule_receive_unsubscribe_in_one_click_and_the_nex
     backend: Backend,
 ) {
     let server = TestSmtpServer::start().await;
-    let app = TestApp::spawn_with(backend, Options::default(), smtp(server.port())).await;
+    let app = TestApp::spawn_with(backend, Options::default(), relay_config(server.port())).await;
     confirmed_over_smtp(&app, &server, "stay@example.org").await;
     confirmed_over_smtp(&app, &server, "leave@example.org").await;
 
@@ -129,7 +121,7 @@ async fn manual(backend: Backend, server: &TestSmtpServer, clock: Clock) -> Test
             worker: false,
             clock,
         },
-        smtp(server.port()),
+        relay_config(server.port()),
     )
     .await
 }
@@ -263,7 +255,7 @@ async fn a_send_with_too_many_failures_pauses_itself_and_says_why(backend: Backe
             clock: clock.clone(),
         },
         move |c| {
-            smtp(server_port)(c);
+            relay_config(server_port)(c);
             c.worker.pause_after_failures = 3;
             c.worker.pause_failure_percent = 50;
             c.worker.batch_size = 2;
@@ -313,24 +305,7 @@ async fn a_test_send_goes_through_the_real_transport(backend: Backend) {
     let server = TestSmtpServer::start().await;
     let app = TestApp::spawn(backend).await;
     let content = app.write_content("m.md", MORNING);
-    let out = crate::support::run_cli_with(
-        &app.config,
-        &[
-            "test-send",
-            "--content",
-            content.to_str().unwrap(),
-            "--to",
-            "owner@example.org",
-            "--offering",
-            "morning-meditation",
-        ],
-        &[
-            ("SANGHA__MAIL__TRANSPORT", "smtp".to_owned()),
-            ("SANGHA__SMTP__HOST", "127.0.0.1".to_owned()),
-            ("SANGHA__SMTP__PORT", server.port().to_string()),
-            ("SANGHA__SMTP__TLS", "none".to_owned()),
-        ],
-    );
+    let out = test_send(&app.config, &content, &relay_env(server.port()));
     assert!(out.status.success(), "{}", crate::support::stderr(&out));
     assert!(stdout(&out).contains("250"), "{}", stdout(&out));
     let got = server.wait_for_messages(1, DEADLINE).await;

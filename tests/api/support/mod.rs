@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod kinds;
 pub mod smtp;
 pub mod test_ca;
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sangha::app::Application;
 use sangha::clock::Clock;
-use sangha::config::{Config, TransportKind};
+use sangha::config::{Config, TlsMode, TransportKind};
 use sangha::store::Store;
 use sangha::web::AppState;
 use tokio::sync::oneshot;
@@ -449,6 +450,46 @@ pub fn run_cli_with(config: &Config, args: &[&str], env: &[(&str, String)]) -> O
         .env("RUST_LOG", "warn")
         .output()
         .expect("run sangha")
+}
+
+/// The environment that makes a `sangha` process send through the test SMTP server on `port`,
+/// without TLS.
+pub fn relay_env(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("SANGHA__MAIL__TRANSPORT", "smtp".to_owned()),
+        ("SANGHA__SMTP__HOST", "127.0.0.1".to_owned()),
+        ("SANGHA__SMTP__PORT", port.to_string()),
+        ("SANGHA__SMTP__TLS", "none".to_owned()),
+    ]
+}
+
+/// The configuration change that makes the application send through the test SMTP server on
+/// `port`, without TLS, with a mailto unsubscribe address beside the link.
+pub fn relay_config(port: u16) -> impl FnOnce(&mut Config) {
+    move |c| {
+        c.mail.transport = TransportKind::Smtp;
+        c.smtp.host = "127.0.0.1".into();
+        c.smtp.port = port;
+        c.smtp.tls = TlsMode::None;
+        c.mail.unsubscribe_mailto = "leave@example.com".into();
+    }
+}
+
+/// `sangha test-send` of `content` to owner@example.org for morning-meditation, with `env`.
+pub fn test_send(config: &Config, content: &Path, env: &[(&str, String)]) -> Output {
+    run_cli_with(
+        config,
+        &[
+            "test-send",
+            "--content",
+            content.to_str().unwrap(),
+            "--to",
+            "owner@example.org",
+            "--offering",
+            "morning-meditation",
+        ],
+        env,
+    )
 }
 
 pub fn stdout(output: &Output) -> String {
