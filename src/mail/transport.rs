@@ -129,13 +129,21 @@ impl Transport {
     /// Hands one message over, signed, as it goes on the wire. Returns the server's reply (or
     /// the file's id).
     pub async fn send(&self, message: Message) -> Result<String, SendError> {
-        let email = self
-            .dkim
-            .sign(message.formatted())
-            .map_err(|message| SendError {
-                kind: SendErrorKind::Permanent,
-                message,
-            })?;
+        let formatted = message.formatted();
+        let signed = if self.dkim.is_enabled() {
+            // An RSA signature costs about a millisecond of CPU: it runs on the blocking pool,
+            // so the web server and the other deliveries sharing these threads never wait on it.
+            let dkim = self.dkim.clone();
+            tokio::task::spawn_blocking(move || dkim.sign(formatted))
+                .await
+                .unwrap_or_else(|e| Err(format!("DKIM signing stopped: {e}")))
+        } else {
+            Ok(formatted)
+        };
+        let email = signed.map_err(|message| SendError {
+            kind: SendErrorKind::Permanent,
+            message,
+        })?;
         match &self.route {
             Route::File(dir) => write_eml(dir, &email).await.map_err(|e| SendError {
                 kind: SendErrorKind::Transient,
