@@ -52,6 +52,7 @@ fn report(
         report_key: key.to_owned(),
         envelope_to: envelope_to.into_iter().collect(),
         original_message_id: message_id,
+        provider_id: None,
         raw: Some(format!("the raw report {key}")),
         notices: vec![Notice {
             kind,
