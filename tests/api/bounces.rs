@@ -79,7 +79,8 @@ fn recorder(app: &TestApp) -> Recorder {
     )
 }
 
-async fn subscribed(app: &TestApp, email: &str) -> bool {
+/// Whether `email` is confirmed to any offering.
+pub(crate) async fn subscribed(app: &TestApp, email: &str) -> bool {
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM subscriptions u JOIN subscribers s ON s.id = u.subscriber_id
          WHERE s.email = $1 AND u.status = 'confirmed'",
@@ -91,7 +92,8 @@ async fn subscribed(app: &TestApp, email: &str) -> bool {
     n > 0
 }
 
-async fn suppressed(app: &TestApp, email: &str) -> bool {
+/// Whether `email` is on the suppression list.
+pub(crate) async fn suppressed(app: &TestApp, email: &str) -> bool {
     let hash = app
         .state
         .links()

@@ -34,3 +34,4 @@ mod slow_relays;
 mod smtp_delivery;
 mod smtp_pool;
 mod smtp_sends;
+mod webhooks;
