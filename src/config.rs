@@ -15,6 +15,10 @@ use lettre::message::Mailbox;
 
 use crate::domain::{OfferingKind, Slug, TimeOfDay, Timezone, TokenKey, Weekday};
 
+mod webhooks;
+
+pub use webhooks::{MailgunWebhook, PostmarkWebhook, SendgridKey, SendgridWebhook, WebhooksConfig};
+
 /// The whole configuration tree.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +38,8 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub bounces: BouncesConfig,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
     #[serde(default)]
     pub offerings: Vec<OfferingConfig>,
     /// Folder the config was read from; templates are looked up next to it.
@@ -804,6 +810,7 @@ impl Default for Config {
             },
             dns: DnsConfig::default(),
             bounces: BouncesConfig::default(),
+            webhooks: WebhooksConfig::default(),
             dkim: DkimConfig::default(),
             offerings: Vec::new(),
             config_dir: None,
@@ -973,6 +980,7 @@ impl Config {
         if self.bounces.soft_days == 0 {
             return Err(invalid("bounces.soft_days", "must be at least 1"));
         }
+        self.webhooks.validate()?;
         if self.worker.pause_failure_percent > 100 {
             return Err(invalid(
                 "worker.pause_failure_percent",
@@ -1238,15 +1246,23 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 }
 
 /// Keys whose values are secret (or contain one): never shown in an error message.
-const SECRET_KEYS: [&str; 4] = [
+const SECRET_KEYS: [&str; 6] = [
     "smtp.password",
     "tokens.key",
     "tokens.previous_keys",
     "database.url",
+    "webhooks.postmark.password",
+    "webhooks.mailgun.signing_key",
 ];
 
 /// The secret keys that are plain strings: taken from the environment as written.
-const SECRET_STRINGS: [&str; 3] = ["smtp.password", "tokens.key", "database.url"];
+const SECRET_STRINGS: [&str; 5] = [
+    "smtp.password",
+    "tokens.key",
+    "database.url",
+    "webhooks.postmark.password",
+    "webhooks.mailgun.signing_key",
+];
 
 fn is_secret_key(key: &str) -> bool {
     SECRET_KEYS.iter().any(|secret| {

@@ -31,5 +31,5 @@ pub mod mail;
 pub mod schedule;
 /// The database: SQLite or PostgreSQL, migrations, queries.
 pub mod store;
-/// The website: signup, confirmation, pages.
+/// The website: signup, confirmation, pages, the email providers' webhooks.
 pub mod web;

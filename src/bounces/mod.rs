@@ -14,12 +14,14 @@
 //! The order matters: bounces themselves carry `Auto-Submitted: auto-replied` (Postfix,
 //! Gmail), so the reports are read first and the auto-reply signs only after.
 //!
-//! `record.rs` then ties what was read to the delivery it answers and records, through the
-//! store, what it calls for.
+//! `providers.rs` reads the providers' event webhooks (Postmark, Mailgun, SendGrid) into reports
+//! after checking their credentials. `record.rs` then ties what was read to the delivery it
+//! answers and records, through the store, what it calls for.
 
 mod autoreply;
 mod dsn;
 mod message;
+mod providers;
 mod record;
 mod text;
 
@@ -32,6 +34,10 @@ use mail_parser::MessageParser;
 
 use crate::domain::EmailAddress;
 
+pub use providers::{
+    MAILGUN_WINDOW_MS, Refused, SeenTokens, mailgun_event, postmark_authorized, postmark_event,
+    sendgrid_events,
+};
 pub use record::{Incoming, Notice, Recorded, Recorder};
 
 /// What one message returned to the envelope sender turned out to be.

@@ -1,5 +1,6 @@
 //! Ties each report to the delivery it answers and records what it calls for: the VERP tag of
-//! the address it came back to first, then the original Message-ID it quotes. An unmatched
+//! the address it came back to first, then the provider's id of the message (found in the
+//! relay's reply to the recipient's deliveries), then the original Message-ID it quotes. An unmatched
 //! report is kept for review and acts on nothing. A bounce of a send's delivery counts towards
 //! that send's failures, and a send whose failures pass the threshold pauses itself.
 
@@ -40,6 +41,9 @@ pub struct Incoming {
     pub envelope_to: Vec<String>,
     /// The original message's Message-ID, as quoted in the report.
     pub original_message_id: Option<String>,
+    /// The provider's own id of the message (Postmark's `MessageID`), as its relay named it in
+    /// the reply to our delivery (`250 Ok: queued as ID`).
+    pub provider_id: Option<String>,
     /// The report as it came, kept for `bounces.keep_days`.
     pub raw: Option<String>,
     pub notices: Vec<Notice>,
@@ -148,6 +152,7 @@ impl Incoming {
             report_key,
             envelope_to: envelope_to.iter().map(|a| a.as_str().to_owned()).collect(),
             original_message_id,
+            provider_id: None,
             raw: Some(raw_text),
             notices,
         }
@@ -255,7 +260,8 @@ impl Recorder {
     }
 
     /// The delivery a report answers: by the VERP tag of an address it was delivered to
-    /// (checked against that delivery's Message-ID), else by the Message-ID it quotes.
+    /// (checked against that delivery's Message-ID), else by the provider's id of the message
+    /// among the deliveries to a recipient it names, else by the Message-ID it quotes.
     async fn delivery_of(
         &self,
         report: &Incoming,
@@ -273,6 +279,22 @@ impl Recorder {
                 delivery = tag.delivery_id,
                 "a report came back to a tag that names no delivery of ours"
             );
+        }
+        if let Some(provider_id) = report.provider_id.as_deref().map(str::trim)
+            && !provider_id.is_empty()
+        {
+            for recipient in report.notices.iter().filter_map(|n| n.recipient.as_deref()) {
+                let Ok(email) = EmailAddress::parse(recipient) else {
+                    continue;
+                };
+                if let Some(d) = self
+                    .store
+                    .delivery_by_provider_id(&email, provider_id)
+                    .await?
+                {
+                    return Ok(Some((d, MatchedBy::ProviderId)));
+                }
+            }
         }
         if let Some(id) = &report.original_message_id {
             let id = id.trim().trim_start_matches('<').trim_end_matches('>');

@@ -9,7 +9,8 @@ use super::subscribers::{ConsentMeta, insert_consent};
 use super::{Store, word, word_opt};
 use crate::clock::Millis;
 use crate::domain::{
-    BounceAction, BounceKind, BounceSource, ConsentSource, MatchedBy, SuppressionReason,
+    BounceAction, BounceKind, BounceSource, ConsentSource, EmailAddress, MatchedBy,
+    SuppressionReason,
 };
 
 /// The delivery a report answers, as matching and the policy read it.
@@ -138,6 +139,34 @@ impl Store {
             .as_ref()
             .map(bounced_delivery)
             .transpose()
+    }
+
+    /// The latest delivery to `email` whose relay reply (`250 Ok: queued as ID`) holds
+    /// `provider_id`: found through the person (`subscribers.email` is indexed, and so are a
+    /// person's deliveries), so deliveries need no column or index of their own for it.
+    pub async fn delivery_by_provider_id(
+        &self,
+        email: &EmailAddress,
+        provider_id: &str,
+    ) -> Result<Option<BouncedDelivery>, sqlx::Error> {
+        let mut pattern = String::from("%");
+        for c in provider_id.chars() {
+            if matches!(c, '\\' | '%' | '_') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('%');
+        sqlx::query(delivery_sql!(
+            "s.email = $1 AND d.smtp_reply LIKE $2 ESCAPE '\\' ORDER BY d.id DESC LIMIT 1"
+        ))
+        .bind(email.as_str())
+        .bind(pattern)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(bounced_delivery)
+        .transpose()
     }
 
     /// Records one recipient of a report and does what it calls for, in one transaction:

@@ -31,9 +31,15 @@ pub enum ErrorKind {
     /// A body that could not be read to its end.
     #[error("The request could not be read.")]
     UnreadableBody,
-    /// A body over [`super::MAX_BODY_BYTES`].
-    #[error("The request is too large (the limit is 64 KiB).")]
-    PayloadTooLarge,
+    /// A body over the route's limit ([`super::MAX_BODY_BYTES`] unless the route sets its own).
+    #[error("The request is too large (the limit is {limit_kib} KiB).")]
+    PayloadTooLarge { limit_kib: usize },
+    /// Not shown to come from whom the route answers (a webhook's provider); says what failed.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Nothing answers at this address (a webhook that is not configured).
+    #[error("There is nothing at this address.")]
+    NotFound,
     /// A body in a format the route does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -125,7 +131,9 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self.kind {
             ErrorKind::BadRequest(_) | ErrorKind::UnreadableBody => StatusCode::BAD_REQUEST,
-            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::InvalidLink => StatusCode::NOT_FOUND,
@@ -156,7 +164,9 @@ impl AppError {
                 title: "Link not valid",
                 context: json!({}),
             },
-            ErrorKind::PayloadTooLarge => message("Too large"),
+            ErrorKind::PayloadTooLarge { .. } => message("Too large"),
+            ErrorKind::Unauthorized(_) => message("Not allowed"),
+            ErrorKind::NotFound => message("Not found"),
             ErrorKind::UnreadableBody => message("Not understood"),
             ErrorKind::TooManyRequests { .. } => message("Please slow down"),
             ErrorKind::Internal(_) => message("Something went wrong"),

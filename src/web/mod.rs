@@ -1,9 +1,10 @@
-//! The website: signup, confirmation, unsubscribe, preferences, and the plumbing they share.
+//! The website: signup, confirmation, unsubscribe, preferences, the email providers' webhooks,
+//! and the plumbing they share.
 //!
 //! Each page group owns its routes; [`router`] puts them together with the layers every
-//! request passes: a 64 KiB body limit, error pages rendered from [`AppError`]s, CORS for the
-//! JSON API, and request tracing that names routes by their pattern, so tokens in paths never
-//! reach the log.
+//! request passes: a 64 KiB body limit (the webhooks have their own), error pages rendered from
+//! [`AppError`]s, CORS for the JSON API, and request tracing that names routes by their
+//! pattern, so tokens in paths never reach the log.
 
 mod answer_pace;
 mod client;
@@ -15,6 +16,7 @@ mod server;
 mod signup_limits;
 mod subscribe;
 mod unsubscribe;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -67,6 +69,8 @@ struct StateInner {
     consent_hash: String,
     /// The configured courses, for pausing, resuming and describing them.
     courses: Courses,
+    /// Mailgun webhook tokens accepted within the replay window.
+    mailgun_tokens: crate::bounces::SeenTokens,
 }
 
 impl AppState {
@@ -103,6 +107,7 @@ impl AppState {
                 answer_pace: Default::default(),
                 consent_hash,
                 courses,
+                mailgun_tokens: Default::default(),
             }),
         }
     }
@@ -150,6 +155,9 @@ impl AppState {
     pub fn courses(&self) -> &Courses {
         &self.inner.courses
     }
+    pub(crate) fn mailgun_tokens(&self) -> &crate::bounces::SeenTokens {
+        &self.inner.mailgun_tokens
+    }
 }
 
 /// The whole application's routes and layers.
@@ -177,6 +185,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(refuse_oversized_bodies))
+        // After the 64 KiB layers: the webhooks set their own limit.
+        .merge(webhooks::routes())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             error::render_error_pages,
@@ -190,25 +200,30 @@ pub fn router(state: AppState) -> Router {
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
 const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// 413 for a body larger than [`MAX_BODY_BYTES`], before any handler runs: the confirm and
+/// 413 for a body larger than [`MAX_BODY_BYTES`]; see [`refuse_bodies_over`].
+async fn refuse_oversized_bodies(request: Request, next: Next) -> Response {
+    refuse_bodies_over(MAX_BODY_BYTES, request, next).await
+}
+
+/// 413 for a body larger than `limit`, before any handler runs: the confirm and
 /// unsubscribe handlers act on the token alone, so the body limit (which only extractors
 /// apply) would let an oversized POST confirm or unsubscribe as if it were small.
 ///
 /// A body with a Content-Length is judged by it (hyper holds the body to that length). A body
-/// without one (`Transfer-Encoding: chunked`) is read here into memory, at most
-/// [`MAX_BODY_BYTES`] of it, and handed on whole, so that no handler acts before its end is
-/// known; past the limit it gets the same 413.
+/// without one (`Transfer-Encoding: chunked`) is read here into memory, at most `limit` of it,
+/// and handed on whole, so that no handler acts before its end is known; past the limit it gets
+/// the same 413.
 ///
 /// What the client is still sending is read and dropped first (up to [`LINGER_BYTES`]): closing
 /// a socket with unread data resets the connection, and the client may then lose the answer.
-async fn refuse_oversized_bodies(request: Request, next: Next) -> Response {
+async fn refuse_bodies_over(limit: usize, request: Request, next: Next) -> Response {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(length) if length > MAX_BODY_BYTES as u64 => {}
+        Some(length) if length > limit as u64 => {}
         Some(_) => return next.run(request).await,
         None if request.body().is_end_stream() => return next.run(request).await,
         None => {}
@@ -228,7 +243,7 @@ async fn refuse_oversized_bodies(request: Request, next: Next) -> Response {
                     let request = Request::from_parts(parts, Body::from(buffered));
                     return next.run(request).await;
                 }
-                Some(Ok(chunk)) if buffered.len() + chunk.len() <= MAX_BODY_BYTES => {
+                Some(Ok(chunk)) if buffered.len() + chunk.len() <= limit => {
                     buffered.extend_from_slice(&chunk);
                 }
                 Some(Ok(_)) => break,
@@ -249,9 +264,11 @@ async fn refuse_oversized_bodies(request: Request, next: Next) -> Response {
         }
     })
     .await;
-    AppError::from(ErrorKind::PayloadTooLarge)
-        .in_json_if(json)
-        .into_response()
+    AppError::from(ErrorKind::PayloadTooLarge {
+        limit_kib: limit / 1024,
+    })
+    .in_json_if(json)
+    .into_response()
 }
 
 /// An address from its text, for unit tests.

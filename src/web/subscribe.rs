@@ -155,7 +155,10 @@ async fn signup(
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(ErrorKind::PayloadTooLarge.into());
+            return Err(ErrorKind::PayloadTooLarge {
+                limit_kib: super::MAX_BODY_BYTES / 1024,
+            }
+            .into());
         }
         Err(rejection) => return Err(AppError::bad_request(rejection.body_text())),
     };

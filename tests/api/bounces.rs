@@ -53,6 +53,7 @@ fn report(
         report_key: key.to_owned(),
         envelope_to: envelope_to.into_iter().collect(),
         original_message_id: message_id,
+        provider_id: None,
         raw: Some(format!("the raw report {key}")),
         notices: vec![Notice {
             kind,
@@ -79,7 +80,8 @@ fn recorder(app: &TestApp) -> Recorder {
     )
 }
 
-async fn subscribed(app: &TestApp, email: &str) -> bool {
+/// Whether `email` is confirmed to any offering.
+pub(crate) async fn subscribed(app: &TestApp, email: &str) -> bool {
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM subscriptions u JOIN subscribers s ON s.id = u.subscriber_id
          WHERE s.email = $1 AND u.status = 'confirmed'",
@@ -91,7 +93,8 @@ async fn subscribed(app: &TestApp, email: &str) -> bool {
     n > 0
 }
 
-async fn suppressed(app: &TestApp, email: &str) -> bool {
+/// Whether `email` is on the suppression list.
+pub(crate) async fn suppressed(app: &TestApp, email: &str) -> bool {
     let hash = app
         .state
         .links()

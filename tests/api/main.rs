@@ -35,3 +35,4 @@ mod smtp_delivery;
 mod smtp_pool;
 mod smtp_sends;
 mod spam_score;
+mod webhooks;

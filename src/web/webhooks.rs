@@ -1,0 +1,137 @@
+//! The email providers' event webhooks: `POST /webhooks/postmark` (basic auth),
+//! `/webhooks/mailgun` (HMAC signature, timestamp and token) and `/webhooks/sendgrid` (ECDSA
+//! signature). Each answers 404 until its `[webhooks.*]` section is configured, 401 to a request
+//! not shown to come from the provider, 400 to a body it cannot read, 413 past
+//! [`WEBHOOK_MAX_BODY_BYTES`]; and records each bounce or complaint through the
+//! [`Recorder`](crate::bounces::Recorder), once however often it comes (a repeat answers 200 and
+//! changes nothing).
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::{self, Next};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::{AppError, AppState, ErrorKind};
+use crate::bounces::{self, Incoming, Recorder, Refused};
+
+/// Largest webhook body accepted (SendGrid batches events); larger ones get 413.
+pub const WEBHOOK_MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The webhook routes, with their own body limit.
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/postmark", post(postmark))
+        .route("/webhooks/mailgun", post(mailgun))
+        .route("/webhooks/sendgrid", post(sendgrid))
+        .layer(DefaultBodyLimit::max(WEBHOOK_MAX_BODY_BYTES))
+        .layer(middleware::from_fn(|request: Request, next: Next| {
+            super::refuse_bodies_over(WEBHOOK_MAX_BODY_BYTES, request, next)
+        }))
+}
+
+/// `POST /webhooks/postmark`: one bounce or spam complaint record.
+async fn postmark(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let config = state
+        .config()
+        .webhooks
+        .postmark
+        .as_ref()
+        .ok_or_else(not_configured)?;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !bounces::postmark_authorized(authorization, &config.username, config.password.expose()) {
+        return Err(refused(Refused::Unauthorized(
+            "wrong or missing credentials",
+        )));
+    }
+    let report = bounces::postmark_event(&body).map_err(refused)?;
+    record(&state, report.as_slice()).await
+}
+
+/// `POST /webhooks/mailgun`: one signed event.
+async fn mailgun(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, AppError> {
+    let config = state
+        .config()
+        .webhooks
+        .mailgun
+        .as_ref()
+        .ok_or_else(not_configured)?;
+    let report = bounces::mailgun_event(
+        &body,
+        config.signing_key.expose(),
+        state.clock().now_ms(),
+        state.mailgun_tokens(),
+    )
+    .map_err(refused)?;
+    record(&state, report.as_slice()).await
+}
+
+/// The header SendGrid puts its signature in (base64 of a DER ECDSA signature).
+const SENDGRID_SIGNATURE: &str = "x-twilio-email-event-webhook-signature";
+/// The header SendGrid puts the signed timestamp in.
+const SENDGRID_TIMESTAMP: &str = "x-twilio-email-event-webhook-timestamp";
+
+/// `POST /webhooks/sendgrid`: a signed batch of events.
+async fn sendgrid(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let config = state
+        .config()
+        .webhooks
+        .sendgrid
+        .as_ref()
+        .ok_or_else(not_configured)?;
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let reports = bounces::sendgrid_events(
+        &body,
+        header(SENDGRID_SIGNATURE),
+        header(SENDGRID_TIMESTAMP),
+        config.public_key.verifying_key(),
+    )
+    .map_err(refused)?;
+    record(&state, &reports).await
+}
+
+/// Records the reports; answers how many notices were new.
+async fn record(state: &AppState, reports: &[Incoming]) -> Result<Json<Value>, AppError> {
+    let recorder = Recorder::new(
+        state.store().clone(),
+        state.links().clone(),
+        state.clock().clone(),
+        state.config(),
+    );
+    let mut recorded = 0;
+    for report in reports {
+        recorded += recorder
+            .record(report)
+            .await
+            .map_err(|e| AppError::from(e).in_json())?
+            .iter()
+            .filter(|r| r.id.is_some())
+            .count();
+    }
+    Ok(Json(json!({ "recorded": recorded })))
+}
+
+fn not_configured() -> AppError {
+    AppError::from(ErrorKind::NotFound).in_json()
+}
+
+fn refused(refused: Refused) -> AppError {
+    tracing::debug!(reason = %refused, "webhook refused");
+    match refused {
+        Refused::Unauthorized(why) => ErrorKind::Unauthorized(why.to_owned()).into(),
+        Refused::Malformed(why) => AppError::bad_request(format!("unreadable event: {why}")),
+    }
+    .in_json()
+}
