@@ -248,20 +248,22 @@ pub struct SmtpConfig {
     pub danger_accept_invalid_certs: bool,
 }
 
+/// A configured host without spaces or IPv6 brackets, and whether it is this machine.
+fn host_and_loopback(raw: &str) -> (&str, bool) {
+    let host = raw.trim().trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (host, loopback)
+}
+
 impl SmtpConfig {
     /// Settings that work but are likely mistakes, each with its fix. `config check` prints
     /// them and `serve` logs them.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        let host = self
-            .host
-            .trim()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let loopback = host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
+        let (host, loopback) = host_and_loopback(&self.host);
         if !self.username.is_empty() && self.tls == TlsMode::None && !loopback {
             warnings.push(format!(
                 "smtp.username is set with smtp.tls = \"none\" and a relay on another machine \
@@ -525,15 +527,7 @@ impl ImapConfig {
         if !self.enabled() {
             return Ok(());
         }
-        let host = self
-            .host
-            .trim()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let loopback = host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
+        let (_, loopback) = host_and_loopback(&self.host);
         if self.tls == TlsMode::None && !loopback {
             return Err(invalid(
                 "bounces.imap.tls",
