@@ -11,10 +11,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+use crate::bounces::Recorder;
 use crate::clock::Clock;
 use crate::config::{Config, TransportKind, redact_url_password};
 use crate::courses::Courses;
-use crate::delivery::{Scheduler, Worker};
+use crate::delivery::{BounceMailbox, Scheduler, Worker};
 use crate::domain::TokenKey;
 use crate::links::Links;
 use crate::mail::{Composer, Dkim, Templates, Transport};
@@ -122,6 +123,23 @@ impl Runtime {
         )
     }
 
+    /// The poller of `[bounces.imap]`, when a mailbox is configured.
+    pub fn bounce_mailbox(&self) -> anyhow::Result<Option<BounceMailbox>> {
+        if !self.config.bounces.imap.enabled() {
+            return Ok(None);
+        }
+        let recorder = Recorder::new(
+            self.store.clone(),
+            self.links()?,
+            self.clock.clone(),
+            &self.config,
+        );
+        Ok(Some(BounceMailbox::new(
+            self.config.bounces.imap.clone(),
+            recorder,
+        )))
+    }
+
     /// Renders emails with the configured sender, site and list headers.
     pub fn composer(&self, templates: Arc<Templates>, links: Links) -> anyhow::Result<Composer> {
         let from = self.config.mail.from.clone();
@@ -221,6 +239,7 @@ pub struct Application {
     state: AppState,
     worker: Option<Worker>,
     scheduler: Option<Scheduler>,
+    bounce_mailbox: Option<BounceMailbox>,
     wake: Arc<Notify>,
 }
 
@@ -237,6 +256,7 @@ impl Application {
             None
         };
         let scheduler = runtime.scheduler();
+        let bounce_mailbox = runtime.bounce_mailbox()?;
         let wake = Arc::new(Notify::new());
         let state = AppState::new(
             runtime.config,
@@ -255,6 +275,7 @@ impl Application {
             state,
             worker,
             scheduler: Some(scheduler),
+            bounce_mailbox,
             wake,
         })
     }
@@ -308,6 +329,9 @@ impl Application {
         let scheduler = self.scheduler.map(|scheduler| {
             tokio::spawn(scheduler.run(interval, stop_work.clone(), self.wake.clone()))
         });
+        let bounce_mailbox = self
+            .bounce_mailbox
+            .map(|mailbox| tokio::spawn(mailbox.run(stop_work.clone())));
         let app = router(self.state.clone());
         let mut server_stop = stop_site.clone();
         let timeouts = crate::web::ConnectionTimeouts::from_config(&self.state.config().server);
@@ -336,6 +360,14 @@ impl Application {
         {
             // Its fan-out is one transaction per batch: what it had not committed is redone.
             scheduler.abort();
+        }
+        if let Some(mut mailbox) = bounce_mailbox
+            && tokio::time::timeout_at(deadline, &mut mailbox)
+                .await
+                .is_err()
+        {
+            // A message recorded but not yet moved is read again, and known, at the next start.
+            mailbox.abort();
         }
         let _ = stop_site_tx.send(true);
         let result = match server_ended {

@@ -254,20 +254,22 @@ pub struct SmtpConfig {
     pub danger_accept_invalid_certs: bool,
 }
 
+/// A configured host without spaces or IPv6 brackets, and whether it is this machine.
+fn host_and_loopback(raw: &str) -> (&str, bool) {
+    let host = raw.trim().trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (host, loopback)
+}
+
 impl SmtpConfig {
     /// Settings that work but are likely mistakes, each with its fix. `config check` prints
     /// them and `serve` logs them.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        let host = self
-            .host
-            .trim()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let loopback = host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
+        let (host, loopback) = host_and_loopback(&self.host);
         if !self.username.is_empty() && self.tls == TlsMode::None && !loopback {
             warnings.push(format!(
                 "smtp.username is set with smtp.tls = \"none\" and a relay on another machine \
@@ -483,6 +485,91 @@ pub struct BouncesConfig {
     pub soft_days: u32,
     /// Days the raw text of a report is kept (`sangha bounces show`); its parsed fields stay.
     pub keep_days: u32,
+    /// The mailbox the return path delivers to, read over IMAP; off while its host is empty.
+    pub imap: ImapConfig,
+}
+
+/// `[bounces.imap]`: the bounce mailbox, polled by `serve` and by `sangha bounces poll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapConfig {
+    /// The IMAP server; empty turns the poller off.
+    pub host: String,
+    pub port: u16,
+    /// `tls` (993), `starttls` (143) or `none` (a server on this machine only).
+    pub tls: TlsMode,
+    pub user: String,
+    pub password: Secret,
+    /// The folder reports arrive in.
+    pub folder: String,
+    /// Where a message goes once it is recorded (created when missing).
+    pub processed_folder: String,
+    /// Seconds between two polls.
+    pub poll_seconds: u64,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            port: 993,
+            tls: TlsMode::Tls,
+            user: String::new(),
+            password: Secret::default(),
+            folder: "INBOX".to_owned(),
+            processed_folder: "Processed".to_owned(),
+            poll_seconds: 60,
+        }
+    }
+}
+
+impl ImapConfig {
+    /// Whether a mailbox is configured.
+    pub fn enabled(&self) -> bool {
+        !self.host.trim().is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let (_, loopback) = host_and_loopback(&self.host);
+        if self.tls == TlsMode::None && !loopback {
+            return Err(invalid(
+                "bounces.imap.tls",
+                "\"none\" is only for a server on this machine (localhost, 127.0.0.1, ::1): \
+                 set \"tls\" (port 993) or \"starttls\" (port 143)",
+            ));
+        }
+        if self.user.is_empty() {
+            return Err(invalid(
+                "bounces.imap.user",
+                "must be set with bounces.imap.host",
+            ));
+        }
+        if self.password.is_empty() {
+            return Err(invalid(
+                "bounces.imap.password",
+                "is missing: set it in the environment as SANGHA__BOUNCES__IMAP__PASSWORD",
+            ));
+        }
+        if self.folder.trim().is_empty() || self.processed_folder.trim().is_empty() {
+            return Err(invalid(
+                "bounces.imap.folder",
+                "folder and processed_folder must be set",
+            ));
+        }
+        if self.folder == self.processed_folder {
+            return Err(invalid(
+                "bounces.imap.processed_folder",
+                "must differ from bounces.imap.folder",
+            ));
+        }
+        if self.poll_seconds == 0 {
+            return Err(invalid("bounces.imap.poll_seconds", "must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for BouncesConfig {
@@ -491,6 +578,7 @@ impl Default for BouncesConfig {
             soft_limit: 3,
             soft_days: 30,
             keep_days: 30,
+            imap: ImapConfig::default(),
         }
     }
 }
@@ -981,6 +1069,7 @@ impl Config {
             return Err(invalid("bounces.soft_days", "must be at least 1"));
         }
         self.webhooks.validate()?;
+        self.bounces.imap.validate()?;
         if self.worker.pause_failure_percent > 100 {
             return Err(invalid(
                 "worker.pause_failure_percent",
@@ -1246,8 +1335,9 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 }
 
 /// Keys whose values are secret (or contain one): never shown in an error message.
-const SECRET_KEYS: [&str; 6] = [
+const SECRET_KEYS: [&str; 7] = [
     "smtp.password",
+    "bounces.imap.password",
     "tokens.key",
     "tokens.previous_keys",
     "database.url",
@@ -1256,8 +1346,9 @@ const SECRET_KEYS: [&str; 6] = [
 ];
 
 /// The secret keys that are plain strings: taken from the environment as written.
-const SECRET_STRINGS: [&str; 5] = [
+const SECRET_STRINGS: [&str; 6] = [
     "smtp.password",
+    "bounces.imap.password",
     "tokens.key",
     "database.url",
     "webhooks.postmark.password",
@@ -1837,5 +1928,40 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("offerings[0].weekdays"), "{err}");
+    }
+
+    #[test]
+    fn the_bounce_mailbox_takes_its_password_from_the_environment_and_never_shows_it() {
+        let toml = "[bounces.imap]\nhost = \"imap.example.org\"\nuser = \"bounces\"\n";
+        let err = load(toml, &[]).unwrap_err().to_string();
+        assert!(err.contains("SANGHA__BOUNCES__IMAP__PASSWORD"), "{err}");
+        let config = load(toml, &[("SANGHA__BOUNCES__IMAP__PASSWORD", "12345")]).unwrap();
+        let imap = &config.bounces.imap;
+        assert!(imap.enabled());
+        assert_eq!((imap.port, imap.tls), (993, TlsMode::Tls));
+        assert_eq!(
+            (imap.folder.as_str(), imap.processed_folder.as_str()),
+            ("INBOX", "Processed")
+        );
+        assert_eq!((imap.password.expose(), imap.poll_seconds), ("12345", 60));
+        let printed = config.to_redacted_toml();
+        let debug = format!("{config:?}");
+        for text in [&printed, &debug] {
+            assert!(!text.contains("12345"), "{text}");
+        }
+        assert!(!load("", &[]).unwrap().bounces.imap.enabled());
+    }
+
+    #[test]
+    fn a_bounce_mailbox_in_clear_text_must_be_on_this_machine() {
+        let env = [("SANGHA__BOUNCES__IMAP__PASSWORD", "pw")];
+        let at = |host: &str| {
+            format!("[bounces.imap]\nhost = \"{host}\"\nport = 143\ntls = \"none\"\nuser = \"b\"\n")
+        };
+        let err = load(&at("imap.example.org"), &env).unwrap_err().to_string();
+        assert!(err.contains("bounces.imap.tls"), "{err}");
+        for host in ["127.0.0.1", "localhost", "[::1]"] {
+            load(&at(host), &env).unwrap();
+        }
     }
 }

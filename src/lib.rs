@@ -17,7 +17,8 @@ pub mod config;
 pub mod content;
 /// Course rules: lesson plans, lesson folders, a person's progress (pause, resume, describe).
 pub mod courses;
-/// The scheduler (with the course step) and the delivery workers that drain the outbox.
+/// The scheduler (with the course step), the delivery workers that drain the outbox, and the
+/// poller of the bounce mailbox (IMAP).
 pub mod delivery;
 /// The DNS records mail authentication rests on (SPF, DMARC, DKIM), for `sangha doctor`.
 pub mod dns;

@@ -1,4 +1,4 @@
-//! `sangha bounces list` and `sangha bounces show`: what came back about the mail sent, and
+//! `sangha bounces list`, `show`, `import` and `poll`: what came back about the mail sent, and
 //! what Sangha did about it.
 
 use std::io::Write;
@@ -91,6 +91,17 @@ pub async fn run(
             Ok(())
         }
         BouncesCommand::Import { files } => import(runtime, &files, out).await,
+        BouncesCommand::Poll => {
+            let Some(mailbox) = runtime.bounce_mailbox()? else {
+                bail!("no bounce mailbox is configured: set bounces.imap.host");
+            };
+            let count = mailbox
+                .poll_once()
+                .await
+                .context("cannot read the bounce mailbox")?;
+            writeln!(out, "{count}")?;
+            Ok(())
+        }
         BouncesCommand::Show { id } => {
             let Some(b) = runtime.store.bounce(id).await? else {
                 bail!("there is no report {id}");

@@ -94,6 +94,9 @@ pub enum BouncesCommand {
         #[arg(required = true, value_name = "FILE.eml")]
         files: Vec<PathBuf>,
     },
+    /// Read the bounce mailbox (`[bounces.imap]`) once now: record each message and move it to
+    /// the processed folder.
+    Poll,
 }
 
 #[derive(Debug, Subcommand)]

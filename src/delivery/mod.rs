@@ -1,12 +1,14 @@
 //! Sending: the scheduler that turns due sends into deliveries (and moves people through their
-//! courses), and the delivery workers that drain the outbox.
+//! courses), the delivery workers that drain the outbox, and the poller of the bounce mailbox.
 
+mod bounce_mailbox;
 mod course_step;
 /// What the mail side needs from delivery rows (recipients, links).
 pub mod for_mail;
 mod scheduler;
 mod worker;
 
+pub use bounce_mailbox::{BounceMailbox, PollCount};
 pub use course_step::CourseStep;
 pub use scheduler::{ScheduleOutcome, Scheduler};
 pub use worker::{LANES, StepOutcome, Worker, backoff_ms};

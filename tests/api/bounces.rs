@@ -20,7 +20,7 @@ backend_tests!(
 );
 
 /// The delivery of `kind` (`send` or `confirmation`) to `email`: its id and Message-ID.
-async fn delivery_to(app: &TestApp, email: &str, kind: &str) -> (i64, String) {
+pub(crate) async fn delivery_to(app: &TestApp, email: &str, kind: &str) -> (i64, String) {
     sqlx::query_as(
         "SELECT d.id, d.message_id FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
          WHERE s.email = $1 AND d.kind = $2",
@@ -33,7 +33,7 @@ async fn delivery_to(app: &TestApp, email: &str, kind: &str) -> (i64, String) {
 }
 
 /// The VERP address the delivery of `kind` to `email` went out from.
-async fn verp_of(app: &TestApp, email: &str, kind: &str) -> String {
+pub(crate) async fn verp_of(app: &TestApp, email: &str, kind: &str) -> String {
     let (id, message_id) = delivery_to(app, email, kind).await;
     let return_path = app.config.mail.return_path.clone().unwrap();
     app.state
@@ -507,7 +507,7 @@ async fn a_person_stopped_by_a_bounce_is_told_why_and_comes_back_only_by_confirm
 }
 
 /// A fixture of `tests/fixtures/bounces/` with its addresses and Message-IDs made ours.
-fn fixture(name: &str, replace: &[(&str, &str)]) -> String {
+pub(crate) fn fixture(name: &str, replace: &[(&str, &str)]) -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bounces/");
     let mut text = std::fs::read_to_string(format!("{path}{name}")).unwrap();
     for (from, to) in replace {

@@ -5,6 +5,7 @@ mod support;
 
 mod architecture;
 mod bombing;
+mod bounce_mailbox;
 mod bounces;
 mod cli;
 mod confirm;

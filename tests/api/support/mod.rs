@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod imap;
 pub mod kinds;
 pub mod smtp;
 pub mod test_ca;
