@@ -1292,6 +1292,27 @@ impl Config {
         self.server.base_url.trim_end_matches('/')
     }
 
+    /// Why `serve` should not start as configured without `--insecure`: the server listens
+    /// beyond this machine (`server.bind` not loopback) while `server.base_url` is http, so
+    /// every link in every email (confirm, unsubscribe, preferences) would cross the network
+    /// in clear text. `None` when the bind is loopback (a proxy on this machine adds TLS) or
+    /// the base URL is https.
+    pub fn insecure_exposure(&self) -> Option<String> {
+        let bind = self.server.bind;
+        let http = self.server.base_url.starts_with("http://");
+        if bind.ip().is_loopback() || !http {
+            return None;
+        }
+        Some(format!(
+            "server.bind = \"{bind}\" answers beyond this machine while server.base_url = \"{}\" \
+             is http: the links in every email (confirm, unsubscribe, preferences) would travel \
+             in clear text. Put a TLS proxy in front (see deploy/ and README) and set \
+             server.base_url to its https address, or bind to 127.0.0.1 behind the proxy; \
+             `sangha serve --insecure` starts anyway",
+            self.base_url()
+        ))
+    }
+
     /// Where the file transport writes: `mail.outbox_dir`, else `data_dir/outbox`.
     pub fn outbox_dir(&self) -> PathBuf {
         if self.mail.outbox_dir.is_empty() {
@@ -1485,6 +1506,28 @@ mod tests {
         std::fs::write(&path, toml).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         Config::load_with_env(Some(&path), env)
+    }
+
+    #[test]
+    fn only_a_public_bind_with_an_http_base_url_is_an_insecure_exposure() {
+        let exposed = |bind: &str, base: &str| {
+            load(
+                &format!("[server]\nbind = \"{bind}\"\nbase_url = \"{base}\"\n"),
+                &[],
+            )
+            .unwrap()
+            .insecure_exposure()
+        };
+        let why = exposed("0.0.0.0:8080", "http://news.example.org").expect("exposed");
+        assert!(
+            why.contains("0.0.0.0:8080") && why.contains("--insecure"),
+            "{why}"
+        );
+        assert!(exposed("192.0.2.7:80", "http://news.example.org").is_some());
+        assert!(exposed("[::]:8080", "http://news.example.org").is_some());
+        assert_eq!(exposed("0.0.0.0:8080", "https://news.example.org"), None);
+        assert_eq!(exposed("127.0.0.1:3000", "http://localhost:3000"), None);
+        assert_eq!(exposed("[::1]:3000", "http://localhost:3000"), None);
     }
 
     fn tempfile_dir() -> PathBuf {

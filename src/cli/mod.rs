@@ -40,6 +40,10 @@ pub enum Command {
         /// Only serve web requests; run `sangha worker` elsewhere to send.
         #[arg(long)]
         no_worker: bool,
+        /// Start even though the server answers beyond this machine and base_url is http
+        /// (links in emails would travel in clear text).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Run delivery workers only (several may share a PostgreSQL database).
     Worker,
@@ -356,7 +360,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     match cli.command {
         Command::Doctor => doctor::run(path, out).await,
         Command::Config(ConfigCommand::Check) => check_config(&load()?, out),
-        Command::Serve { no_worker } => serve(load()?, !no_worker, out).await,
+        Command::Serve {
+            no_worker,
+            insecure,
+        } => serve(load()?, !no_worker, insecure, out).await,
         Command::Worker => worker(load()?).await,
         Command::Migrate => {
             open(load()?).await?;
@@ -423,8 +430,15 @@ async fn worker(config: Config) -> anyhow::Result<()> {
 async fn serve(
     config: Config,
     with_worker: bool,
+    insecure: bool,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
+    if let Some(why) = config.insecure_exposure() {
+        if !insecure {
+            anyhow::bail!("refusing to start: {why}");
+        }
+        tracing::warn!("{why}");
+    }
     let outbox = config.outbox_dir();
     let transport = config.mail.transport;
     let base = config.base_url().to_owned();

@@ -10,6 +10,7 @@ mod answer_pace;
 mod client;
 mod confirm;
 mod error;
+mod health;
 mod pages;
 mod preferences;
 mod server;
@@ -173,7 +174,8 @@ pub fn router(state: AppState) -> Router {
         tracing::info_span!("request", method = %request.method(), route = %route)
     });
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route(
             "/",
             get(|| async { axum::response::Redirect::to("/subscribe") }),

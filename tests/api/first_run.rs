@@ -181,3 +181,52 @@ async fn a_bad_configuration_stops_start_naming_the_key() {
         "nothing created on a failed start"
     );
 }
+
+/// Listening beyond this machine with an http base URL would put every email's links on the
+/// network in clear text: `serve` refuses, says why and how to fix it, and starts only when
+/// told `--insecure`.
+#[tokio::test]
+async fn serve_refuses_a_public_bind_with_an_http_base_url_unless_told_insecure() {
+    let clone = fresh_clone();
+    let public = |cmd: &mut tokio::process::Command| {
+        cmd.env("SANGHA__SERVER__BIND", "0.0.0.0:0")
+            .env("SANGHA__SERVER__BASE_URL", "http://news.example.org");
+    };
+    let mut cmd = sangha(clone.path());
+    cmd.arg("serve");
+    public(&mut cmd);
+    let out = tokio::time::timeout(DEADLINE, cmd.output())
+        .await
+        .expect("serve refuses at once")
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("refusing to start"), "{err}");
+    assert!(err.contains("server.base_url"), "{err}");
+    assert!(err.contains("--insecure"), "{err}");
+    assert!(
+        !clone.path().join("data").join("sangha.db").exists(),
+        "nothing is created before the refusal"
+    );
+
+    // https behind a proxy, or loopback: no question asked (the fresh-clone test above).
+    let mut cmd = sangha(clone.path());
+    cmd.args(["serve", "--insecure"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    public(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("Sangha is listening on ") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("serve --insecure starts in time");
+    assert!(listening, "serve --insecure exited before listening");
+    child.kill().await.unwrap();
+}

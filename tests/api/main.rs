@@ -25,6 +25,7 @@ mod private_ca;
 mod probe_cli;
 mod probe_stop;
 mod probe_web;
+mod readiness;
 mod relay_mistakes;
 mod relay_refusal;
 mod return_path;
