@@ -38,6 +38,7 @@ pub use client::{ClientInfo, RateLimiter};
 pub use error::{AppError, ErrorKind};
 pub use server::{ConnectionTimeouts, raise_open_file_limit, serve};
 pub use signup_limits::DomainSourceLimiter;
+pub use webhooks::{WEBHOOK_CONCURRENCY, WEBHOOK_MAX_BODY_BYTES};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -72,6 +73,8 @@ struct StateInner {
     courses: Courses,
     /// Mailgun webhook tokens accepted within the replay window.
     mailgun_tokens: crate::bounces::SeenTokens,
+    /// The webhook requests that may run at once ([`webhooks::WEBHOOK_CONCURRENCY`]).
+    webhook_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -109,6 +112,9 @@ impl AppState {
                 consent_hash,
                 courses,
                 mailgun_tokens: Default::default(),
+                webhook_permits: Arc::new(tokio::sync::Semaphore::new(
+                    webhooks::WEBHOOK_CONCURRENCY,
+                )),
             }),
         }
     }
@@ -159,6 +165,10 @@ impl AppState {
     pub(crate) fn mailgun_tokens(&self) -> &crate::bounces::SeenTokens {
         &self.inner.mailgun_tokens
     }
+    /// The permits a webhook request holds while it runs; none left: 429.
+    pub fn webhook_permits(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.webhook_permits
+    }
 }
 
 /// The whole application's routes and layers.
@@ -188,7 +198,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(refuse_oversized_bodies))
         // After the 64 KiB layers: the webhooks set their own limit.
-        .merge(webhooks::routes())
+        .merge(webhooks::routes(state.clone()))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             error::render_error_pages,

@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -20,8 +21,16 @@ use crate::bounces::{self, Incoming, Recorder, Refused};
 /// Largest webhook body accepted (SendGrid batches events); larger ones get 413.
 pub const WEBHOOK_MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// The webhook routes, with their own body limit.
-pub(super) fn routes() -> Router<AppState> {
+/// Webhook requests handled at once. One more gets 429 with `Retry-After` before its body is
+/// read: every provider sends again later, and a flood of events cannot take the database and
+/// the CPUs from signups (BENCHMARKS.md, "A flood of webhooks beside signups").
+pub const WEBHOOK_CONCURRENCY: usize = 2;
+
+/// What a webhook request refused for want of a permit is told to wait, in seconds.
+const WEBHOOK_RETRY_AFTER_SECS: u64 = 5;
+
+/// The webhook routes, with their own body limit and concurrency limit.
+pub(super) fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/webhooks/postmark", post(postmark))
         .route("/webhooks/mailgun", post(mailgun))
@@ -30,6 +39,21 @@ pub(super) fn routes() -> Router<AppState> {
         .layer(middleware::from_fn(|request: Request, next: Next| {
             super::refuse_bodies_over(WEBHOOK_MAX_BODY_BYTES, request, next)
         }))
+        .layer(middleware::from_fn_with_state(state, one_of_few))
+}
+
+/// Runs the request while it holds one of the [`WEBHOOK_CONCURRENCY`] permits; 429 when none
+/// is free.
+async fn one_of_few(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.webhook_permits().clone().try_acquire_owned() else {
+        tracing::debug!("webhook refused: {WEBHOOK_CONCURRENCY} already running");
+        return AppError::from(ErrorKind::TooManyRequests {
+            retry_after_secs: WEBHOOK_RETRY_AFTER_SECS,
+        })
+        .in_json()
+        .into_response();
+    };
+    next.run(request).await
 }
 
 /// `POST /webhooks/postmark`: one bounce or spam complaint record.

@@ -24,6 +24,7 @@ backend_tests!(
     postmark_bounces_and_complaints_act_once_and_need_the_basic_auth,
     mailgun_events_act_once_and_need_a_fresh_unused_signature,
     sendgrid_batches_act_once_and_need_the_ecdsa_signature,
+    webhooks_beyond_the_few_at_once_are_told_to_retry_and_change_nothing,
 );
 
 const POSTMARK_PASSWORD: &str = "postmark-password-from-the-environment";
@@ -500,4 +501,70 @@ async fn sendgrid_batches_act_once_and_need_the_ecdsa_signature(backend: Backend
     let (status, _) = post(&app, "/webhooks/sendgrid", &headers, big).await;
     assert_eq!(status, 413);
     assert_eq!(bounce_rows(&app).await.len(), 4);
+}
+
+/// While every webhook permit is taken (as by a flood of events), one more request gets 429
+/// with `Retry-After` and changes nothing; once a permit is free the same event is recorded.
+async fn webhooks_beyond_the_few_at_once_are_told_to_retry_and_change_nothing(backend: Backend) {
+    let app = TestApp::spawn_with(backend, Options::default(), |c| {
+        c.webhooks.postmark = Some(PostmarkWebhook {
+            username: "postmark".into(),
+            password: Secret::new(POSTMARK_PASSWORD),
+        });
+    })
+    .await;
+    let (hard, _) = person(&app, "hard@example.org").await;
+    relay_replied(
+        &app,
+        hard,
+        "250 2.0.0 Ok: queued as 883953f4-6105-42a2-a16a-77a8eac79483",
+    )
+    .await;
+    let mut bounce = fixture("postmark-bounce.json");
+    bounce["Email"] = json!("hard@example.org");
+    let bounce = serde_json::to_vec(&bounce).unwrap();
+    let good = postmark_auth(POSTMARK_PASSWORD);
+
+    let permits = app.state.webhook_permits().clone();
+    let all = u32::try_from(sangha::web::WEBHOOK_CONCURRENCY).unwrap();
+    let held = permits
+        .clone()
+        .try_acquire_many_owned(all)
+        .expect("no webhook runs yet");
+    let response = app
+        .http
+        .post(app.url("/webhooks/postmark"))
+        .header("content-type", "application/json")
+        .header(good[0].0, &good[0].1)
+        .body(bounce.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    assert!(bounce_rows(&app).await.is_empty());
+    assert!(subscribed(&app, "hard@example.org").await);
+    // Signups are not webhooks: they go on while the webhooks are full.
+    let signup = app
+        .post_json(
+            "/subscribe",
+            &json!({"email": "new@example.org", "offerings": ["morning-meditation"]}),
+        )
+        .await;
+    assert_eq!(signup.status().as_u16(), 202);
+
+    drop(held);
+    let (status, answer) = post(&app, "/webhooks/postmark", &good, bounce).await;
+    assert_eq!((status, &answer), (200, &json!({ "recorded": 1 })));
+    assert!(suppressed(&app, "hard@example.org").await);
+    assert_eq!(
+        permits.available_permits(),
+        sangha::web::WEBHOOK_CONCURRENCY
+    );
 }
