@@ -14,6 +14,7 @@ mod pages;
 mod preferences;
 mod server;
 mod signup_limits;
+mod sns;
 mod subscribe;
 mod unsubscribe;
 mod webhooks;
@@ -37,6 +38,7 @@ pub use client::{ClientInfo, RateLimiter};
 pub use error::{AppError, ErrorKind};
 pub use server::{ConnectionTimeouts, raise_open_file_limit, serve};
 pub use signup_limits::DomainSourceLimiter;
+pub use sns::{FetchError, HttpsFetch, SnsFetch};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -71,10 +73,14 @@ struct StateInner {
     courses: Courses,
     /// Mailgun webhook tokens accepted within the replay window.
     mailgun_tokens: crate::bounces::SeenTokens,
+    /// What the SES webhook fetches from Amazon SNS, and the certificates it keeps.
+    sns: sns::Sns,
 }
 
 impl AppState {
-    /// The state shared by every handler.
+    /// The state shared by every handler; `sns_fetch` fetches from Amazon SNS for the SES
+    /// webhook.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         store: Store,
@@ -83,6 +89,7 @@ impl AppState {
         links: Links,
         clock: Clock,
         wake: Arc<Notify>,
+        sns_fetch: Arc<dyn SnsFetch>,
     ) -> Self {
         let limiter = RateLimiter::new(
             config.signup.rate_limit_per_minute,
@@ -108,6 +115,7 @@ impl AppState {
                 consent_hash,
                 courses,
                 mailgun_tokens: Default::default(),
+                sns: sns::Sns::new(sns_fetch),
             }),
         }
     }
@@ -157,6 +165,9 @@ impl AppState {
     }
     pub(crate) fn mailgun_tokens(&self) -> &crate::bounces::SeenTokens {
         &self.inner.mailgun_tokens
+    }
+    fn sns(&self) -> &sns::Sns {
+        &self.inner.sns
     }
 }
 
