@@ -20,7 +20,7 @@ use crate::domain::TokenKey;
 use crate::links::Links;
 use crate::mail::{Composer, Dkim, Templates, Transport};
 use crate::store::{DeclaredOffering, Store};
-use crate::web::{AppState, router};
+use crate::web::{AppState, HttpsFetch, SnsFetch, router};
 
 /// The parts every command that touches the database needs.
 #[derive(Clone)]
@@ -246,6 +246,17 @@ pub struct Application {
 impl Application {
     /// Opens everything and binds the listener (port 0 picks a free port, for tests).
     pub async fn build(config: Config, clock: Clock, with_worker: bool) -> anyhow::Result<Self> {
+        Self::build_with(config, clock, with_worker, Arc::new(HttpsFetch::new())).await
+    }
+
+    /// As [`Application::build`], with what the SES webhook fetches Amazon SNS URLs with
+    /// (tests serve their own certificates).
+    pub async fn build_with(
+        config: Config,
+        clock: Clock,
+        with_worker: bool,
+        sns_fetch: Arc<dyn SnsFetch>,
+    ) -> anyhow::Result<Self> {
         let bind = config.server.bind;
         let runtime = Runtime::open(config, clock).await?;
         let templates = runtime.templates()?;
@@ -266,6 +277,7 @@ impl Application {
             links,
             runtime.clock,
             wake.clone(),
+            sns_fetch,
         );
         let listener = TcpListener::bind(bind)
             .await

@@ -17,7 +17,9 @@ use crate::domain::{OfferingKind, Slug, TimeOfDay, Timezone, TokenKey, Weekday};
 
 mod webhooks;
 
-pub use webhooks::{MailgunWebhook, PostmarkWebhook, SendgridKey, SendgridWebhook, WebhooksConfig};
+pub use webhooks::{
+    MailgunWebhook, PostmarkWebhook, SendgridKey, SendgridWebhook, SesWebhook, WebhooksConfig,
+};
 
 /// The whole configuration tree.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -15,7 +15,8 @@
 //! Gmail), so the reports are read first and the auto-reply signs only after.
 //!
 //! `providers.rs` reads the providers' event webhooks (Postmark, Mailgun, SendGrid) into reports
-//! after checking their credentials. `record.rs` then ties what was read to the delivery it
+//! after checking their credentials; `ses.rs` checks Amazon SNS messages' signatures and reads
+//! the SES events they carry. `record.rs` then ties what was read to the delivery it
 //! answers and records, through the store, what it calls for.
 
 mod autoreply;
@@ -23,6 +24,7 @@ mod dsn;
 mod message;
 mod providers;
 mod record;
+mod ses;
 mod text;
 
 #[cfg(test)]
@@ -39,6 +41,7 @@ pub use providers::{
     sendgrid_events,
 };
 pub use record::{Incoming, Notice, Recorded, Recorder};
+pub use ses::{SnsKey, SnsKind, SnsMessage, SnsUrl, ses_event};
 
 /// What one message returned to the envelope sender turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,11 +17,24 @@ use super::{ConfigError, Secret, invalid, text};
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub ses: Option<SesWebhook>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub postmark: Option<PostmarkWebhook>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mailgun: Option<MailgunWebhook>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sendgrid: Option<SendgridWebhook>,
+}
+
+/// `[webhooks.ses]`: Amazon SES notifications through an SNS topic. Messages are checked
+/// against Amazon's signing certificate, so no secret is needed; naming the topic refuses any
+/// other (recommended: anyone can point another SNS topic at the URL).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SesWebhook {
+    /// The ARN of the SNS topic SES publishes to (`arn:aws:sns:REGION:ACCOUNT:NAME`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic_arn: Option<String>,
 }
 
 /// `[webhooks.postmark]`: the HTTP basic auth credentials put in the webhook's URL at Postmark.
@@ -96,6 +109,14 @@ impl fmt::Debug for SendgridKey {
 impl WebhooksConfig {
     /// A configured provider with an empty credential is refused: it would accept anyone.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(topic) = self.ses.as_ref().and_then(|s| s.topic_arn.as_deref())
+            && !(topic.starts_with("arn:aws") && topic.split(':').count() == 6)
+        {
+            return Err(invalid(
+                "webhooks.ses.topic_arn",
+                "must be an SNS topic ARN: arn:aws:sns:REGION:ACCOUNT:NAME",
+            ));
+        }
         if let Some(postmark) = &self.postmark {
             if postmark.username.is_empty() {
                 return Err(invalid("webhooks.postmark.username", "must not be empty"));

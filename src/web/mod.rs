@@ -15,6 +15,7 @@ mod pages;
 mod preferences;
 mod server;
 mod signup_limits;
+mod sns;
 mod subscribe;
 mod unsubscribe;
 mod webhooks;
@@ -38,6 +39,7 @@ pub use client::{ClientInfo, RateLimiter};
 pub use error::{AppError, ErrorKind};
 pub use server::{ConnectionTimeouts, raise_open_file_limit, serve};
 pub use signup_limits::DomainSourceLimiter;
+pub use sns::{FetchError, HttpsFetch, SnsFetch};
 pub use webhooks::{WEBHOOK_CONCURRENCY, WEBHOOK_MAX_BODY_BYTES};
 
 use crate::clock::Clock;
@@ -75,10 +77,14 @@ struct StateInner {
     mailgun_tokens: crate::bounces::SeenTokens,
     /// The webhook requests that may run at once ([`webhooks::WEBHOOK_CONCURRENCY`]).
     webhook_permits: Arc<tokio::sync::Semaphore>,
+    /// What the SES webhook fetches from Amazon SNS, and the certificates it keeps.
+    sns: sns::Sns,
 }
 
 impl AppState {
-    /// The state shared by every handler.
+    /// The state shared by every handler; `sns_fetch` fetches from Amazon SNS for the SES
+    /// webhook.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         store: Store,
@@ -87,6 +93,7 @@ impl AppState {
         links: Links,
         clock: Clock,
         wake: Arc<Notify>,
+        sns_fetch: Arc<dyn SnsFetch>,
     ) -> Self {
         let limiter = RateLimiter::new(
             config.signup.rate_limit_per_minute,
@@ -115,6 +122,7 @@ impl AppState {
                 webhook_permits: Arc::new(tokio::sync::Semaphore::new(
                     webhooks::WEBHOOK_CONCURRENCY,
                 )),
+                sns: sns::Sns::new(sns_fetch),
             }),
         }
     }
@@ -168,6 +176,9 @@ impl AppState {
     /// The permits a webhook request holds while it runs; none left: 429.
     pub fn webhook_permits(&self) -> &Arc<tokio::sync::Semaphore> {
         &self.inner.webhook_permits
+    }
+    fn sns(&self) -> &sns::Sns {
+        &self.inner.sns
     }
 }
 

@@ -1,4 +1,5 @@
-//! The email providers' event webhooks: `POST /webhooks/postmark` (basic auth),
+//! The email providers' event webhooks: `POST /webhooks/ses` (Amazon SNS messages, RSA signed
+//! with a certificate fetched from Amazon SNS), `/webhooks/postmark` (basic auth),
 //! `/webhooks/mailgun` (HMAC signature, timestamp and token) and `/webhooks/sendgrid` (ECDSA
 //! signature). Each answers 404 until its `[webhooks.*]` section is configured, 401 to a request
 //! not shown to come from the provider, 400 to a body it cannot read, 413 past
@@ -15,8 +16,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use super::sns::{CertificateError, FetchError};
 use super::{AppError, AppState, ErrorKind};
-use crate::bounces::{self, Incoming, Recorder, Refused};
+use crate::bounces::{self, Incoming, Recorder, Refused, SnsKind, SnsMessage};
 
 /// Largest webhook body accepted (SendGrid batches events); larger ones get 413.
 pub const WEBHOOK_MAX_BODY_BYTES: usize = 256 * 1024;
@@ -32,6 +34,7 @@ const WEBHOOK_RETRY_AFTER_SECS: u64 = 5;
 /// The webhook routes, with their own body limit and concurrency limit.
 pub(super) fn routes(state: AppState) -> Router<AppState> {
     Router::new()
+        .route("/webhooks/ses", post(ses))
         .route("/webhooks/postmark", post(postmark))
         .route("/webhooks/mailgun", post(mailgun))
         .route("/webhooks/sendgrid", post(sendgrid))
@@ -54,6 +57,88 @@ async fn one_of_few(State(state): State<AppState>, request: Request, next: Next)
         .into_response();
     };
     next.run(request).await
+}
+
+/// The header SNS names the message's type in (the body's `Type` says the same, signed).
+const SNS_MESSAGE_TYPE: &str = "x-amz-sns-message-type";
+
+/// `POST /webhooks/ses`: one Amazon SNS message, its signature checked with the certificate
+/// at its `SigningCertURL` (an Amazon SNS host, checked before anything is fetched): a
+/// notification's SES bounce or complaint is recorded; a subscription to the configured topic
+/// is confirmed.
+async fn ses(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let config = state
+        .config()
+        .webhooks
+        .ses
+        .as_ref()
+        .ok_or_else(not_configured)?;
+    let message = SnsMessage::parse(&body).map_err(refused)?;
+    if let Some(kind) = headers.get(SNS_MESSAGE_TYPE)
+        && kind.as_bytes() != message.kind.as_str().as_bytes()
+    {
+        return Err(refused(Refused::Malformed(format!(
+            "{SNS_MESSAGE_TYPE} says another type than the message ({})",
+            message.kind.as_str()
+        ))));
+    }
+    if let Some(topic) = &config.topic_arn
+        && *topic != message.topic_arn
+    {
+        return Err(refused(Refused::Unauthorized(
+            "not the configured SNS topic",
+        )));
+    }
+    let key = state
+        .sns()
+        .key(&message.signing_cert_url)
+        .await
+        .map_err(|e| match e {
+            CertificateError::Fetch(e) => fetch_failed(e),
+            CertificateError::Unreadable(_) => {
+                refused(Refused::Unauthorized("no usable signing certificate"))
+            }
+        })?;
+    message.verify(&key).map_err(refused)?;
+    match message.kind {
+        SnsKind::Notification => {
+            let report = bounces::ses_event(&message).map_err(refused)?;
+            record(&state, report.as_slice()).await
+        }
+        SnsKind::SubscriptionConfirmation => {
+            if config.topic_arn.is_none() {
+                tracing::warn!(topic = %message.topic_arn,
+                    "confirming an SNS subscription to any topic: set webhooks.ses.topic_arn");
+            }
+            let url = message
+                .subscribe_url
+                .as_ref()
+                .expect("a confirmation has its SubscribeURL");
+            state.sns().confirm(url).await.map_err(fetch_failed)?;
+            tracing::info!(topic = %message.topic_arn, "SNS subscription confirmed");
+            Ok(Json(json!({ "subscribed": message.topic_arn })))
+        }
+        SnsKind::UnsubscribeConfirmation => {
+            tracing::warn!(topic = %message.topic_arn,
+                "SNS says this endpoint was unsubscribed from the topic");
+            Ok(Json(json!({ "unsubscribed": message.topic_arn })))
+        }
+    }
+}
+
+/// A fetch from Amazon SNS that failed: a URL SNS does not know is refused (401); SNS out of
+/// reach is our failure (500), so SNS delivers the message again later.
+fn fetch_failed(e: FetchError) -> AppError {
+    match e {
+        FetchError::Status(_) => refused(Refused::Unauthorized("Amazon SNS does not know the URL")),
+        FetchError::Unreachable(_) => {
+            AppError::from(anyhow::Error::new(e).context("SES webhook")).in_json()
+        }
+    }
 }
 
 /// `POST /webhooks/postmark`: one bounce or spam complaint record.

@@ -31,6 +31,7 @@ mod relay_refusal;
 mod return_path;
 mod secrets;
 mod sends;
+mod ses_webhook;
 mod signup;
 mod slow_relays;
 mod smtp_delivery;

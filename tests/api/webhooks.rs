@@ -30,7 +30,7 @@ backend_tests!(
 const POSTMARK_PASSWORD: &str = "postmark-password-from-the-environment";
 const MAILGUN_KEY: &str = "key-mailgun-webhook-signing-key";
 
-fn fixture(name: &str) -> Value {
+pub(crate) fn fixture(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/webhooks")
         .join(name);
@@ -39,7 +39,7 @@ fn fixture(name: &str) -> Value {
 
 /// A person confirmed to the morning newsletter; their confirmation email is the delivery the
 /// events answer. Returns its id and Message-ID.
-async fn person(app: &TestApp, email: &str) -> (i64, String) {
+pub(crate) async fn person(app: &TestApp, email: &str) -> (i64, String) {
     app.confirmed_subscriber(email, &["morning-meditation"])
         .await;
     sqlx::query_as(
@@ -53,7 +53,7 @@ async fn person(app: &TestApp, email: &str) -> (i64, String) {
 }
 
 /// Stores the relay's reply to a delivery, as the worker does after sending it.
-async fn relay_replied(app: &TestApp, delivery: i64, reply: &str) {
+pub(crate) async fn relay_replied(app: &TestApp, delivery: i64, reply: &str) {
     sqlx::query("UPDATE deliveries SET smtp_reply = $1 WHERE id = $2")
         .bind(reply)
         .bind(delivery)
@@ -63,7 +63,7 @@ async fn relay_replied(app: &TestApp, delivery: i64, reply: &str) {
 }
 
 /// The bounce rows: source, kind, recipient, how they were matched, what they did.
-async fn bounce_rows(
+pub(crate) async fn bounce_rows(
     app: &TestApp,
 ) -> Vec<(String, String, Option<String>, Option<String>, String)> {
     sqlx::query_as("SELECT source, kind, recipient, matched_by, action FROM bounces ORDER BY id")
@@ -72,7 +72,7 @@ async fn bounce_rows(
         .unwrap()
 }
 
-async fn post(
+pub(crate) async fn post(
     app: &TestApp,
     path: &str,
     headers: &[(&str, String)],
@@ -95,7 +95,7 @@ async fn post(
 }
 
 /// A JSON body over the webhooks' 256 KiB limit.
-fn too_big() -> Vec<u8> {
+pub(crate) fn too_big() -> Vec<u8> {
     format!("{{\"padding\": \"{}\"}}", "x".repeat(300 * 1024)).into_bytes()
 }
 

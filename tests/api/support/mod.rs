@@ -12,13 +12,14 @@ pub mod test_ca;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sangha::app::Application;
 use sangha::clock::Clock;
 use sangha::config::{Config, TlsMode, TransportKind};
 use sangha::store::Store;
-use sangha::web::AppState;
+use sangha::web::{AppState, SnsFetch};
 use tokio::sync::oneshot;
 
 /// How long a test waits for something that should happen soon.
@@ -200,11 +201,39 @@ impl TestApp {
         Self::start_in(dir, config, options).await
     }
 
+    /// An app whose SES webhook fetches Amazon SNS URLs with `sns_fetch` (tests have no
+    /// network).
+    pub async fn spawn_with_sns_fetch(
+        backend: Backend,
+        sns_fetch: Arc<dyn SnsFetch>,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(&backend, dir.path()).await;
+        configure(&mut config);
+        Self::start_with(dir, config, Options::default(), sns_fetch).await
+    }
+
     async fn start_in(dir: tempfile::TempDir, config: Config, options: Options) -> Self {
+        let sns_fetch = Arc::new(sangha::web::HttpsFetch::new());
+        Self::start_with(dir, config, options, sns_fetch).await
+    }
+
+    async fn start_with(
+        dir: tempfile::TempDir,
+        config: Config,
+        options: Options,
+        sns_fetch: Arc<dyn SnsFetch>,
+    ) -> Self {
         config.validate().expect("test config is valid");
-        let mut app = Application::build(config.clone(), options.clock.clone(), options.worker)
-            .await
-            .expect("application starts");
+        let mut app = Application::build_with(
+            config.clone(),
+            options.clock.clone(),
+            options.worker,
+            sns_fetch,
+        )
+        .await
+        .expect("application starts");
         if !options.worker {
             // Such tests step the scheduler and a worker themselves.
             app = app.without_scheduler();
