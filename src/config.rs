@@ -43,6 +43,8 @@ pub struct Config {
     #[serde(default)]
     pub webhooks: WebhooksConfig,
     #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
     pub offerings: Vec<OfferingConfig>,
     /// Folder the config was read from; templates are looked up next to it.
     #[serde(skip)]
@@ -477,6 +479,25 @@ pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
 }
 
+/// `[log]`: how log lines are written (to stderr; the level comes from `RUST_LOG`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event, for a person reading it.
+    #[default]
+    Text,
+    /// One JSON object per line, for a log collector: the span fields (the request id of a
+    /// web request, the send and delivery ids of a delivery) on every line within them.
+    Json,
+}
+
 /// `[bounces]`: what bounces and complaints do, and how long their reports are kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -901,6 +922,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             bounces: BouncesConfig::default(),
             webhooks: WebhooksConfig::default(),
+            log: LogConfig::default(),
             dkim: DkimConfig::default(),
             offerings: Vec::new(),
             config_dir: None,

@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
+use sangha::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc: less CPU per delivered message (BENCHMARKS.md).
@@ -30,11 +31,25 @@ async fn main() -> std::process::ExitCode {
     // codes as text. NO_COLOR (https://no-color.org) turns it off there too.
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
+    // `[log] format` is read before the command loads the config for itself; a config that
+    // does not load logs as text, and the command then says what is wrong with it.
+    let format = sangha::config::Config::load(cli.config.as_deref())
+        .map(|c| c.log.format)
+        .unwrap_or_default();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(colour).init(),
+        // One object per line: the event's fields flattened beside level, target and time,
+        // and every enclosing span's fields (request_id; send_id, delivery_id) in `spans`.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
     let mut stdout = std::io::stdout();
     match sangha::cli::run(cli, &mut stdout).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -16,6 +16,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::for_mail;
 use crate::clock::{Clock, Millis};
@@ -474,12 +475,24 @@ impl Worker {
                 }
                 let worker = self.clone();
                 let lease = lease.clone();
-                running.push(AbortOnDrop(tokio::spawn(async move {
-                    let send_id = d.send_id;
-                    let started = Instant::now();
-                    let result = worker.deliver(d, &lease).await;
-                    (result, send_id, started.elapsed())
-                })));
+                // Every line of this delivery names it and its send (JSON logs: `spans`).
+                let span = tracing::info_span!(
+                    "delivery",
+                    delivery_id = d.id,
+                    send_id = tracing::field::Empty
+                );
+                if let Some(send_id) = d.send_id {
+                    span.record("send_id", send_id);
+                }
+                running.push(AbortOnDrop(tokio::spawn(
+                    async move {
+                        let send_id = d.send_id;
+                        let started = Instant::now();
+                        let result = worker.deliver(d, &lease).await;
+                        (result, send_id, started.elapsed())
+                    }
+                    .instrument(span),
+                )));
             }
             if !may_start
                 && running.is_empty()

@@ -192,7 +192,10 @@ pub fn router(state: AppState) -> Router {
             .get::<MatchedPath>()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "unmatched".to_owned());
-        tracing::info_span!("request", method = %request.method(), route = %route)
+        // A request id of our own on every line of the request (the client's X-Request-Id
+        // is not trusted: anyone could send one that mimics another request).
+        let request_id = format!("{:016x}", rand::random::<u64>());
+        tracing::info_span!("request", request_id = %request_id, method = %request.method(), route = %route)
     });
     Router::new()
         .route("/healthz", get(health::healthz))

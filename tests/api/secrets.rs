@@ -28,6 +28,7 @@ backend_tests!(
     an_address_erased_before_a_key_rotation_stays_suppressed_after_it,
     no_secret_reaches_the_logs_at_debug_level,
     no_secret_reaches_the_logs_at_trace_level,
+    no_secret_reaches_the_json_logs_at_trace_level,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -481,17 +482,71 @@ fn with_database_password(url: &str, password: &str) -> String {
 }
 
 async fn no_secret_reaches_the_logs_at_debug_level(backend: Backend) {
-    no_secret_reaches_the_logs(backend, "debug").await;
+    no_secret_reaches_the_logs(backend, "debug", "text").await;
 }
 
 async fn no_secret_reaches_the_logs_at_trace_level(backend: Backend) {
-    no_secret_reaches_the_logs(backend, "trace").await;
+    no_secret_reaches_the_logs(backend, "trace", "text").await;
+}
+
+async fn no_secret_reaches_the_json_logs_at_trace_level(backend: Backend) {
+    no_secret_reaches_the_logs(backend, "trace", "json").await;
+}
+
+/// The JSON log lines of `logged` (every line of serve's and the CLI's stderr with
+/// `[log] format = "json"`): each one object, web lines carrying their request id and route
+/// pattern, delivery lines their delivery and send ids.
+fn assert_json_lines(logged: &str) {
+    let lines: Vec<serde_json::Value> = logged
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object: {l}: {e}"))
+        })
+        .collect();
+    assert!(lines.len() > 20, "few JSON lines:\n{logged}");
+    for line in logged.lines().filter(|l| !l.starts_with('{')) {
+        assert!(
+            !line.contains("TRACE") && !line.contains("DEBUG") && !line.contains(" INFO "),
+            "a text log line among the JSON ones: {line}"
+        );
+    }
+    for v in &lines {
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string() && v["target"].is_string(),
+            "{v}"
+        );
+    }
+    let span = |v: &serde_json::Value, name: &str| -> Option<serde_json::Value> {
+        v["spans"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+    };
+    let request_ids: std::collections::HashSet<String> = lines
+        .iter()
+        .filter_map(|v| span(v, "request"))
+        .filter(|s| s["route"] == "/confirm/{token}")
+        .map(|s| s["request_id"].as_str().expect("a request id").to_owned())
+        .collect();
+    assert!(
+        request_ids.len() >= 2,
+        "the confirm page's GET and POST, each with its own request id: {request_ids:?}"
+    );
+    assert!(request_ids.iter().all(|id| id.len() == 16));
+    let newsletter = lines
+        .iter()
+        .filter_map(|v| span(v, "delivery"))
+        .find(|s| s["send_id"].is_i64())
+        .unwrap_or_else(|| panic!("no line of the newsletter's delivery:\n{logged}"));
+    assert!(newsletter["delivery_id"].is_i64(), "{newsletter}");
 }
 
 /// Signs someone up, confirms, sends them a newsletter over authenticated SMTP and lets them
 /// leave, all through a `sangha serve` child process logging at `level`; then looks for every
 /// secret and every token in what it printed.
-async fn no_secret_reaches_the_logs(backend: Backend, level: &str) {
+async fn no_secret_reaches_the_logs(backend: Backend, level: &str, format: &str) {
     let smtp = TestSmtpServer::builder()
         .credentials(SMTP_USER, SMTP_PASSWORD)
         .start()
@@ -506,6 +561,7 @@ async fn no_secret_reaches_the_logs(backend: Backend, level: &str) {
     let previous_key = TokenKey::generate().to_base64();
     let env: Vec<(String, String)> = [
         ("RUST_LOG", level.to_owned()),
+        ("SANGHA__LOG__FORMAT", format.to_owned()),
         ("SANGHA__DATA_DIR", data_dir.display().to_string()),
         ("SANGHA__DATABASE__URL", database_url.clone()),
         ("SANGHA__TOKENS__KEY", token_key.clone()),
@@ -650,6 +706,9 @@ async fn no_secret_reaches_the_logs(backend: Backend, level: &str) {
     assert!(logged.contains(&marker), "no {marker} line:\n{logged}");
     assert!(logged.contains("/confirm/{token}"), "{logged}");
     assert!(logged.contains("/unsubscribe/{token}"), "{logged}");
+    if format == "json" {
+        assert_json_lines(&logged);
+    }
 
     let mut secrets: Vec<(&str, String)> = vec![
         ("SMTP password", SMTP_PASSWORD.to_owned()),
@@ -665,7 +724,7 @@ async fn no_secret_reaches_the_logs(backend: Backend, level: &str) {
     }
     let needles = forms_of_secrets(&secrets);
     assert_no_secret(
-        &format!("the output at RUST_LOG={level}"),
+        &format!("the output at RUST_LOG={level}, {format} logs"),
         &logged,
         &needles,
     );
