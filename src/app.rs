@@ -181,7 +181,7 @@ impl Runtime {
 /// Creates the data folder (and any missing parent) for its owner only: it holds the token key,
 /// the SQLite database and the outbox, all of them about subscribers. An existing folder keeps
 /// the permissions it has.
-fn create_private_dir(path: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(path: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

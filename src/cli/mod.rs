@@ -1,6 +1,7 @@
 //! The owner's command line: the clap types and a short dispatch to each command family
 //! (`sends`, `subscribers`, `courses`, `offerings`). Only `main` and `cli` print.
 
+mod backup;
 mod bounces;
 mod courses;
 mod dkim;
@@ -76,6 +77,24 @@ pub enum Command {
     /// Bounces, complaints and auto-replies: list, show, import a saved report.
     #[command(subcommand)]
     Bounces(BouncesCommand),
+    /// Copy the SQLite database to FILE and its token keys to FILE.key, while Sangha runs
+    /// (on PostgreSQL: print the pg_dump line to run instead).
+    Backup {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Replace FILE and FILE.key when they exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a backup (FILE and FILE.key) in place as the configured database, once checked;
+    /// refused while Sangha has the database open.
+    Restore {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Replace the database that is there now.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `sangha bounces …`: what came back about the mail sent.
@@ -380,6 +399,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::TestSend(args) => sends::test_send(&open(load()?).await?, args, out).await,
         Command::Dkim(command) => dkim::run(&load()?, command, out),
         Command::Bounces(command) => bounces::run(&open(load()?).await?, command, out).await,
+        Command::Backup { file, force } => backup::backup(load()?, &file, force, out).await,
+        Command::Restore { file, force } => backup::restore(load()?, &file, force, out).await,
     }
 }
 

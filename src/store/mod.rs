@@ -2,6 +2,7 @@
 //! runtime sqlx queries written once in the SQL both dialects share (`$1` placeholders, `ON
 //! CONFLICT`, `RETURNING`); the few places that differ branch on [`Backend`].
 
+pub mod backup;
 mod bounces;
 mod courses;
 mod deliveries;
@@ -67,6 +68,9 @@ pub struct Store {
     inline_checkpoints: Arc<AtomicBool>,
     /// The domain of the Message-IDs the outbox writes (`mail.message_id_domain`).
     message_id_domain: Arc<str>,
+    /// On a SQLite file, the shared lock that tells `sangha restore` the database is open
+    /// (see [`backup`]); held as long as a clone of the store lives.
+    _in_use: Option<Arc<std::fs::File>>,
 }
 
 /// How often `sangha serve` copies SQLite's WAL into the database file (see
@@ -98,9 +102,29 @@ impl Store {
         } else {
             Backend::Postgres
         };
-        let url = match backend {
-            Backend::Sqlite => prepare_sqlite_url(url)?,
-            Backend::Postgres => url.to_owned(),
+        let (url, in_use) = match backend {
+            Backend::Sqlite => {
+                let prepared = prepare_sqlite_url(url)?;
+                let lock = match sqlite_file(url) {
+                    Some(file) => Some(backup::lock_shared(&file).map_err(|e| {
+                        match e {
+                            backup::LockError::InUse(lock) => sqlx::Error::Configuration(
+                                format!(
+                                    "{} is being restored (`sangha restore` holds {}); \
+                                 start again once it has finished",
+                                    file.display(),
+                                    lock.display()
+                                )
+                                .into(),
+                            ),
+                            e => sqlx::Error::Configuration(e.to_string().into()),
+                        }
+                    })?),
+                    None => None,
+                };
+                (prepared, lock)
+            }
+            Backend::Postgres => (url.to_owned(), None),
         };
         let options = AnyConnectOptions::from_str(&url)?;
         let inline_checkpoints = Arc::new(AtomicBool::new(true));
@@ -141,6 +165,7 @@ impl Store {
             offerings: Default::default(),
             inline_checkpoints,
             message_id_domain: Arc::from("localhost"),
+            _in_use: in_use,
         })
     }
 

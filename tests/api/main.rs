@@ -4,6 +4,7 @@
 mod support;
 
 mod architecture;
+mod backup;
 mod bombing;
 mod bounce_mailbox;
 mod bounces;

@@ -465,21 +465,35 @@ pub fn run_cli(config: &Config, args: &[&str]) -> Output {
 
 /// As [`run_cli`], with more environment variables.
 pub fn run_cli_with(config: &Config, args: &[&str], env: &[(&str, String)]) -> Output {
+    sangha_command(config, args, env)
+        .env("SANGHA__TOKENS__KEY", TEST_TOKEN_KEY)
+        .output()
+        .expect("run sangha")
+}
+
+/// The `sangha` binary with the committed config.toml, this config's database and data folder
+/// and `env` in the environment; no token key unless `env` gives one (it then uses
+/// `data_dir/token.key`, as an owner's installation does by default).
+pub fn sangha_command(
+    config: &Config,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> std::process::Command {
     let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    std::process::Command::new(env!("CARGO_BIN_EXE_sangha"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sangha"));
+    command
         // The machine's own trust-store variables would change what the SMTP tests see.
         .env_remove("SSL_CERT_FILE")
         .env_remove("SSL_CERT_DIR")
+        .env_remove("SANGHA__TOKENS__KEY")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .arg("--config")
         .arg(&config_path)
         .args(args)
         .env("SANGHA__DATA_DIR", &config.data_dir)
         .env("SANGHA__DATABASE__URL", &config.database.url)
-        .env("SANGHA__TOKENS__KEY", TEST_TOKEN_KEY)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run sangha")
+        .env("RUST_LOG", "warn");
+    command
 }
 
 /// The environment that makes a `sangha` process send through the test SMTP server on `port`,
