@@ -3,6 +3,8 @@
 -- for review). Credentials: env BENCH_WEBHOOK_AUTH, the base64 of "user:password".
 local run = os.getenv("BENCH_RUN") or tostring(os.time())
 local auth = "Basic " .. (os.getenv("BENCH_WEBHOOK_AUTH") or "")
+-- Another path (BENCH_FLOOD_PATH) measures what the flood costs the signups as mere load.
+local path = os.getenv("BENCH_FLOOD_PATH") or "/webhooks/postmark"
 local threads = 0
 local counter = 0
 
@@ -23,7 +25,7 @@ function request()
     .. '"Description":"The server was unable to deliver your message","Details":"550 5.1.1 no such user",'
     .. '"BouncedAt":"2026-12-07T16:33:54Z"}',
     tid, counter, math.random(1000000), run, tid, counter, counter)
-  return wrk.format("POST", "/webhooks/postmark",
+  return wrk.format("POST", path,
     { ["Content-Type"] = "application/json", ["Authorization"] = auth }, body)
 end
 
