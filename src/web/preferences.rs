@@ -21,7 +21,7 @@ use crate::domain::{
     ConsentSource, OfferingKind, Slug, SubscriberName, SubscriptionStatus, SuppressionReason,
     Timezone, TokenPurpose,
 };
-use crate::store::{CourseState, NewSignup, Offering, SubscriberRef};
+use crate::store::{CourseState, NewSignup, Offering, SubscriberDetail, SubscriberRef};
 
 /// The preferences page routes.
 pub fn routes() -> Router<AppState> {
@@ -58,11 +58,21 @@ async fn subscriber(state: &AppState, token: &str) -> Result<SubscriberRef, AppE
         .ok_or(ErrorKind::InvalidLink)?)
 }
 
+/// What is stored about the person: their subscriptions and courses. Read once per request
+/// and handed to what the page needs of it.
+async fn detail_of(
+    state: &AppState,
+    who: &SubscriberRef,
+) -> Result<Option<SubscriberDetail>, AppError> {
+    Ok(state.store().subscriber_detail(&who.email).await?)
+}
+
 /// Offerings shown: every public one, plus any private one the person has.
-async fn choices(state: &AppState, who: &SubscriberRef) -> Result<Vec<(Offering, bool)>, AppError> {
-    let detail = state.store().subscriber_detail(&who.email).await?;
+async fn choices(
+    state: &AppState,
+    detail: Option<&SubscriberDetail>,
+) -> Result<Vec<(Offering, bool)>, AppError> {
     let active: Vec<&str> = detail
-        .as_ref()
         .map(|d| {
             d.subscriber
                 .subscriptions
@@ -73,7 +83,7 @@ async fn choices(state: &AppState, who: &SubscriberRef) -> Result<Vec<(Offering,
         })
         .unwrap_or_default();
     let has = |slug: &str| {
-        detail.as_ref().is_some_and(|d| {
+        detail.is_some_and(|d| {
             d.subscriber
                 .subscriptions
                 .iter()
@@ -94,23 +104,17 @@ async fn choices(state: &AppState, who: &SubscriberRef) -> Result<Vec<(Offering,
 }
 
 /// The slugs of the offerings the person receives now.
-async fn confirmed_offerings(
-    state: &AppState,
-    who: &SubscriberRef,
-) -> Result<Vec<String>, AppError> {
-    Ok(state
-        .store()
-        .subscriber_detail(&who.email)
-        .await?
+fn confirmed_offerings(detail: Option<&SubscriberDetail>) -> Vec<&str> {
+    detail
         .map(|d| {
             d.subscriber
                 .subscriptions
-                .into_iter()
+                .iter()
                 .filter(|s| s.status == SubscriptionStatus::Confirmed)
-                .map(|s| s.offering)
+                .map(|s| s.offering.as_str())
                 .collect()
         })
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// What the preferences page shows.
@@ -153,9 +157,10 @@ async fn stopped(state: &AppState, who: &SubscriberRef) -> Result<Option<String>
 impl<'a> View<'a> {
     /// The page as stored: the person's offerings, name, time zone and courses.
     async fn load(state: &AppState, who: &'a SubscriberRef) -> Result<Self, AppError> {
+        let detail = detail_of(state, who).await?;
         Ok(View {
             who,
-            choices: choices(state, who).await?,
+            choices: choices(state, detail.as_ref()).await?,
             values: (
                 who.name.as_deref().unwrap_or(""),
                 who.timezone.as_deref().unwrap_or(""),
@@ -164,7 +169,7 @@ impl<'a> View<'a> {
             saved: false,
             confirm_sent: false,
             stopped: stopped(state, who).await?,
-            courses: course_views(state, who).await?,
+            courses: course_views(state, who, detail.as_ref()),
         })
     }
 
@@ -232,9 +237,13 @@ struct CourseViews {
     notice: Option<&'static str>,
 }
 
-async fn course_views(state: &AppState, who: &SubscriberRef) -> Result<CourseViews, AppError> {
-    let Some(detail) = state.store().subscriber_detail(&who.email).await? else {
-        return Ok(CourseViews::default());
+fn course_views(
+    state: &AppState,
+    who: &SubscriberRef,
+    detail: Option<&SubscriberDetail>,
+) -> CourseViews {
+    let Some(detail) = detail else {
+        return CourseViews::default();
     };
     let courses = state.courses();
     let items = detail
@@ -257,10 +266,10 @@ async fn course_views(state: &AppState, who: &SubscriberRef) -> Result<CourseVie
             })
         })
         .collect();
-    Ok(CourseViews {
+    CourseViews {
         items,
         notice: None,
-    })
+    }
 }
 
 /// `POST /preferences/{token}/course`: `offering=SLUG&action=pause|resume`.
@@ -321,7 +330,8 @@ async fn save(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let who = subscriber(&state, &token).await?;
-    let mut choices = choices(&state, &who).await?;
+    let detail = detail_of(&state, &who).await?;
+    let mut choices = choices(&state, detail.as_ref()).await?;
     let (mut name, mut timezone, mut wanted) = (String::new(), String::new(), Vec::new());
     for (k, v) in form_urlencoded::parse(&body) {
         match k.as_ref() {
@@ -361,19 +371,19 @@ async fn save(
             saved: false,
             confirm_sent: false,
             stopped: stopped(&state, &who).await?,
-            courses: course_views(&state, &who).await?,
+            courses: course_views(&state, &who, detail.as_ref()),
         };
         return Ok(view.render(&state, StatusCode::UNPROCESSABLE_ENTITY, &token));
     }
     // After a bounce or a complaint stopped mail, an offering chosen again waits for a new
     // confirmation from the inbox: the address may be gone, or someone else's now.
-    let confirmed = confirmed_offerings(&state, &who).await?;
+    let confirmed = confirmed_offerings(detail.as_ref());
     let stopped = stopped(&state, &who).await?.is_some();
     let (ids, again): (Vec<&Offering>, Vec<&Offering>) = choices
         .iter()
         .filter(|(_, on)| *on)
         .map(|(o, _)| o)
-        .partition(|o| !stopped || confirmed.contains(&o.slug));
+        .partition(|o| !stopped || confirmed.contains(&o.slug.as_str()));
     let ids: Vec<i64> = ids.iter().map(|o| o.id).collect();
     let now = state.clock().now_ms();
     state
