@@ -3,6 +3,7 @@
 //! own, so running it in more than one process is harmless.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -15,6 +16,8 @@ use crate::store::{DueSend, Store};
 
 /// How often the scheduler loop looks for a send that just fell due.
 const DUE_CHECK: Duration = Duration::from_millis(100);
+/// How often the text of bounce reports older than `bounces.keep_days` is looked for.
+const FORGET_EVERY_MS: Millis = 3_600_000;
 
 /// What one scheduler step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,6 +38,9 @@ pub struct Scheduler {
     warn_below: u32,
     /// How long the raw text of a bounce report is kept (`bounces.keep_days`).
     keep_reports_ms: Millis,
+    /// When the text of old bounce reports is next looked for: the step runs every fraction
+    /// of a second, the forgetting once an hour (an UPDATE is a write, even of no rows).
+    next_forget_at: Arc<AtomicI64>,
     /// Moves each person through the courses.
     courses: super::CourseStep,
     /// Woken after every fan-out batch, so workers start on a big send while the rest of
@@ -53,6 +59,7 @@ impl Scheduler {
             grace_ms: i64::from(config.worker.grace_minutes) * 60_000,
             warn_below: config.worker.recurring_warn_below,
             keep_reports_ms: i64::from(config.bounces.keep_days) * 86_400_000,
+            next_forget_at: Arc::new(AtomicI64::new(Millis::MIN)),
             courses: super::CourseStep::new(courses),
             wake_workers: None,
         }
@@ -89,12 +96,16 @@ impl Scheduler {
         }
         outcome.sends_finished = finished.len();
         outcome.deliveries_created += self.courses.step(&self.store, now).await?;
-        let forgotten = self
-            .store
-            .forget_bounce_reports(now - self.keep_reports_ms)
-            .await?;
-        if forgotten > 0 {
-            tracing::info!(reports = forgotten, "forgot the text of old bounce reports");
+        if now >= self.next_forget_at.load(Ordering::Relaxed) {
+            let forgotten = self
+                .store
+                .forget_bounce_reports(now - self.keep_reports_ms)
+                .await?;
+            self.next_forget_at
+                .store(now + FORGET_EVERY_MS, Ordering::Relaxed);
+            if forgotten > 0 {
+                tracing::info!(reports = forgotten, "forgot the text of old bounce reports");
+            }
         }
         Ok(outcome)
     }

@@ -342,12 +342,33 @@ async fn each_kind_of_report_does_what_it_should_once_and_an_unmatched_one_is_on
         "within keep_days"
     );
     // The scheduler forgets them as time passes.
-    let later = Runtime::open(app.config.clone(), Clock::manual(now + 31 * 86_400_000))
+    let later_clock = Clock::manual(now + 31 * 86_400_000);
+    let later = Runtime::open(app.config.clone(), later_clock.clone())
         .await
         .unwrap();
-    later.scheduler().step().await.unwrap();
+    // One scheduler, as `serve` runs one.
+    let scheduler = later.scheduler();
+    scheduler.step().await.unwrap();
     let first = app.store().bounce(first.id).await.unwrap().unwrap();
     assert_eq!(first.raw, None);
+    // It looks once an hour, not at every step: a report already old enough is forgotten at
+    // the next look.
+    let late = recorder
+        .record(&report("r-late", None, None, BounceKind::Hard))
+        .await
+        .unwrap()[0]
+        .id
+        .unwrap();
+    scheduler.step().await.unwrap();
+    let store = app.store().clone();
+    let raw = |id| {
+        let store = store.clone();
+        async move { store.bounce(id).await.unwrap().unwrap().raw }
+    };
+    assert_eq!(raw(late).await.as_deref(), Some("the raw report r-late"));
+    later_clock.advance(std::time::Duration::from_secs(3600));
+    scheduler.step().await.unwrap();
+    assert_eq!(raw(late).await, None);
     assert_eq!(
         (first.kind, first.status.as_deref()),
         (BounceKind::Hard, Some("5.1.1"))
