@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::backend_tests;
-use crate::bounces::{fixture, subscribed, suppressed, verp_of};
+use crate::bounces::{delivery_to, fixture, subscribed, suppressed, verp_of};
 use crate::sends::MORNING;
 use crate::support::imap::{PASSWORD, TestImap, USER};
 use crate::support::{Backend, Options, TestApp, eventually_async, run_cli_with, stderr, stdout};
@@ -66,6 +66,10 @@ async fn the_mailbox_is_recorded_once_and_only_what_was_recorded_is_moved(backen
     };
     let app = TestApp::spawn_with(backend, Options::default(), |c| {
         c.mail.return_path = Some("bounces@news.example.org".parse().unwrap());
+        c.webhooks.postmark = Some(sangha::config::PostmarkWebhook {
+            username: "postmark".into(),
+            password: sangha::config::Secret::new(crate::webhooks::POSTMARK_PASSWORD),
+        });
     })
     .await;
     for email in ["gone@example.com", "away@example.com"] {
@@ -146,12 +150,41 @@ async fn the_mailbox_is_recorded_once_and_only_what_was_recorded_is_moved(backen
     assert_eq!(bounces_recorded(&app).await, recorded);
     assert!(unflagged(&imap, "INBOX").await.is_empty());
     let mut expected = inbox;
-    expected.push(hard);
+    expected.push(hard.clone());
     assert_eq!(
         sorted(unflagged(&imap, "Processed").await),
         sorted(expected)
     );
     assert_eq!(unflagged(&imap, "Archive").await, vec![elsewhere]);
+
+    // The same bounce saved by hand and imported, and reported by the relay's webhook: still
+    // done once (one row per delivery and kind, whatever the source).
+    let saved = app.dir.path().join("saved.eml");
+    std::fs::write(&saved, &hard).unwrap();
+    let out = app.cli(&["bounces", "import", saved.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("already recorded; nothing done again"),
+        "{}",
+        stdout(&out)
+    );
+    let (gone, _) = delivery_to(&app, "gone@example.com", "send").await;
+    crate::webhooks::relay_replied(&app, gone, "250 2.0.0 Ok: queued as pm-gone-1").await;
+    let mut event = crate::webhooks::fixture("postmark-bounce.json");
+    event["Email"] = serde_json::json!("gone@example.com");
+    event["MessageID"] = serde_json::json!("pm-gone-1");
+    let (status, answer) = crate::webhooks::post(
+        &app,
+        "/webhooks/postmark",
+        &crate::webhooks::postmark_auth(crate::webhooks::POSTMARK_PASSWORD),
+        serde_json::to_vec(&event).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, answer),
+        (200, serde_json::json!({ "recorded": 0 }))
+    );
+    assert_eq!(bounces_recorded(&app).await, recorded);
 
     // A wrong password is an error that names the login, not a panic.
     let mut wrong = imap_env(&imap);

@@ -27,7 +27,7 @@ backend_tests!(
     webhooks_beyond_the_few_at_once_are_told_to_retry_and_change_nothing,
 );
 
-const POSTMARK_PASSWORD: &str = "postmark-password-from-the-environment";
+pub(crate) const POSTMARK_PASSWORD: &str = "postmark-password-from-the-environment";
 const MAILGUN_KEY: &str = "key-mailgun-webhook-signing-key";
 
 pub(crate) fn fixture(name: &str) -> Value {
@@ -109,7 +109,7 @@ async fn webhooks_answer_404_until_their_provider_is_configured(backend: Backend
     assert!(bounce_rows(&app).await.is_empty());
 }
 
-fn postmark_auth(password: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn postmark_auth(password: &str) -> Vec<(&'static str, String)> {
     vec![(
         "authorization",
         format!("Basic {}", BASE64.encode(format!("postmark:{password}"))),
