@@ -78,7 +78,7 @@ impl Runtime {
             .await
             .context("cannot record the configured offerings")?;
         let metrics = if config.metrics.bind.is_some() {
-            Metrics::new()
+            Metrics::on()
         } else {
             Metrics::off()
         };

@@ -484,7 +484,10 @@ pub struct DnsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Where `GET /metrics` answers (`127.0.0.1:9464`); empty: no metrics endpoint.
-    #[serde(serialize_with = "serialize_optional_bind", deserialize_with = "optional_bind")]
+    #[serde(
+        serialize_with = "serialize_optional_bind",
+        deserialize_with = "optional_bind"
+    )]
     pub bind: Option<SocketAddr>,
 }
 

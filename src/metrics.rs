@@ -43,6 +43,15 @@ pub enum DeliveryOutcome {
 }
 
 impl DeliveryOutcome {
+    const ALL: [Self; 6] = [
+        Self::Sent,
+        Self::Retried,
+        Self::Failed,
+        Self::Suppressed,
+        Self::Skipped,
+        Self::Held,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Sent => "sent",
@@ -66,6 +75,13 @@ pub enum ReplyClass {
 }
 
 impl ReplyClass {
+    const ALL: [Self; 4] = [
+        Self::Positive,
+        Self::Transient,
+        Self::Permanent,
+        Self::ConnectionError,
+    ];
+
     /// The class of a reply code (`250` → 2xx); `None`: no reply came.
     pub fn of(code: Option<u16>) -> Self {
         match code {
@@ -104,6 +120,15 @@ pub enum SignupOutcome {
 }
 
 impl SignupOutcome {
+    const ALL: [Self; 6] = [
+        Self::Accepted,
+        Self::Invalid,
+        Self::RateLimited,
+        Self::DomainLimited,
+        Self::Honeypot,
+        Self::Error,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Accepted => "accepted",
@@ -187,8 +212,8 @@ impl Metrics {
         Self { inner: None }
     }
 
-    /// A fresh registry with every metric at zero.
-    pub fn new() -> Self {
+    /// Metrics that count, in a fresh registry with every metric at zero.
+    pub fn on() -> Self {
         let mut registry = Registry::with_prefix("sangha");
         let deliveries = Family::<DeliveryLabels, Counter>::default();
         registry.register(
@@ -213,7 +238,7 @@ impl Metrics {
         let confirmations = Counter::default();
         registry.register(
             "confirmations",
-            "Signups confirmed from the link in the confirmation email",
+            "Confirmations posted from the link in the confirmation email (posting one link again counts again)",
             confirmations.clone(),
         );
         let unsubscribes = Counter::default();
@@ -261,7 +286,7 @@ impl Metrics {
             "Connections the database pool may open (database.max_connections)",
             pool_max.clone(),
         );
-        Self {
+        let metrics = Self {
             inner: Some(Arc::new(Inner {
                 registry,
                 deliveries,
@@ -276,6 +301,32 @@ impl Metrics {
                 pool,
                 pool_max,
             })),
+        };
+        metrics.start_at_zero();
+        metrics
+    }
+
+    /// Every series of the closed label sets, at 0 from the start: a rate over a series that
+    /// appears only at its first event misses that event, and an alert on it sees nothing.
+    fn start_at_zero(&self) {
+        let Some(inner) = &self.inner else { return };
+        for kind in [DeliveryKind::Confirmation, DeliveryKind::Send] {
+            for outcome in DeliveryOutcome::ALL {
+                inner.deliveries.get_or_create_owned(&DeliveryLabels {
+                    kind: kind.as_str(),
+                    outcome: outcome.as_str(),
+                });
+            }
+        }
+        for class in ReplyClass::ALL {
+            inner.smtp_replies.get_or_create_owned(&ClassLabels {
+                class: class.as_str(),
+            });
+        }
+        for outcome in SignupOutcome::ALL {
+            inner.signups.get_or_create_owned(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            });
         }
     }
 
@@ -365,7 +416,10 @@ impl Metrics {
                 ("sent", counts.sent),
                 ("failed", failed),
             ] {
-                inner.sends.get_or_create(&SendLabels { send_id, state }).set(n);
+                inner
+                    .sends
+                    .get_or_create(&SendLabels { send_id, state })
+                    .set(n);
             }
         }
         let pool = store.pool();
