@@ -1629,6 +1629,24 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_address_is_off_by_default_and_never_the_sites_port() {
+        assert_eq!(load("", &[]).unwrap().metrics.bind, None);
+        let on = load("", &[("SANGHA__METRICS__BIND", "127.0.0.1:9464")]).unwrap();
+        assert_eq!(
+            on.metrics.bind,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        let err = load("[metrics]\nbind = \"0.0.0.0:3000\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.bind"), "{err}");
+        let err = load("[metrics]\nbind = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.bind"), "{err}");
+    }
+
+    #[test]
     fn an_unknown_key_in_the_file_is_named() {
         let err = load("[smtp]\nhots = \"x\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("smtp.hots"), "{err}");
