@@ -19,6 +19,7 @@ use crate::delivery::{BounceMailbox, Scheduler, Worker};
 use crate::domain::TokenKey;
 use crate::links::Links;
 use crate::mail::{Composer, Dkim, Templates, Transport};
+use crate::metrics::Metrics;
 use crate::store::{DeclaredOffering, Store};
 use crate::web::{AppState, HttpsFetch, SnsFetch, router};
 
@@ -32,6 +33,8 @@ pub struct Runtime {
     pub courses: Courses,
     /// The DKIM keys, read once here: a missing or bad key stops the start.
     pub dkim: Dkim,
+    /// What the web and the workers count; off unless `[metrics] bind` is set.
+    pub metrics: Metrics,
 }
 
 impl Runtime {
@@ -74,9 +77,15 @@ impl Runtime {
             .sync_offerings(&declared, clock.now_ms())
             .await
             .context("cannot record the configured offerings")?;
+        let metrics = if config.metrics.bind.is_some() {
+            Metrics::on()
+        } else {
+            Metrics::off()
+        };
         Ok(Self {
             courses: Courses::from_config(&config),
             dkim,
+            metrics,
             config,
             store,
             clock,
@@ -174,6 +183,7 @@ impl Runtime {
                 TransportKind::Smtp => self.config.smtp.rate_per_second,
                 TransportKind::File => 0,
             },
+            self.metrics.clone(),
         ))
     }
 }
@@ -241,6 +251,54 @@ pub struct Application {
     scheduler: Option<Scheduler>,
     bounce_mailbox: Option<BounceMailbox>,
     wake: Arc<Notify>,
+    /// The listener of `[metrics] bind`, when set: `GET /metrics`, apart from the site.
+    metrics: Option<MetricsEndpoint>,
+}
+
+/// `GET /metrics` on its own address, bound and ready to serve.
+pub struct MetricsEndpoint {
+    listener: TcpListener,
+    router: axum::Router,
+}
+
+impl MetricsEndpoint {
+    /// Binds `[metrics] bind`; `None` when it is empty.
+    pub async fn bind(runtime: &Runtime) -> anyhow::Result<Option<Self>> {
+        let Some(bind) = runtime.config.metrics.bind else {
+            return Ok(None);
+        };
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen on {bind} (metrics.bind)"))?;
+        let router = crate::metrics::router(
+            runtime.metrics.clone(),
+            runtime.store.clone(),
+            runtime.clock.clone(),
+        );
+        Ok(Some(Self { listener, router }))
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    /// Serves scrapes until `stop` turns true.
+    pub fn spawn(
+        self,
+        timeouts: crate::web::ConnectionTimeouts,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        tracing::info!(address = %self.local_addr(), "metrics at /metrics");
+        tokio::spawn(crate::web::serve(
+            self.listener,
+            self.router,
+            timeouts,
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            },
+        ))
+    }
 }
 
 impl Application {
@@ -268,6 +326,7 @@ impl Application {
         };
         let scheduler = runtime.scheduler();
         let bounce_mailbox = runtime.bounce_mailbox()?;
+        let metrics = MetricsEndpoint::bind(&runtime).await?;
         let wake = Arc::new(Notify::new());
         let state = AppState::new(
             runtime.config,
@@ -278,6 +337,7 @@ impl Application {
             runtime.clock,
             wake.clone(),
             sns_fetch,
+            runtime.metrics.clone(),
         );
         let listener = TcpListener::bind(bind)
             .await
@@ -289,6 +349,7 @@ impl Application {
             scheduler: Some(scheduler),
             bounce_mailbox,
             wake,
+            metrics,
         })
     }
 
@@ -302,6 +363,11 @@ impl Application {
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener")
+    }
+
+    /// The address `GET /metrics` answers on, when `[metrics] bind` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsEndpoint::local_addr)
     }
 
     /// The web state, for tests that look inside.
@@ -347,6 +413,10 @@ impl Application {
         let app = router(self.state.clone());
         let mut server_stop = stop_site.clone();
         let timeouts = crate::web::ConnectionTimeouts::from_config(&self.state.config().server);
+        // Scrapes are answered until the site stops, so the last counts can still be read.
+        let metrics = self
+            .metrics
+            .map(|endpoint| endpoint.spawn(timeouts, stop_site.clone()));
         let mut server = tokio::spawn(crate::web::serve(
             self.listener,
             app,
@@ -397,6 +467,13 @@ impl Application {
         };
         if let Some(checkpoints) = checkpoints {
             let _ = checkpoints.await;
+        }
+        if let Some(mut metrics) = metrics
+            && tokio::time::timeout_at(deadline, &mut metrics)
+                .await
+                .is_err()
+        {
+            metrics.abort();
         }
         // Connections an aborted request still holds are dropped with the process.
         let _ = tokio::time::timeout_at(

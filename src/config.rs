@@ -44,6 +44,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     #[serde(default)]
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub offerings: Vec<OfferingConfig>,
     /// Folder the config was read from; templates are looked up next to it.
@@ -498,6 +499,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[metrics]`: the Prometheus endpoint, on an address of its own (never the site's).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` answers (`127.0.0.1:9464`); empty: no metrics endpoint.
+    #[serde(
+        serialize_with = "serialize_optional_bind",
+        deserialize_with = "optional_bind"
+    )]
+    pub bind: Option<SocketAddr>,
+}
+
 /// `[bounces]`: what bounces and complaints do, and how long their reports are kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -687,6 +700,25 @@ fn parse_text<'de, T: std::str::FromStr, D: serde::Deserializer<'de>>(
 
 fn bind_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     parse_text(d, "must be an address like 127.0.0.1:3000")
+}
+
+/// An address like `bind_address`, or empty for none.
+fn optional_bind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom("must be an address like 127.0.0.1:9464, or empty for none")
+    })
+}
+
+fn serialize_optional_bind<S: serde::Serializer>(
+    value: &Option<SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&value.map(|a| a.to_string()).unwrap_or_default())
 }
 
 fn serialize_return_path<S: serde::Serializer>(
@@ -923,6 +955,7 @@ impl Default for Config {
             bounces: BouncesConfig::default(),
             webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
             dkim: DkimConfig::default(),
             offerings: Vec::new(),
             config_dir: None,
@@ -991,6 +1024,15 @@ impl Config {
             return Err(invalid(
                 "server.base_url",
                 "must be an absolute http:// or https:// URL",
+            ));
+        }
+        if let Some(metrics) = self.metrics.bind
+            && metrics.port() != 0
+            && metrics.port() == self.server.bind.port()
+        {
+            return Err(invalid(
+                "metrics.bind",
+                "must be another port than server.bind: the metrics are not for the public site",
             ));
         }
         for origin in &self.server.cors_origins {
@@ -1605,6 +1647,24 @@ mod tests {
         .unwrap();
         assert_eq!(config.smtp.port, 2526);
         assert_eq!(config.server.cors_origins, vec!["https://a.example"]);
+    }
+
+    #[test]
+    fn the_metrics_address_is_off_by_default_and_never_the_sites_port() {
+        assert_eq!(load("", &[]).unwrap().metrics.bind, None);
+        let on = load("", &[("SANGHA__METRICS__BIND", "127.0.0.1:9464")]).unwrap();
+        assert_eq!(
+            on.metrics.bind,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        let err = load("[metrics]\nbind = \"0.0.0.0:3000\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.bind"), "{err}");
+        let err = load("[metrics]\nbind = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.bind"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub mod domain;
 pub mod links;
 /// Templates, message building, transports.
 pub mod mail;
+/// Prometheus metrics: counters updated where outcomes are known, gauges read at each scrape,
+/// the `/metrics` router for the metrics address.
+pub mod metrics;
 /// The calendar of sends: times of day, dates, recurrence, content folders.
 pub mod schedule;
 /// The database: SQLite or PostgreSQL, migrations, queries.

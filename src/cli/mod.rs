@@ -439,11 +439,17 @@ fn check_config(config: &Config, out: &mut (dyn Write + Send)) -> anyhow::Result
 async fn worker(config: Config) -> anyhow::Result<()> {
     let runtime = open(config).await?;
     let worker = runtime.worker(runtime.templates()?, runtime.links()?)?;
+    let metrics = crate::app::MetricsEndpoint::bind(&runtime).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let timeouts = crate::web::ConnectionTimeouts::from_config(&runtime.config.server);
+    let metrics = metrics.map(|endpoint| endpoint.spawn(timeouts, stop_rx.clone()));
     let task = tokio::spawn(worker.run(stop_rx, Default::default()));
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     task.await?;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     Ok(())
 }
 

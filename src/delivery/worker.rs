@@ -22,7 +22,8 @@ use super::for_mail;
 use crate::clock::{Clock, Millis};
 use crate::config::WorkerConfig;
 use crate::domain::{DeliveryKind, DeliveryStatus, EmailAddress, SubscriptionStatus};
-use crate::mail::{CompiledSend, Composer, RelayState, SendErrorKind, Transport};
+use crate::mail::{CompiledSend, Composer, RelayState, SendError, SendErrorKind, Transport};
+use crate::metrics::{DeliveryOutcome, Metrics, ReplyClass};
 use crate::store::{ClaimedDelivery, Offering, Store, SuppressionReason};
 
 /// A send's compiled templates and its offering.
@@ -53,9 +54,36 @@ enum DeliveryResult {
     Sent(i64, String),
     Retried,
     Failed,
+    /// Failed, and the address suppressed: the relay said it does not exist.
+    Suppressed,
     Skipped,
     /// Given back untried: the relay refuses our credentials (see [`RelayState`]).
     Held,
+}
+
+impl DeliveryResult {
+    fn outcome(&self) -> DeliveryOutcome {
+        match self {
+            Self::Sent(..) => DeliveryOutcome::Sent,
+            Self::Retried => DeliveryOutcome::Retried,
+            Self::Failed => DeliveryOutcome::Failed,
+            Self::Suppressed => DeliveryOutcome::Suppressed,
+            Self::Skipped => DeliveryOutcome::Skipped,
+            Self::Held => DeliveryOutcome::Held,
+        }
+    }
+}
+
+/// The class of the relay's answer to one message; `None` when the message never reached it
+/// (held back, or refused before the conversation: a DKIM or envelope error, which is
+/// permanent and has no reply code).
+fn reply_class(sent: &Result<String, SendError>) -> Option<ReplyClass> {
+    match sent {
+        Ok(_) => Some(ReplyClass::Positive),
+        Err(e) if e.kind == SendErrorKind::Held => None,
+        Err(e) if e.reply_code.is_none() && e.kind == SendErrorKind::Permanent => None,
+        Err(e) => Some(ReplyClass::of(e.reply_code)),
+    }
 }
 
 /// A delivery worker: claims due deliveries in batches and hands them to the transport.
@@ -72,6 +100,8 @@ struct Inner {
     settings: WorkerConfig,
     /// `smtp.rate_per_second` of the transport (0: unlimited), shared by every lane.
     rate_per_second: u32,
+    /// Counts each delivery's outcome and the relay's replies.
+    metrics: Metrics,
     /// How long a message takes from its start to the transport's answer, waits for the rate
     /// limit and for a pooled session included: a moving average in ms, `None` before the
     /// first batch. Claims are sized by it (see [`claim_size`]).
@@ -192,6 +222,7 @@ impl Worker {
         clock: Clock,
         settings: WorkerConfig,
         rate_per_second: u32,
+        metrics: Metrics,
     ) -> Self {
         let id = format!(
             "{}-{}-{:08x}",
@@ -207,6 +238,7 @@ impl Worker {
                 clock,
                 settings,
                 rate_per_second,
+                metrics,
                 latency_ms: Mutex::new(None),
                 id,
                 claims: AtomicU64::new(0),
@@ -269,7 +301,7 @@ impl Worker {
                 DeliveryResult::Retried => outcome.retried += 1,
                 DeliveryResult::Skipped => outcome.skipped += 1,
                 DeliveryResult::Held => outcome.held += 1,
-                DeliveryResult::Failed => {
+                DeliveryResult::Failed | DeliveryResult::Suppressed => {
                     outcome.failed += 1;
                     if let Some(id) = send_id
                         && !failing_sends.contains(&id)
@@ -487,8 +519,10 @@ impl Worker {
                 running.push(AbortOnDrop(tokio::spawn(
                     async move {
                         let send_id = d.send_id;
+                        let kind = d.kind;
                         let started = Instant::now();
                         let result = worker.deliver(d, &lease).await;
+                        worker.inner.metrics.delivery(kind, result.outcome());
                         (result, send_id, started.elapsed())
                     }
                     .instrument(span),
@@ -579,7 +613,13 @@ impl Worker {
                 return DeliveryResult::Failed;
             }
         };
-        match inner.transport.send(message).await {
+        let sent = inner.transport.send(message).await;
+        if inner.transport.is_smtp()
+            && let Some(class) = reply_class(&sent)
+        {
+            inner.metrics.smtp_reply(class);
+        }
+        match sent {
             Ok(reply) => {
                 tracing::debug!(delivery = delivery.id, "sent");
                 DeliveryResult::Sent(delivery.id, reply)
@@ -637,7 +677,7 @@ impl Worker {
                         self.finish(&delivery, lease_id, DeliveryStatus::Suppressed, &e.message)
                             .await;
                         self.suppress(&delivery).await;
-                        DeliveryResult::Failed
+                        DeliveryResult::Suppressed
                     }
                     _ => {
                         tracing::warn!(delivery = delivery.id, error = %e.message, "delivery failed");

@@ -789,6 +789,7 @@ fn held(refusal: &Refusal) -> SendError {
             refusal.reason,
             wait.as_secs()
         ),
+        reply_code: None,
     }
 }
 
@@ -822,6 +823,7 @@ impl Server {
                     "cannot open an SMTP session with {}: {reason}",
                     self.label()
                 ),
+                reply_code: None,
             }),
             Err(_) => Err(SendError {
                 kind: SendErrorKind::Relay(RelayFault::Connect),
@@ -837,6 +839,7 @@ impl Server {
                         ""
                     }
                 ),
+                reply_code: None,
             }),
         }
     }
@@ -956,6 +959,7 @@ async fn transact(
         error: SendError {
             kind: SendErrorKind::Permanent,
             message: reason.to_owned(),
+            reply_code: None,
         },
         fate: Fate::InStep,
     })?;
@@ -1059,6 +1063,7 @@ async fn step(
             error: SendError {
                 kind: SendErrorKind::Transient,
                 message: format!("no reply to {} in time{}", stage.name(), ambiguity(stage)),
+                reply_code: None,
             },
             fate: if stage == Stage::MailFrom {
                 Fate::Stale
@@ -1107,7 +1112,11 @@ fn failure(stage: Stage, error: &SmtpError) -> Failure {
         if code.is_none() { ambiguity(stage) } else { "" }
     );
     Failure {
-        error: SendError { kind, message },
+        error: SendError {
+            kind,
+            message,
+            reply_code: code,
+        },
         fate,
     }
 }

@@ -91,6 +91,9 @@ pub enum RelayState {
 pub struct SendError {
     pub kind: SendErrorKind,
     pub message: String,
+    /// The relay's reply code, when a reply refused the message (`None`: no reply came, or
+    /// the message failed before it reached the relay).
+    pub reply_code: Option<u16>,
 }
 
 impl Transport {
@@ -126,6 +129,11 @@ impl Transport {
         self
     }
 
+    /// Whether messages go to an SMTP relay (not the outbox folder).
+    pub fn is_smtp(&self) -> bool {
+        matches!(self.route, Route::Smtp(_))
+    }
+
     /// Hands one message over, signed, as it goes on the wire. Returns the server's reply (or
     /// the file's id).
     pub async fn send(&self, message: Message) -> Result<String, SendError> {
@@ -143,11 +151,13 @@ impl Transport {
         let email = signed.map_err(|message| SendError {
             kind: SendErrorKind::Permanent,
             message,
+            reply_code: None,
         })?;
         match &self.route {
             Route::File(dir) => write_eml(dir, &email).await.map_err(|e| SendError {
                 kind: SendErrorKind::Transient,
                 message: format!("file transport: {e}"),
+                reply_code: None,
             }),
             Route::Smtp(pool) => pool.send(message.envelope(), email).await,
         }

@@ -17,6 +17,14 @@ use super::{Backend, Store, decode_error, word, word_opt};
 use crate::clock::Millis;
 use crate::domain::{DeliveryKind, DeliveryStatus, LinkTarget, SubscriptionStatus};
 
+/// The deliveries due now (see [`Store::due_queue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueQueue {
+    pub due: i64,
+    /// When the longest-waiting one fell due; `None` when none is due.
+    pub oldest_due_at: Option<Millis>,
+}
+
 /// A row a worker holds the lease on, with its recipient.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
@@ -426,5 +434,25 @@ impl Store {
             counts.add(&row.try_get::<String, _>("status")?, row.try_get("n")?)?;
         }
         Ok(counts)
+    }
+
+    /// The due deliveries a worker could claim now (their send, if any, is sending): how many,
+    /// and when the longest-waiting one fell due. One count over the partial index
+    /// `deliveries_due`, for the metrics.
+    pub async fn due_queue(&self, now: Millis) -> Result<DueQueue, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS due, MIN(next_attempt_at) AS oldest FROM deliveries
+             WHERE status = 'pending' AND next_attempt_at <= $1
+               AND (send_id IS NULL OR EXISTS (
+                    SELECT 1 FROM sends WHERE sends.id = deliveries.send_id
+                                        AND sends.status = 'sending'))",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(DueQueue {
+            due: row.try_get("due")?,
+            oldest_due_at: row.try_get("oldest")?,
+        })
     }
 }

@@ -32,7 +32,7 @@ pub use courses::{
     CourseStarter, CourseState, CourseStatus, LessonDelivery, NewLesson, Progress, ProgressChange,
     StoredLesson,
 };
-pub use deliveries::{ClaimedDelivery, ClaimedSignup, ConfirmationEmail, DeliveryCounts};
+pub use deliveries::{ClaimedDelivery, ClaimedSignup, ConfirmationEmail, DeliveryCounts, DueQueue};
 pub use import::{ExportLine, ExportSubscription, ImportCounts, ImportTerms, ImportedPerson};
 pub use leaving::{SubscriberRef, SuppressionReason};
 pub use offerings::{DeclaredOffering, Offering, OfferingSummary};

@@ -306,6 +306,30 @@ impl Store {
         Ok(counts)
     }
 
+    /// How many deliveries of each send that is not done (sending or paused) are in each
+    /// status, in one grouped count, for the metrics.
+    pub async fn unfinished_send_counts(&self) -> Result<Vec<(i64, DeliveryCounts)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT d.send_id, d.status, COUNT(*) AS n
+             FROM sends s JOIN deliveries d ON d.send_id = s.id
+             WHERE s.status IN ('sending', 'paused')
+             GROUP BY d.send_id, d.status
+             ORDER BY d.send_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<(i64, DeliveryCounts)> = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("send_id")?;
+            if out.last().is_none_or(|(last, _)| *last != id) {
+                out.push((id, DeliveryCounts::default()));
+            }
+            let (_, counts) = out.last_mut().expect("pushed above");
+            counts.add(&row.try_get::<String, _>("status")?, row.try_get("n")?)?;
+        }
+        Ok(out)
+    }
+
     /// How many of a send's deliveries were interrupted (the `interrupted` column summed).
     pub async fn send_interruptions(&self, id: i64) -> Result<i64, sqlx::Error> {
         let n: Option<i64> = sqlx::query_scalar(

@@ -84,6 +84,7 @@ async fn confirm(
         .await?
         .ok_or(ErrorKind::InvalidLink)?;
     tracing::info!(subscriber = signup.subscriber_id, "signup confirmed");
+    state.metrics().confirmation();
     // Confirmed from their own inbox: a bounce or a complaint no longer holds them back.
     if let Some(who) = state.store().subscriber_by_id(signup.subscriber_id).await? {
         let hashes = state.links().email_hashes(&who.email);

@@ -47,6 +47,7 @@ use crate::config::Config;
 use crate::courses::Courses;
 use crate::links::Links;
 use crate::mail::Templates;
+use crate::metrics::Metrics;
 use crate::store::{SignupWriter, Store};
 
 /// Largest request body accepted; larger ones get 413.
@@ -79,6 +80,8 @@ struct StateInner {
     webhook_permits: Arc<tokio::sync::Semaphore>,
     /// What the SES webhook fetches from Amazon SNS, and the certificates it keeps.
     sns: sns::Sns,
+    /// Requests, signups, confirmations and unsubscribes counted for `/metrics`.
+    metrics: Metrics,
 }
 
 impl AppState {
@@ -94,6 +97,7 @@ impl AppState {
         clock: Clock,
         wake: Arc<Notify>,
         sns_fetch: Arc<dyn SnsFetch>,
+        metrics: Metrics,
     ) -> Self {
         let limiter = RateLimiter::new(
             config.signup.rate_limit_per_minute,
@@ -123,6 +127,7 @@ impl AppState {
                     webhooks::WEBHOOK_CONCURRENCY,
                 )),
                 sns: sns::Sns::new(sns_fetch),
+                metrics,
             }),
         }
     }
@@ -180,6 +185,10 @@ impl AppState {
     fn sns(&self) -> &sns::Sns {
         &self.inner.sns
     }
+    /// What the site counts for `/metrics` (served on its own address, not here).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
 }
 
 /// The whole application's routes and layers.
@@ -218,8 +227,27 @@ pub fn router(state: AppState) -> Router {
             error::render_error_pages,
         ))
         .layer(cors)
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .layer(trace)
         .with_state(state)
+}
+
+/// Counts the request for `/metrics` by its route's pattern (`/confirm/{token}`), never its
+/// path, with the status it got and how long it took.
+async fn count_request(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    state
+        .metrics()
+        .http_request(&method, route, response.status(), started.elapsed());
+    response
 }
 
 /// How much of an oversized body is read and dropped before the 413 is sent, and for how long.

@@ -20,6 +20,7 @@ use super::client::ClientInfo;
 use super::error::is_json;
 use super::{AppError, AppState, ErrorKind, pages};
 use crate::domain::{ConsentSource, EmailAddress, SubscriberName, Timezone};
+use crate::metrics::SignupOutcome;
 use crate::store::{NewSignup, Offering};
 
 /// The signup routes (form and JSON).
@@ -134,14 +135,22 @@ async fn subscribe(
     {
         Format::Form
     } else {
+        state.metrics().signup(SignupOutcome::Invalid);
         return Err(AppError::unsupported_media_type(
             "Send the signup as application/x-www-form-urlencoded or application/json.",
         )
         .in_json());
     };
-    signup(&state, client, format, body, started)
-        .await
-        .map_err(|e| e.in_json_if(format == Format::Json))
+    let answer = signup(&state, client, format, body, started).await;
+    if let Err(e) = &answer {
+        // The ones answered with a page or a 202 counted themselves.
+        state.metrics().signup(match e.status() {
+            StatusCode::TOO_MANY_REQUESTS => SignupOutcome::RateLimited,
+            status if status.is_server_error() => SignupOutcome::Error,
+            _ => SignupOutcome::Invalid,
+        });
+    }
+    answer.map_err(|e| e.in_json_if(format == Format::Json))
 }
 
 /// A signup in `format`; its errors are answered in that format by [`subscribe`].
@@ -176,7 +185,10 @@ async fn signup(
         Format::Json => match parse_json(&body, honeypot_field) {
             Ok(raw) => raw,
             Err(Reject::BadRequest(message)) => return Err(AppError::bad_request(message)),
-            Err(Reject::Fields(errors)) => return Ok(field_errors_json(&errors)),
+            Err(Reject::Fields(errors)) => {
+                state.metrics().signup(SignupOutcome::Invalid);
+                return Ok(field_errors_json(&errors));
+            }
         },
     };
 
@@ -184,6 +196,7 @@ async fn signup(
         // A bot filled the field people cannot see: it gets the success answer and nothing
         // else happens.
         tracing::info!("honeypot filled; signup ignored");
+        state.metrics().signup(SignupOutcome::Honeypot);
         let wait = state.answer_pace().wait_for(false, started.elapsed());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -195,6 +208,7 @@ async fn signup(
     let signup = match validate(&raw, &offerings) {
         Ok(valid) => valid,
         Err(errors) => {
+            state.metrics().signup(SignupOutcome::Invalid);
             return Ok(match format {
                 Format::Json => field_errors_json(&errors),
                 Format::Form => form_page(
@@ -217,7 +231,10 @@ async fn signup(
             domain = signup.email.domain(),
             "signup limit for this domain from this network reached"
         );
-        return Err(AppError::too_many_requests(retry_after_secs));
+        state.metrics().signup(SignupOutcome::DomainLimited);
+        return Ok(AppError::too_many_requests(retry_after_secs)
+            .in_json_if(format == Format::Json)
+            .into_response());
     }
 
     let config = state.config();
@@ -243,6 +260,7 @@ async fn signup(
         queued = outcome.confirmation_queued,
         "signup recorded"
     );
+    state.metrics().signup(SignupOutcome::Accepted);
     // As late as an answer that queued an email, so the time tells nothing.
     let wait = state
         .answer_pace()

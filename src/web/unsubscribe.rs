@@ -127,6 +127,7 @@ async fn unsubscribe(
         everything,
         "unsubscribed"
     );
+    state.metrics().unsubscribes(left.len());
     let name = match state.store().offering_by_id(offering_id).await {
         Ok(Some(o)) => o.name,
         _ => String::new(),

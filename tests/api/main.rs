@@ -21,6 +21,7 @@ mod hostile;
 mod import;
 mod leaving;
 mod local_time;
+mod metrics;
 mod outbox;
 mod private_ca;
 mod probe_cli;

@@ -126,6 +126,8 @@ pub async fn test_config(backend: &Backend, dir: &Path) -> Config {
 /// A running application.
 pub struct TestApp {
     pub address: String,
+    /// `http://ADDR` of `GET /metrics`, when `[metrics] bind` is set.
+    pub metrics_address: Option<String>,
     pub config: Config,
     pub state: AppState,
     pub clock: Clock,
@@ -239,6 +241,7 @@ impl TestApp {
             app = app.without_scheduler();
         }
         let address = format!("http://{}", app.local_addr());
+        let metrics_address = app.metrics_addr().map(|a| format!("http://{a}"));
         let state = app.state().clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -254,6 +257,7 @@ impl TestApp {
             .expect("http client");
         Self {
             address,
+            metrics_address,
             config,
             state,
             clock: options.clock,
