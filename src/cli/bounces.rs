@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 
-use super::BouncesCommand;
+use super::{BouncesCommand, printable};
 use crate::app::Runtime;
 use crate::bounces::{Incoming, Recorder};
 use crate::clock::{Millis, format_ms};
@@ -78,8 +78,8 @@ pub async fn run(
                     b.kind,
                     b.action,
                     b.matched_by.map_or("-", |m| m.as_str()),
-                    b.recipient.as_deref().unwrap_or("-"),
-                    b.status.as_deref().unwrap_or("-"),
+                    printable(b.recipient.as_deref().unwrap_or("-"), false),
+                    printable(b.status.as_deref().unwrap_or("-"), false),
                 )?;
             }
             if rows.len() as i64 == LIST_LIMIT {
@@ -108,13 +108,11 @@ pub async fn run(
             };
             writeln!(out, "report {}: {} from {}", b.id, b.kind, b.source)?;
             writeln!(out, "received:   {}", format_ms(b.received_at))?;
-            writeln!(out, "recipient:  {}", b.recipient.as_deref().unwrap_or("-"))?;
-            writeln!(out, "status:     {}", b.status.as_deref().unwrap_or("-"))?;
-            writeln!(
-                out,
-                "diagnostic: {}",
-                b.diagnostic.as_deref().unwrap_or("-")
-            )?;
+            let field =
+                |v: &Option<String>| printable(v.as_deref().unwrap_or("-"), false).into_owned();
+            writeln!(out, "recipient:  {}", field(&b.recipient))?;
+            writeln!(out, "status:     {}", field(&b.status))?;
+            writeln!(out, "diagnostic: {}", field(&b.diagnostic))?;
             match (b.delivery_id, b.matched_by) {
                 (Some(delivery), Some(by)) => writeln!(
                     out,
@@ -128,7 +126,7 @@ pub async fn run(
             }
             writeln!(out, "action:     {}", b.action)?;
             match &b.raw {
-                Some(raw) => writeln!(out, "\n{raw}")?,
+                Some(raw) => writeln!(out, "\n{}", printable(raw, true))?,
                 None => writeln!(
                     out,
                     "\n(the report itself is no longer kept: bounces.keep_days = {})",
@@ -169,7 +167,7 @@ async fn import(
             .await
             .with_context(|| format!("{}: cannot record it", file.display()))?;
         for (notice, done) in report.notices.iter().zip(&recorded) {
-            let who = notice.recipient.as_deref().unwrap_or("someone");
+            let who = printable(notice.recipient.as_deref().unwrap_or("someone"), false);
             let what = match (done.id, done.action, done.matched_by) {
                 (None, _, _) => "already recorded; nothing done again".to_owned(),
                 (Some(id), Some(action), Some(by)) => {

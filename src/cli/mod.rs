@@ -349,6 +349,30 @@ pub struct TestSendArgs {
 }
 
 /// `HH:MM` (for `--local-time`).
+/// Text that came from outside (a bounce report, a relay's diagnostic) made safe to print on
+/// the owner's terminal: each control character is shown as `\u{..}` instead of being sent,
+/// so a hostile report cannot move the cursor, clear the screen or retitle the window with
+/// escape sequences. `keep_lines` keeps newlines and tabs (a whole report); otherwise they are
+/// shown too (one field on one line).
+pub(crate) fn printable(text: &str, keep_lines: bool) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && !(keep_lines && (c == '\n' || c == '\t'));
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if keep_lines && c == '\r' {
+            continue;
+        }
+        if unsafe_char(c) {
+            shown.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
+}
+
 fn time_of_day(text: &str) -> Result<jiff::civil::Time, String> {
     text.trim()
         .parse()
@@ -483,4 +507,26 @@ async fn serve(
     writeln!(out, "Press Ctrl-C to stop.")?;
     out.flush()?;
     app.run_until(shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn text_from_outside_is_printed_without_its_control_characters() {
+        assert_eq!(
+            printable("550 5.1.1 no such user", false),
+            "550 5.1.1 no such user"
+        );
+        assert_eq!(
+            printable("a\x1b[2Jb\x07c\rd\ne", false),
+            "a\\u{1b}[2Jb\\u{7}c\\u{d}d\\u{a}e"
+        );
+        // A whole report keeps its lines; a bare carriage return cannot overwrite one.
+        assert_eq!(
+            printable("Subject: x\r\n\x1b]0;owned\x07\r\nbody\tend\rX\r\n", true),
+            "Subject: x\n\\u{1b}]0;owned\\u{7}\nbody\tendX\n"
+        );
+    }
 }

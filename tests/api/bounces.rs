@@ -17,6 +17,7 @@ backend_tests!(
     bounces_of_a_running_send_count_as_its_failures_and_pause_it,
     a_person_stopped_by_a_bounce_is_told_why_and_comes_back_only_by_confirming_again,
     saved_reports_are_imported_and_each_does_what_it_says_once,
+    a_hostile_report_cannot_send_escape_sequences_to_the_owners_terminal,
 );
 
 /// The delivery of `kind` (`send` or `confirmation`) to `email`: its id and Message-ID.
@@ -536,6 +537,38 @@ pub(crate) fn fixture(name: &str, replace: &[(&str, &str)]) -> String {
         text = text.replace(from, to);
     }
     text
+}
+
+/// Anyone can mail the bounce mailbox: a report's text, its diagnostic and its recipient
+/// reach the owner's terminal with their control characters shown, never sent.
+async fn a_hostile_report_cannot_send_escape_sequences_to_the_owners_terminal(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let file = app.dir.path().join("hostile.eml");
+    std::fs::write(
+        &file,
+        "From: MAILER-DAEMON@example.net\r\nTo: bounces@news.example.org\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <hostile@example.net>\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nclear \x1b[2J the screen\x07\r\n\
+         --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
+         Final-Recipient: rfc822; x\x1b[31m@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+         Diagnostic-Code: smtp; 550 \x1b]0;owned\x07 no such user\r\n--b--\r\n",
+    )
+    .unwrap();
+    let out = app.cli(&["bounces", "import", file.to_str().unwrap()]);
+    let mut printed = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = app.store().bounces_since(0, 10).await.unwrap()[0].id;
+    let show = app.cli(&["bounces", "show", &id.to_string()]);
+    printed.push_str(&stdout(&show));
+    printed.push_str(&stdout(&app.cli(&["bounces", "list"])));
+    assert!(printed.contains("\\u{1b}"), "{printed}");
+    assert!(
+        !printed
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'),
+        "a control character reached the terminal: {printed:?}"
+    );
 }
 
 async fn saved_reports_are_imported_and_each_does_what_it_says_once(backend: Backend) {

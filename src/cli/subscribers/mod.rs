@@ -239,10 +239,13 @@ fn print_detail(detail: &SubscriberDetail, out: &mut (dyn Write + Send)) -> anyh
                 format_ms(b.received_at),
                 b.kind,
                 b.action,
-                b.diagnostic
-                    .as_deref()
-                    .or(b.status.as_deref())
-                    .unwrap_or("-"),
+                crate::cli::printable(
+                    b.diagnostic
+                        .as_deref()
+                        .or(b.status.as_deref())
+                        .unwrap_or("-"),
+                    false
+                ),
                 b.id,
                 b.id
             )?;
