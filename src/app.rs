@@ -15,7 +15,7 @@ use crate::bounces::Recorder;
 use crate::clock::Clock;
 use crate::config::{Config, TransportKind, redact_url_password};
 use crate::courses::Courses;
-use crate::delivery::{BounceMailbox, Scheduler, Worker};
+use crate::delivery::{Alerts, BounceMailbox, Scheduler, Worker};
 use crate::domain::TokenKey;
 use crate::links::Links;
 use crate::mail::{Composer, Dkim, Templates, Transport};
@@ -149,6 +149,16 @@ impl Runtime {
         )))
     }
 
+    /// The owner's alerts, emailed through `transport`.
+    pub fn alerts(&self, transport: Transport) -> Alerts {
+        Alerts::new(
+            self.store.clone(),
+            self.clock.clone(),
+            &self.config,
+            transport,
+        )
+    }
+
     /// Renders emails with the configured sender, site and list headers.
     pub fn composer(&self, templates: Arc<Templates>, links: Links) -> anyhow::Result<Composer> {
         let from = self.config.mail.from.clone();
@@ -250,6 +260,7 @@ pub struct Application {
     worker: Option<Worker>,
     scheduler: Option<Scheduler>,
     bounce_mailbox: Option<BounceMailbox>,
+    alerts: Option<Alerts>,
     wake: Arc<Notify>,
     /// The listener of `[metrics] bind`, when set: `GET /metrics`, apart from the site.
     metrics: Option<MetricsEndpoint>,
@@ -326,6 +337,12 @@ impl Application {
         };
         let scheduler = runtime.scheduler();
         let bounce_mailbox = runtime.bounce_mailbox()?;
+        // Alerts go out through the workers' transport: one pool of relay connections.
+        let transport = match &worker {
+            Some(worker) => worker.transport().clone(),
+            None => runtime.transport()?,
+        };
+        let alerts = runtime.alerts(transport);
         let metrics = MetricsEndpoint::bind(&runtime).await?;
         let wake = Arc::new(Notify::new());
         let state = AppState::new(
@@ -348,6 +365,7 @@ impl Application {
             worker,
             scheduler: Some(scheduler),
             bounce_mailbox,
+            alerts: Some(alerts),
             wake,
             metrics,
         })
@@ -357,6 +375,7 @@ impl Application {
     /// never race over the same moment of a manual clock.
     pub fn without_scheduler(mut self) -> Self {
         self.scheduler = None;
+        self.alerts = None;
         self
     }
 
@@ -410,6 +429,9 @@ impl Application {
         let bounce_mailbox = self
             .bounce_mailbox
             .map(|mailbox| tokio::spawn(mailbox.run(stop_work.clone())));
+        let alerts = self
+            .alerts
+            .map(|alerts| tokio::spawn(alerts.run(stop_work.clone())));
         let app = router(self.state.clone());
         let mut server_stop = stop_site.clone();
         let timeouts = crate::web::ConnectionTimeouts::from_config(&self.state.config().server);
@@ -450,6 +472,14 @@ impl Application {
         {
             // A message recorded but not yet moved is read again, and known, at the next start.
             mailbox.abort();
+        }
+        if let Some(mut alerts) = alerts
+            && tokio::time::timeout_at(deadline, &mut alerts)
+                .await
+                .is_err()
+        {
+            // An alert whose email was under way is claimed again once its lease runs out.
+            alerts.abort();
         }
         let _ = stop_site_tx.send(true);
         let result = match server_ended {

@@ -41,6 +41,8 @@ pub struct Config {
     #[serde(default)]
     pub bounces: BouncesConfig,
     #[serde(default)]
+    pub alerts: AlertsConfig,
+    #[serde(default)]
     pub webhooks: WebhooksConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -62,6 +64,14 @@ pub struct SiteConfig {
     /// gave none.
     #[serde(with = "text")]
     pub timezone: Timezone,
+    /// Where alerts go (a send that paused itself, bounces or complaints past their share,
+    /// mail waiting too long); empty: alerts are only logged and listed by `sangha alerts`.
+    #[serde(
+        default,
+        serialize_with = "serialize_optional_address",
+        deserialize_with = "optional_address"
+    )]
+    pub owner_email: Option<lettre::Address>,
 }
 
 /// `[server]`: where the web server listens and how it treats connections.
@@ -511,6 +521,29 @@ pub struct MetricsConfig {
     pub bind: Option<SocketAddr>,
 }
 
+/// `[alerts]`: when the owner is told that something needs her (see `site.owner_email`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Deliveries due for this many minutes without going out raise an alert; 0: never.
+    pub queue_late_minutes: u32,
+    /// A send whose spam complaints reach this percentage of the people it reached raises an
+    /// alert (mailbox providers start filtering a sender around 0.3%).
+    pub complaint_percent: f64,
+    /// Seconds between two looks at the queue and at alerts waiting to be emailed.
+    pub check_seconds: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            queue_late_minutes: 60,
+            complaint_percent: 0.3,
+            check_seconds: 30,
+        }
+    }
+}
+
 /// `[bounces]`: what bounces and complaints do, and how long their reports are kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -750,6 +783,27 @@ fn return_path<'de, D: serde::Deserializer<'de>>(
     Ok(Some(address))
 }
 
+fn serialize_optional_address<S: serde::Serializer>(
+    value: &Option<lettre::Address>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(value.as_ref().map_or("", |a| a.as_ref()))
+}
+
+/// An address like `owner@example.com`, or empty for none.
+fn optional_address<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<lettre::Address>, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom("must be an address like owner@example.com, or empty")
+    })
+}
+
 fn from_mailbox<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Mailbox, D::Error> {
     parse_text(d, "must be an address like `Name <hello@example.com>`")
 }
@@ -884,6 +938,7 @@ impl Default for Config {
             site: SiteConfig {
                 name: "Sangha".into(),
                 timezone: "UTC".parse().expect("a known zone"),
+                owner_email: None,
             },
             server: ServerConfig {
                 bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
@@ -953,6 +1008,7 @@ impl Default for Config {
             },
             dns: DnsConfig::default(),
             bounces: BouncesConfig::default(),
+            alerts: AlertsConfig::default(),
             webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
@@ -1034,6 +1090,16 @@ impl Config {
                 "metrics.bind",
                 "must be another port than server.bind: the metrics are not for the public site",
             ));
+        }
+        let percent = self.alerts.complaint_percent;
+        if !(percent > 0.0 && percent <= 100.0) {
+            return Err(invalid(
+                "alerts.complaint_percent",
+                "must be a percentage above 0 and at most 100, such as 0.3",
+            ));
+        }
+        if self.alerts.check_seconds == 0 {
+            return Err(invalid("alerts.check_seconds", "must be at least 1"));
         }
         for origin in &self.server.cors_origins {
             if origin.parse::<axum::http::HeaderValue>().is_err() || !origin.contains("://") {
@@ -1647,6 +1713,29 @@ mod tests {
         .unwrap();
         assert_eq!(config.smtp.port, 2526);
         assert_eq!(config.server.cors_origins, vec!["https://a.example"]);
+    }
+
+    #[test]
+    fn the_owner_address_is_optional_and_alert_thresholds_are_checked() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.site.owner_email, None);
+        assert_eq!(config.alerts.queue_late_minutes, 60);
+        let config = load("[site]\nowner_email = \"me@example.org\"\n", &[]).unwrap();
+        assert_eq!(
+            config.site.owner_email.map(|a| a.to_string()).as_deref(),
+            Some("me@example.org")
+        );
+        let err = load("[site]\nowner_email = \"not an address\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("owner_email"), "{err}");
+        let whole = load("[alerts]\ncomplaint_percent = 1\n", &[]).unwrap();
+        assert!((whole.alerts.complaint_percent - 1.0).abs() < f64::EPSILON);
+        for bad in ["0", "-1", "101"] {
+            let err = load(&format!("[alerts]\ncomplaint_percent = {bad}\n"), &[]).unwrap_err();
+            assert!(
+                err.to_string().contains("alerts.complaint_percent"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

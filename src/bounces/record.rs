@@ -180,6 +180,8 @@ pub struct Recorder {
     soft_days: u32,
     pause_after_failures: u32,
     pause_failure_percent: u32,
+    /// Complaints on this share of a send's deliveries alert the owner.
+    complaint_percent: f64,
 }
 
 const DAY_MS: Millis = 86_400_000;
@@ -195,11 +197,13 @@ impl Recorder {
             soft_days: config.bounces.soft_days,
             pause_after_failures: config.worker.pause_after_failures,
             pause_failure_percent: config.worker.pause_failure_percent,
+            complaint_percent: config.alerts.complaint_percent,
         }
     }
 
-    /// Matches and records every notice of one report, and pauses a send its bounces push past
-    /// the failure threshold.
+    /// Matches and records every notice of one report, pauses a send its bounces push past
+    /// the failure threshold, and alerts the owner of a send whose bounces or complaints pass
+    /// their share.
     pub async fn record(&self, report: &Incoming) -> Result<Vec<Recorded>, sqlx::Error> {
         let now = self.clock.now_ms();
         let delivery = self.delivery_of(report).await?;
@@ -244,17 +248,39 @@ impl Recorder {
         }
         if let Some((d, _)) = &delivery
             && let Some(send_id) = d.send_id
-            && recorded
-                .iter()
-                .any(|r| r.id.is_some() && matches!(r.kind, BounceKind::Hard | BounceKind::Soft))
         {
-            self.store
-                .pause_send_if_failing(
-                    send_id,
-                    self.pause_after_failures,
-                    self.pause_failure_percent,
-                )
-                .await?;
+            let new = |kinds: &[BounceKind]| {
+                recorded
+                    .iter()
+                    .any(|r| r.id.is_some() && kinds.contains(&r.kind))
+            };
+            if new(&[BounceKind::Hard, BounceKind::Soft]) {
+                let paused = self
+                    .store
+                    .pause_send_if_failing(
+                        send_id,
+                        self.pause_after_failures,
+                        self.pause_failure_percent,
+                        now,
+                    )
+                    .await?;
+                // A send that could pause told the owner so; one that had finished cannot.
+                if !paused {
+                    self.store
+                        .alert_if_send_bounces_pass(
+                            send_id,
+                            self.pause_after_failures,
+                            self.pause_failure_percent,
+                            now,
+                        )
+                        .await?;
+                }
+            }
+            if new(&[BounceKind::Complaint]) {
+                self.store
+                    .alert_if_send_complaints_pass(send_id, self.complaint_percent, now)
+                    .await?;
+            }
         }
         Ok(recorded)
     }

@@ -31,7 +31,8 @@ pub fn parse_since(text: &str) -> Result<Since, String> {
 }
 
 impl Since {
-    fn millis(&self, runtime: &Runtime) -> anyhow::Result<Millis> {
+    /// The moment it names.
+    pub(super) fn millis(&self, runtime: &Runtime) -> anyhow::Result<Millis> {
         Ok(match self {
             Since::DaysAgo(days) => runtime.clock.now_ms() - i64::from(*days) * 86_400_000,
             Since::Day(day) => crate::schedule::local_instant(

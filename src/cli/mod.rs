@@ -1,6 +1,7 @@
 //! The owner's command line: the clap types and a short dispatch to each command family
 //! (`sends`, `subscribers`, `courses`, `offerings`). Only `main` and `cli` print.
 
+mod alerts;
 mod backup;
 mod bounces;
 mod courses;
@@ -77,6 +78,16 @@ pub enum Command {
     /// Bounces, complaints and auto-replies: list, show, import a saved report.
     #[command(subcommand)]
     Bounces(BouncesCommand),
+    /// What the owner was alerted of (a send that paused itself, bounces or complaints past
+    /// their share, mail waiting too long), newest first, and whether the email went out.
+    Alerts {
+        /// Only those raised on or after this day (YYYY-MM-DD, in the site's time zone) or in
+        /// the last N days (`7d`); without it, the last 30 days.
+        #[arg(long, value_parser = bounces::parse_since)]
+        since: Option<bounces::Since>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Copy the SQLite database to FILE and its token keys to FILE.key, while Sangha runs
     /// (on PostgreSQL: print the pg_dump line to run instead).
     Backup {
@@ -423,6 +434,9 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::TestSend(args) => sends::test_send(&open(load()?).await?, args, out).await,
         Command::Dkim(command) => dkim::run(&load()?, command, out),
         Command::Bounces(command) => bounces::run(&open(load()?).await?, command, out).await,
+        Command::Alerts { since, json } => {
+            alerts::list(&open(load()?).await?, since, json.json, out).await
+        }
         Command::Backup { file, force } => backup::backup(load()?, &file, force, out).await,
         Command::Restore { file, force } => backup::restore(load()?, &file, force, out).await,
     }

@@ -1,6 +1,8 @@
 //! Sending: the scheduler that turns due sends into deliveries (and moves people through their
-//! courses), the delivery workers that drain the outbox, and the poller of the bounce mailbox.
+//! courses), the delivery workers that drain the outbox, the poller of the bounce mailbox, and
+//! the owner's alerts.
 
+mod alerts;
 mod bounce_mailbox;
 mod course_step;
 /// What the mail side needs from delivery rows (recipients, links).
@@ -8,6 +10,7 @@ pub mod for_mail;
 mod scheduler;
 mod worker;
 
+pub use alerts::{AlertStep, Alerts};
 pub use bounce_mailbox::{BounceMailbox, PollCount};
 pub use course_step::CourseStep;
 pub use scheduler::{ScheduleOutcome, Scheduler};

@@ -249,6 +249,11 @@ impl Worker {
         }
     }
 
+    /// The transport this worker hands messages to.
+    pub fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
     /// Claims one batch and delivers it. Returns how the batch went; an empty claim is idle.
     pub async fn step(&self) -> anyhow::Result<StepOutcome> {
         let inner = &self.inner;
@@ -324,6 +329,7 @@ impl Worker {
                 self.keep_unrecorded(lease_id, now, sent, &e);
             }
         }
+        let now = inner.clock.now_ms();
         for id in failing_sends {
             inner
                 .store
@@ -331,6 +337,7 @@ impl Worker {
                     id,
                     inner.settings.pause_after_failures,
                     inner.settings.pause_failure_percent,
+                    now,
                 )
                 .await?;
         }

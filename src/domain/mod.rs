@@ -14,7 +14,7 @@ pub use email::EmailAddress;
 pub use name::SubscriberName;
 pub use slug::Slug;
 pub use status::{
-    BounceAction, BounceKind, BounceSource, ConsentSource, CourseState, DeliveryKind,
+    AlertKind, BounceAction, BounceKind, BounceSource, ConsentSource, CourseState, DeliveryKind,
     DeliveryStatus, Every, MatchedBy, OfferingKind, RecurrenceStatus, RelayFault, SendStatus,
     SubscriptionStatus, SuppressionReason, UnknownWord,
 };

@@ -52,6 +52,24 @@ macro_rules! word_enum {
 }
 
 word_enum!(
+    /// What the owner is alerted of (`alerts.kind`).
+    AlertKind {
+        /// A send paused itself: too many of its deliveries failed or bounced.
+        #[serde(rename = "send_paused")]
+        SendPaused => "send_paused",
+        /// A send that could not pause (it had finished) passed its failure share by bounces.
+        #[serde(rename = "send_bounces")]
+        SendBounces => "send_bounces",
+        /// A send's complaints passed `alerts.complaint_percent` of what it delivered.
+        #[serde(rename = "send_complaints")]
+        SendComplaints => "send_complaints",
+        /// Deliveries have been due for longer than `alerts.queue_late_minutes`.
+        #[serde(rename = "queue_late")]
+        QueueLate => "queue_late",
+    }
+);
+
+word_enum!(
     /// What an offering is: a newsletter (sends scheduled by the owner) or a course (steps
     /// N days after each person's confirmation).
     OfferingKind { Newsletter => "newsletter", Course => "course" }

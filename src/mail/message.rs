@@ -67,6 +67,36 @@ pub fn build_message(
         )
 }
 
+/// A plain-text notice to the owner (an alert), from `from` to `to`, marked
+/// `Auto-Submitted: auto-generated` (RFC 3834) so that no vacation reply answers it.
+pub fn build_notice(
+    from: &Mailbox,
+    to: lettre::Address,
+    message_id: &str,
+    subject: &str,
+    text: String,
+) -> Result<Message, lettre::error::Error> {
+    let subject: String = subject
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    Message::builder()
+        .from(from.clone())
+        .to(Mailbox::new(None, to))
+        .subject(subject.trim())
+        .message_id(Some(message_id.to_owned()))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-generated".to_owned(),
+        ))
+        .date_now()
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(crlf_line_endings(text)),
+        )
+}
+
 /// `text` with every line ending as CRLF, in one pass, so lettre finds nothing to change
 /// (its own pass inserts each `\r` in place; measured: BENCHMARKS.md, "Measurements behind the code"). Given CRLF
 /// already, it copies nothing.

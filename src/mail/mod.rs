@@ -11,6 +11,6 @@ pub use compose::{
     CompiledSend, ComposeError, Composer, OfferingInfo, Recipient, SendTemplates, SignupToConfirm,
 };
 pub use dkim::{Dkim, DkimAlgorithm, DkimRecord, generate_key, key_file_for, record_of_pem};
-pub use message::{EmailContent, build_message};
+pub use message::{EmailContent, build_message, build_notice};
 pub use templates::{TemplateError, Templates};
 pub use transport::{RelayFault, RelayState, SendError, SendErrorKind, Transport};

@@ -2,6 +2,7 @@
 //! runtime sqlx queries written once in the SQL both dialects share (`$1` placeholders, `ON
 //! CONFLICT`, `RETURNING`); the few places that differ branch on [`Backend`].
 
+mod alerts;
 pub mod backup;
 mod bounces;
 mod courses;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use alerts::{AlertRow, NewAlert};
 pub use bounces::{BounceCounts, BounceRow, BouncedDelivery, NewBounce, SoftBounceRule};
 pub use courses::{
     CourseStarter, CourseState, CourseStatus, LessonDelivery, NewLesson, Progress, ProgressChange,

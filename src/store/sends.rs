@@ -15,9 +15,10 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use super::alerts::NewAlert;
 use super::{DeliveryCounts, Store};
 use crate::clock::Millis;
-use crate::domain::{DeliveryStatus, RelayFault};
+use crate::domain::{AlertKind, DeliveryStatus, RelayFault};
 
 /// A send to write; the content was checked before.
 #[derive(Debug, Clone)]
@@ -263,32 +264,139 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Pauses a send whose failures passed `min_failures` and `percent` of what was tried.
-    pub async fn pause_send_if_failing(
+    /// How many of a send's deliveries failed or bounced, and how many were tried, when the
+    /// failures reach `min_failures` and `percent` of what was tried; `None` below that.
+    async fn failing_share(
         &self,
         id: i64,
         min_failures: u32,
         percent: u32,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Option<(i64, i64)>, sqlx::Error> {
         let counts = self.send_counts(id).await?;
         // A delivery the relay took and that bounced later is counted as failed.
         let bounced = self.send_bounce_counts(id).await?.bounced;
         let tried = counts.failed + counts.suppressed + counts.sent;
         let failed = counts.failed + counts.suppressed + bounced;
-        if failed < i64::from(min_failures) || failed * 100 < tried * i64::from(percent) {
+        Ok(
+            (failed >= i64::from(min_failures) && failed * 100 >= tried * i64::from(percent))
+                .then_some((failed, tried)),
+        )
+    }
+
+    /// Pauses a send whose failures passed `min_failures` and `percent` of what was tried, and
+    /// raises the owner's alert in the same transaction (one per time it pauses).
+    pub async fn pause_send_if_failing(
+        &self,
+        id: i64,
+        min_failures: u32,
+        percent: u32,
+        now: Millis,
+    ) -> Result<bool, sqlx::Error> {
+        let Some((failed, tried)) = self.failing_share(id, min_failures, percent).await? else {
             return Ok(false);
-        }
+        };
         let reason = format!(
             "paused automatically: {failed} of {tried} deliveries failed or bounced \
              (threshold {percent}% after {min_failures}); see the failures below, then \
              `sangha sends resume {id}`, or `sangha sends retry {id}` to try the failed ones \
              again"
         );
-        let paused = self.pause_send(id, &reason).await?;
-        if paused {
-            tracing::warn!(send = id, failed, tried, "send paused: too many failures");
+        let mut tx = self.pool.begin().await?;
+        let subject: Option<String> = sqlx::query_scalar(
+            "UPDATE sends SET status = 'paused', paused_reason = $2
+             WHERE id = $1 AND status IN ('scheduled', 'sending')
+             RETURNING subject",
+        )
+        .bind(id)
+        .bind(&reason)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(subject) = subject else {
+            return Ok(false);
+        };
+        // The how-manyth time it paused: only the one transaction that paused it counts.
+        let before: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM alerts WHERE send_id = $1 AND kind = $2")
+                .bind(id)
+                .bind(AlertKind::SendPaused.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        let alert = NewAlert {
+            kind: AlertKind::SendPaused,
+            key: format!("send_paused:{id}:{}", before + 1),
+            send_id: Some(id),
+            summary: format!("send {id} paused itself: {failed} of {tried} deliveries failed"),
+            detail: format!(
+                "The send {id} (\"{subject}\") stopped sending: {failed} of {tried} deliveries \
+                 failed or bounced, past the threshold of {percent}% after {min_failures} \
+                 (worker.pause_failure_percent, worker.pause_after_failures). Nobody else gets \
+                 it until you act. `sangha sends show {id}` lists the failures; then \
+                 `sangha sends resume {id}`, or `sangha sends retry {id}` to try the failed ones \
+                 again."
+            ),
+        };
+        super::alerts::raise_on(&mut tx, &alert, now).await?;
+        tx.commit().await?;
+        tracing::warn!(send = id, failed, tried, "send paused: too many failures");
+        Ok(true)
+    }
+
+    /// Raises the owner's alert, once per send, when bounces reported after a send could no
+    /// longer pause (it had finished) bring its failures past `min_failures` and `percent`.
+    pub async fn alert_if_send_bounces_pass(
+        &self,
+        id: i64,
+        min_failures: u32,
+        percent: u32,
+        now: Millis,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let Some((failed, tried)) = self.failing_share(id, min_failures, percent).await? else {
+            return Ok(None);
+        };
+        let alert = NewAlert {
+            kind: AlertKind::SendBounces,
+            key: format!("send_bounces:{id}"),
+            send_id: Some(id),
+            summary: format!("send {id}: {failed} of {tried} deliveries failed or bounced"),
+            detail: format!(
+                "Bounce reports about the send {id} bring its failures to {failed} of {tried}, \
+                 past the threshold of {percent}% after {min_failures}. A share this high hurts \
+                 how mailbox providers treat your mail. The bounced addresses are suppressed as \
+                 the bounce policy says; `sangha sends show {id}` and `sangha bounces list` \
+                 show what came back."
+            ),
+        };
+        self.raise_alert(&alert, now).await
+    }
+
+    /// Raises the owner's alert, once per send, when its complaints reach `percent` of the
+    /// deliveries the relay took.
+    pub async fn alert_if_send_complaints_pass(
+        &self,
+        id: i64,
+        percent: f64,
+        now: Millis,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let complained = self.send_bounce_counts(id).await?.complained;
+        let sent = self.send_counts(id).await?.sent;
+        #[allow(clippy::cast_precision_loss)] // counts of people, far below 2^52
+        let passed = complained > 0 && complained as f64 * 100.0 >= sent as f64 * percent;
+        if !passed {
+            return Ok(None);
         }
-        Ok(paused)
+        let alert = NewAlert {
+            kind: AlertKind::SendComplaints,
+            key: format!("send_complaints:{id}"),
+            send_id: Some(id),
+            summary: format!("send {id}: {complained} of {sent} recipients marked it as spam"),
+            detail: format!(
+                "{complained} of the {sent} people the send {id} reached reported it as spam, \
+                 at or past alerts.complaint_percent ({percent}%). Mailbox providers start \
+                 filtering a sender around 0.3%. Each of them is unsubscribed from everything \
+                 and suppressed; `sangha bounces list` shows the reports."
+            ),
+        };
+        self.raise_alert(&alert, now).await
     }
 
     /// How many of a send's deliveries are in each status.
