@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -24,7 +24,7 @@ use crate::config::WorkerConfig;
 use crate::domain::{DeliveryKind, DeliveryStatus, EmailAddress, SubscriptionStatus};
 use crate::mail::{CompiledSend, Composer, RelayState, SendError, SendErrorKind, Transport};
 use crate::metrics::{DeliveryOutcome, Metrics, ReplyClass};
-use crate::store::{ClaimedDelivery, Offering, Store, SuppressionReason};
+use crate::store::{ClaimedDelivery, HandOff, Offering, Store, SuppressionReason};
 
 /// A send's compiled templates and its offering.
 type SendParts = (Arc<CompiledSend>, Arc<Offering>);
@@ -50,7 +50,7 @@ impl StepOutcome {
 
 /// What became of one delivery of a batch.
 enum DeliveryResult {
-    /// Handed over; recorded for the whole batch at once (id, the server's reply).
+    /// Handed over (id, the server's reply); recorded at once by [`Worker::record_sent`].
     Sent(i64, String),
     Retried,
     Failed,
@@ -113,6 +113,29 @@ struct Inner {
     stopping: watch::Sender<bool>,
     /// Hand-offs the database refused to record, kept until it takes writes again.
     unrecorded: Mutex<Unrecorded>,
+    /// Hand-offs waiting for their record (see [`Worker::record_sent`]).
+    sent_log: Mutex<SentLog>,
+    /// How many hand-offs were written (or kept, when the database refused) so far: compared
+    /// with [`SentLog::pushed`] by whoever waits for them.
+    recorded: watch::Sender<u64>,
+    /// Messages on the wire or accepted and not yet recorded, at most: a message takes a
+    /// permit before it is handed over and gives it back once its record is written. So a
+    /// crash sends again at most this many (2 × the SMTP pool: one on each session, one
+    /// accepted per session waiting for its record).
+    unrecorded_room: Arc<Semaphore>,
+}
+
+/// Messages the relay accepted whose record is being written: whatever arrived while the
+/// last statement ran goes in the next one (group commit).
+#[derive(Default)]
+struct SentLog {
+    rows: Vec<HandOff>,
+    /// Their permits of [`Inner::unrecorded_room`], given back once they are written.
+    permits: Vec<OwnedSemaphorePermit>,
+    /// A task is writing them.
+    committing: bool,
+    /// Hand-offs pushed since the worker started.
+    pushed: u64,
 }
 
 /// Messages a mail server accepted whose record the database refused (a full disk, a
@@ -230,6 +253,11 @@ impl Worker {
             std::process::id(),
             rand::random::<u32>()
         );
+        // Sessions the relay gets at once (the file transport has none: its lanes' messages).
+        let sessions = transport
+            .pool_capacity()
+            .unwrap_or(settings.concurrency.max(1)) as usize;
+        let unrecorded_room = 2 * sessions;
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -245,6 +273,9 @@ impl Worker {
                 sends: Mutex::new(HashMap::new()),
                 stopping: watch::Sender::new(false),
                 unrecorded: Mutex::new(Unrecorded::default()),
+                sent_log: Mutex::new(SentLog::default()),
+                recorded: watch::Sender::new(0),
+                unrecorded_room: Arc::new(Semaphore::new(unrecorded_room)),
             }),
         }
     }
@@ -299,9 +330,9 @@ impl Worker {
         let mut sent = Vec::new();
         for (r, send_id) in results {
             match r {
-                DeliveryResult::Sent(id, reply) => {
+                DeliveryResult::Sent(id, _) => {
                     outcome.sent += 1;
-                    sent.push((id, reply));
+                    sent.push(id);
                 }
                 DeliveryResult::Retried => outcome.retried += 1,
                 DeliveryResult::Skipped => outcome.skipped += 1,
@@ -316,18 +347,10 @@ impl Worker {
                 }
             }
         }
-        // One statement records the whole batch's hand-offs: a round trip and a commit per
-        // message was the bottleneck on PostgreSQL. Should it fail, the results are kept in
-        // memory and written later (see [`Unrecorded`]), and no lane claims meanwhile.
+        // Each hand-off was recorded as it happened (group commit); the batch ends once the
+        // last of them is written, so what a step reports is in the database.
         if !sent.is_empty() {
-            let now = inner.clock.now_ms();
-            if let Err(e) = inner
-                .store
-                .mark_deliveries_sent(&lease_id, now, &sent)
-                .await
-            {
-                self.keep_unrecorded(lease_id, now, sent, &e);
-            }
+            self.sent_recorded().await;
         }
         let now = inner.clock.now_ms();
         for id in failing_sends {
@@ -342,6 +365,80 @@ impl Worker {
                 .await?;
         }
         Ok(outcome)
+    }
+
+    /// Records a hand-off within milliseconds of the relay's acceptance, not at the end of its
+    /// batch, so a crash sends again only what was on the wire or accepted in the last
+    /// moments. It joins the log; if no write is under way, a task starts one, which writes
+    /// everything that has arrived in one statement and goes on while more arrives.
+    fn record_sent(
+        &self,
+        lease_id: Arc<str>,
+        id: i64,
+        reply: String,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let start = {
+            let mut log = self.inner.sent_log.lock().expect("sent log lock");
+            log.rows.push(HandOff {
+                lease_id,
+                id,
+                reply,
+            });
+            log.permits.extend(permit);
+            log.pushed += 1;
+            !std::mem::replace(&mut log.committing, true)
+        };
+        if start {
+            tokio::spawn(self.clone().commit_sent());
+        }
+    }
+
+    /// Writes the log until it is empty. What the database refuses is kept (see
+    /// [`Unrecorded`]), and counts as handled: the worker claims nothing until it is written.
+    async fn commit_sent(self) {
+        let inner = &self.inner;
+        loop {
+            let (rows, permits, upto) = {
+                let mut log = inner.sent_log.lock().expect("sent log lock");
+                if log.rows.is_empty() {
+                    log.committing = false;
+                    return;
+                }
+                (
+                    std::mem::take(&mut log.rows),
+                    std::mem::take(&mut log.permits),
+                    log.pushed,
+                )
+            };
+            let now = inner.clock.now_ms();
+            if let Err(e) = inner.store.record_hand_offs(now, &rows).await {
+                let mut by_lease: Vec<UnrecordedBatch> = Vec::new();
+                for row in rows {
+                    match by_lease.iter_mut().find(|b| *b.lease_id == *row.lease_id) {
+                        Some(batch) => batch.sent.push((row.id, row.reply)),
+                        None => by_lease.push(UnrecordedBatch {
+                            lease_id: row.lease_id.to_string(),
+                            at: now,
+                            sent: vec![(row.id, row.reply)],
+                        }),
+                    }
+                }
+                for batch in by_lease {
+                    self.keep_unrecorded(batch.lease_id, now, batch.sent, &e);
+                }
+            }
+            drop(permits);
+            inner.recorded.send_replace(upto);
+        }
+    }
+
+    /// Waits until every hand-off so far is written (or kept for a later write).
+    async fn sent_recorded(&self) {
+        let target = self.inner.sent_log.lock().expect("sent log lock").pushed;
+        let mut recorded = self.inner.recorded.subscribe();
+        // The sender lives in `inner`, which `self` holds: it cannot close.
+        let _ = recorded.wait_for(|n| *n >= target).await;
     }
 
     /// Keeps hand-offs the database refused to record. Logged at error level once, when the
@@ -445,7 +542,7 @@ impl Worker {
     ///
     /// A batch still running when half its lease has passed extends the lease of the rows it
     /// holds, in one statement, every half lease: the ones waiting their turn, the ones on the
-    /// wire, and the sent ones whose record waits for the end of the batch. A row the
+    /// wire (rows already handed over are recorded as they are, and leave the set). A row the
     /// extension no longer finds ours was taken over and is not started; while the lease
     /// cannot be extended (the database refuses), nothing more of the batch is started. A batch
     /// done within half its lease (the usual case) costs no extra statement.
@@ -475,6 +572,8 @@ impl Worker {
             Instant::now() + Duration::from_millis(ms as u64)
         };
         let mut wake = std::pin::pin!(tokio::time::sleep_until(wake_in(held_until)));
+        // The rows of this batch the relay accepted, in the order it did.
+        let handed_over: Arc<Mutex<Vec<i64>>> = Arc::default();
         loop {
             let stop_seen = *stopping.borrow_and_update();
             if stop_seen && queue.len() > 0 {
@@ -486,6 +585,12 @@ impl Worker {
             }
             let extend_at = held_until - lease_ms / 2;
             if inner.clock.now_ms() >= extend_at {
+                // Rows already handed over are recorded (or being recorded) as sent: their
+                // lease is over, and not losing it to another worker.
+                {
+                    let done = handed_over.lock().expect("handed over lock");
+                    held.retain(|id| !done.contains(id));
+                }
                 let until = inner.clock.now_ms() + lease_ms;
                 match inner.store.extend_leases(lease_id, &held, until).await {
                     Ok(mut still) => {
@@ -523,12 +628,18 @@ impl Worker {
                 if let Some(send_id) = d.send_id {
                     span.record("send_id", send_id);
                 }
+                let handed_over = handed_over.clone();
                 running.push(AbortOnDrop(tokio::spawn(
                     async move {
                         let send_id = d.send_id;
                         let kind = d.kind;
                         let started = Instant::now();
-                        let result = worker.deliver(d, &lease).await;
+                        let mut permit = None;
+                        let result = worker.deliver(d, &lease, &mut permit).await;
+                        if let DeliveryResult::Sent(id, reply) = &result {
+                            handed_over.lock().expect("handed over lock").push(*id);
+                            worker.record_sent(lease.clone(), *id, reply.clone(), permit);
+                        }
                         worker.inner.metrics.delivery(kind, result.outcome());
                         (result, send_id, started.elapsed())
                     }
@@ -574,7 +685,14 @@ impl Worker {
         results
     }
 
-    async fn deliver(&self, delivery: ClaimedDelivery, lease_id: &str) -> DeliveryResult {
+    /// Delivers one claimed row. The permit of [`Inner::unrecorded_room`] it takes just before
+    /// the hand-off is left in `permit`, for the record of a message the relay accepted.
+    async fn deliver(
+        &self,
+        delivery: ClaimedDelivery,
+        lease_id: &str,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> DeliveryResult {
         let inner = &self.inner;
         if delivery.interrupted > 0 {
             // An earlier holder died between claiming and recording: it may or may not have
@@ -620,6 +738,14 @@ impl Worker {
                 return DeliveryResult::Failed;
             }
         };
+        *permit = Some(
+            inner
+                .unrecorded_room
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed"),
+        );
         let sent = inner.transport.send(message).await;
         if inner.transport.is_smtp()
             && let Some(class) = reply_class(&sent)

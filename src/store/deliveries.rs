@@ -25,6 +25,15 @@ pub struct DueQueue {
     pub oldest_due_at: Option<Millis>,
 }
 
+/// A message the relay accepted, to be recorded as sent: the row, the lease it was claimed
+/// under, and the relay's reply.
+#[derive(Debug, Clone)]
+pub struct HandOff {
+    pub lease_id: std::sync::Arc<str>,
+    pub id: i64,
+    pub reply: String,
+}
+
 /// A row a worker holds the lease on, with its recipient.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
@@ -279,10 +288,29 @@ impl Store {
         now: Millis,
         sent: &[(i64, String)],
     ) -> Result<u64, sqlx::Error> {
+        let rows: Vec<HandOff> = sent
+            .iter()
+            .map(|(id, reply)| HandOff {
+                lease_id: lease_id.into(),
+                id: *id,
+                reply: reply.clone(),
+            })
+            .collect();
+        self.record_hand_offs(now, &rows).await
+    }
+
+    /// Records hand-offs of any leases in few statements (one per 500): each row is marked
+    /// sent if it is still held by the lease it names. Returns how many were recorded.
+    pub async fn record_hand_offs(
+        &self,
+        now: Millis,
+        rows: &[HandOff],
+    ) -> Result<u64, sqlx::Error> {
         let mut done = 0;
         let _turn = self.write_turn().await;
-        for chunk in sent.chunks(500) {
-            // VALUES columns are called column1, column2 in both SQLite and PostgreSQL.
+        for chunk in rows.chunks(500) {
+            // VALUES columns are called column1, column2, column3 in both SQLite and
+            // PostgreSQL.
             //
             // A row still leased is pending: only a claim sets `lease_until`, and every
             // statement that records an outcome or cancels clears it. The status is not named
@@ -294,18 +322,21 @@ impl Store {
                 "UPDATE deliveries SET status = 'sent', sent_at = $1, smtp_reply = v.column2,
                      lease_until = NULL, last_error = NULL
                  FROM (VALUES ",
-                2,
+                1,
             )
-            .rows("(?, ?)", chunk.len())
+            .rows("(?, ?, ?)", chunk.len())
             .push(
                 ") AS v
-                 WHERE deliveries.id = v.column1 AND deliveries.leased_by = $2
+                 WHERE deliveries.id = v.column1 AND deliveries.leased_by = v.column3
                    AND deliveries.lease_until IS NOT NULL",
             )
             .build();
-            let mut query = sqlx::query(sql).bind(now).bind(lease_id);
-            for (id, reply) in chunk {
-                query = query.bind(*id).bind(reply.clone());
+            let mut query = sqlx::query(sql).bind(now);
+            for row in chunk {
+                query = query
+                    .bind(row.id)
+                    .bind(row.reply.clone())
+                    .bind(row.lease_id.to_string());
             }
             done += query.execute(&self.pool).await?.rows_affected();
         }

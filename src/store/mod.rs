@@ -34,7 +34,9 @@ pub use courses::{
     CourseStarter, CourseState, CourseStatus, LessonDelivery, NewLesson, Progress, ProgressChange,
     StoredLesson,
 };
-pub use deliveries::{ClaimedDelivery, ClaimedSignup, ConfirmationEmail, DeliveryCounts, DueQueue};
+pub use deliveries::{
+    ClaimedDelivery, ClaimedSignup, ConfirmationEmail, DeliveryCounts, DueQueue, HandOff,
+};
 pub use import::{ExportLine, ExportSubscription, ImportCounts, ImportTerms, ImportedPerson};
 pub use leaving::{SubscriberRef, SuppressionReason};
 pub use offerings::{DeclaredOffering, Offering, OfferingSummary};
