@@ -2,7 +2,8 @@
 //! (and its RFC 6533 `message/global-delivery-status` twin).
 //!
 //! The part is a block of per-message fields, then one block per recipient, blocks separated
-//! by blank lines; a field may continue on lines that start with white space.
+//! by blank lines; a field may continue on lines that start with white space, and (as some
+//! gateways write it) on lines that are no field at all.
 
 use mail_parser::{Message, MimeHeaders};
 
@@ -34,7 +35,9 @@ pub(super) fn bounce(message: &Message<'_>) -> Option<Bounce> {
 
 type Block = Vec<(String, String)>;
 
-/// The blocks of fields, each field unfolded; lines that are not fields are skipped.
+/// The blocks of fields, each field unfolded. A line that is not a field (no `name:` before
+/// it) continues the field before it, as Symantec's gateway writes a multi-line
+/// `Diagnostic-Code`; such a line with no field before it is skipped.
 fn blocks(text: &str) -> Vec<Block> {
     let mut blocks = Vec::new();
     let mut current: Block = Vec::new();
@@ -43,19 +46,32 @@ fn blocks(text: &str) -> Vec<Block> {
             if !current.is_empty() {
                 blocks.push(std::mem::take(&mut current));
             }
-        } else if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = current.last_mut() {
-                value.push(' ');
-                value.push_str(line.trim());
+            continue;
+        }
+        let field = line
+            .split_once(':')
+            .filter(|(name, _)| !line.starts_with([' ', '\t']) && is_field_name(name.trim_end()));
+        match field {
+            Some((name, value)) => {
+                current.push((name.trim().to_owned(), value.trim().to_owned()));
             }
-        } else if let Some((name, value)) = line.split_once(':') {
-            current.push((name.trim().to_owned(), value.trim().to_owned()));
+            None => {
+                if let Some((_, value)) = current.last_mut() {
+                    value.push(' ');
+                    value.push_str(line.trim());
+                }
+            }
         }
     }
     if !current.is_empty() {
         blocks.push(current);
     }
     blocks
+}
+
+/// Whether a text is a field name (RFC 5322 §3.6.8: printable ASCII, no space or colon).
+fn is_field_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
 /// The first value of a field, by case-insensitive name, if not empty.

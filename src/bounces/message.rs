@@ -147,14 +147,15 @@ fn returned_return_path(message: &Message<'_>) -> Option<ReportedAddress> {
     ReportedAddress::read(&value)
 }
 
-/// An ARF feedback report (a `message/feedback-report` part), read by `mail-auth`.
+/// An ARF feedback report (a `message/feedback-report` part), read by `mail-auth`, or
+/// Microsoft's older complaint without one.
 pub(super) fn complaint(raw: &[u8], message: &Message<'_>) -> Option<Complaint> {
     let has_part = message
         .parts
         .iter()
         .any(|p| p.is_content_type("message", "feedback-report"));
     if !has_part {
-        return None;
+        return microsoft_complaint(message);
     }
     let feedback = Feedback::parse_rfc5322(raw).ok()?;
     let text = |v: Option<&str>| {
@@ -179,6 +180,27 @@ pub(super) fn complaint(raw: &[u8], message: &Message<'_>) -> Option<Complaint> 
         original_message_id: original_message_id(message),
         user_agent: text(feedback.user_agent()),
         reporting_mta: text(feedback.reporting_mta()),
+        envelope_to: envelope_to(message),
+    })
+}
+
+/// The header Microsoft's junk-mail reporting program (JMRP, Hotmail and Outlook.com) puts on
+/// the copy of a message someone reported, naming who reported it.
+const MICROSOFT_REPORTER: &str = "X-HmXmrOriginalRecipient";
+
+/// A complaint in Microsoft's older shape: no feedback-report part, only the reported message
+/// returned whole, with the reporter in its `X-HmXmrOriginalRecipient` header.
+fn microsoft_complaint(message: &Message<'_>) -> Option<Complaint> {
+    let returned = returned_headers(message)?;
+    let reporter = header_text(&returned, MICROSOFT_REPORTER)?;
+    Some(Complaint {
+        feedback_type: FeedbackType::Abuse,
+        original_rcpt_to: ReportedAddress::read(&reporter),
+        original_mail_from: header_text(&returned, "Return-Path")
+            .and_then(|v| ReportedAddress::read(&v)),
+        original_message_id: returned.message_id().and_then(bracketed),
+        user_agent: None,
+        reporting_mta: None,
         envelope_to: envelope_to(message),
     })
 }

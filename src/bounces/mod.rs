@@ -12,7 +12,8 @@
 //! ```
 //!
 //! The order matters: bounces themselves carry `Auto-Submitted: auto-replied` (Postfix,
-//! Gmail), so the reports are read first and the auto-reply signs only after.
+//! Gmail), so the reports are read first and the auto-reply signs only after; a
+//! delivery-status report that names no recipient stays unknown, never an auto-reply.
 //!
 //! `providers.rs` reads the providers' event webhooks (Postmark, Mailgun, SendGrid) into reports
 //! after checking their credentials; `ses.rs` checks Amazon SNS messages' signatures and reads
@@ -95,7 +96,8 @@ pub enum Format {
     Postfix,
     /// Exchange's plain-text non-delivery report ("Delivery has failed to these recipients").
     Exchange,
-    /// Gmail's plain-text failure ("Delivery to the following recipient failed permanently").
+    /// Gmail's and Google Workspace's plain-text failures ("Delivery to the following
+    /// recipient failed permanently", "** Message not delivered **").
     Gmail,
     /// Yahoo's plain-text bounce ("Sorry, we were unable to deliver your message").
     Yahoo,
@@ -103,6 +105,8 @@ pub enum Format {
     Qmail,
     /// Exim's plain-text bounce ("The following address(es) failed").
     Exim,
+    /// The DragonFly Mail Agent's plain-text bounce ("This is the DragonFly Mail Agent").
+    DragonFly,
 }
 
 /// One recipient of a delivery status report.
@@ -381,10 +385,15 @@ pub fn parse(raw: &[u8]) -> Report {
     if let Some(bounce) = text::bounce(&message) {
         return Report::Bounce(bounce);
     }
+    let report_type = message::report_type(&message);
+    // A mail system's report, though it says `auto-replied`, is never a person's auto-reply.
+    if report_type.as_deref() == Some("delivery-status") {
+        return unknown("a delivery status report that names no recipient this reader found");
+    }
     if let Some(reply) = autoreply::auto_reply(&message) {
         return Report::AutoReply(reply);
     }
-    if message::report_type(&message).is_some_and(|t| t == "disposition-notification") {
+    if report_type.is_some_and(|t| t == "disposition-notification") {
         return unknown("a read receipt (RFC 8098 disposition notification)");
     }
     unknown(

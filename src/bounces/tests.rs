@@ -1,5 +1,6 @@
-//! One test per fixture under `tests/fixtures/bounces/` (its source is its first header line),
-//! the non-bounces that must never be read as bounces, and junk that must never panic.
+//! One test per hand-written fixture under `tests/fixtures/bounces/` (its source is its first
+//! header line), a table of the real samples under `tests/fixtures/bounces/real/`, the
+//! non-bounces that must never be read as bounces, and junk that must never panic.
 
 use super::*;
 
@@ -618,4 +619,320 @@ fn random_bytes_and_damaged_fixtures_never_panic() {
             parse(&damaged);
         }
     }
+}
+
+/// Real bounces and complaints from the sisimai project's `set-of-emails` collection, line
+/// ends normalised to LF (`tests/fixtures/bounces/real/README.md`).
+const REAL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bounces/real");
+
+/// What a real sample is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    HardBounce,
+    SoftBounce,
+    Complaint,
+}
+
+/// One real sample and what it must parse to.
+struct Real {
+    file: &'static str,
+    kind: Kind,
+    /// The bounce's shape (`Format`'s name); empty for a complaint.
+    format: &'static str,
+    /// The failed recipient, or the complaint's `Original-Rcpt-To`.
+    recipient: &'static str,
+    /// The recipient's status code; empty for a complaint.
+    status: &'static str,
+    /// Text the recipient's diagnostic must hold; empty for a complaint.
+    diagnostic: &'static str,
+    /// The Message-ID of the returned or reported message.
+    message_id: Option<&'static str>,
+}
+
+/// Every real sample; the folder holds exactly these.
+const REAL: &[Real] = &[
+    Real {
+        file: "arf-22.eml",
+        kind: Kind::Complaint,
+        format: "",
+        recipient: "kijitora@example.com",
+        status: "",
+        diagnostic: "",
+        message_id: Some("<0000000000fffffffff0000000000000@example.com>"),
+    },
+    Real {
+        file: "email-exchange2007-05.eml",
+        kind: Kind::HardBounce,
+        format: "Dsn",
+        recipient: "mikeneko@example.co.jp",
+        status: "5.1.1",
+        diagnostic: "550 5.1.1 RESOLVER.ADR.RecipNotFound; not found",
+        // Exchange returned the message without its Message-ID.
+        message_id: None,
+    },
+    Real {
+        file: "lhost-dragonfly-01.eml",
+        kind: Kind::HardBounce,
+        format: "DragonFly",
+        recipient: "pseudo-local-part@google.example.com",
+        status: "5.7.26",
+        diagnostic: "550-5.7.26 Unauthenticated email from example.jp is not accepted",
+        message_id: Some("<66681288.e06d1.3824794@df.example.jp>"),
+    },
+    Real {
+        file: "lhost-googleworkspace-01.eml",
+        kind: Kind::HardBounce,
+        format: "Gmail",
+        recipient: "neko-nyaan-cat-meeting@google-groups.example.com",
+        status: "5.0.0",
+        diagnostic: "Smtp server does not advertise AUTH capability",
+        message_id: Some("<CAByYQsF5qdTf_h-1AAVPW0RgR1YN+LE=+0Uv9LpQ4aA_myPtCw@mail.gmail.com>"),
+    },
+    Real {
+        file: "rhost-apple-01.eml",
+        kind: Kind::HardBounce,
+        format: "Dsn",
+        recipient: "kijitora@example.jp",
+        status: "5.1.6",
+        diagnostic: "550 5.1.6 recipient no longer on server",
+        message_id: Some("<c15e793e1c6acf9fbc39d1547bbd98b4@example.com>"),
+    },
+    Real {
+        file: "rhost-cloudflare-01.eml",
+        kind: Kind::SoftBounce,
+        format: "Dsn",
+        recipient: "kijitora-neko@example.com",
+        status: "4.3.0",
+        diagnostic: "421 4.3.0 Upstream error",
+        message_id: Some("<QtF9aH-aSDIzG-WP@mx.example.jp>"),
+    },
+    Real {
+        file: "rhost-cox-01.eml",
+        kind: Kind::HardBounce,
+        format: "Dsn",
+        recipient: "recipient55@cox.net",
+        status: "5.1.0",
+        diagnostic: "sender rejected. Refer to Error Codes section",
+        message_id: Some("<5119e0e9531a692224d1bd44ef560e62@pixel1.example.com>"),
+    },
+    Real {
+        file: "rhost-messagelabs-01.eml",
+        kind: Kind::HardBounce,
+        format: "Dsn",
+        recipient: "kijitora@example.messagelabs.com",
+        status: "5.0.0",
+        // The field goes on over lines that do not start with white space.
+        diagnostic: "is not permitted to 550 relay through this server without authentication.",
+        message_id: Some("<000000000222.0000.0000000000000000202@NEKO.NYAAN>"),
+    },
+    Real {
+        file: "rhost-mimecast-01.eml",
+        kind: Kind::HardBounce,
+        format: "Dsn",
+        recipient: "sabatora@example.com",
+        status: "5.0.0",
+        diagnostic: "554 Host network not allowed",
+        message_id: Some("<7B0s8rbG08zYDdPt.WaOHIQht053802@NEKO-NYAAN-22.LOCAL>"),
+    },
+    Real {
+        file: "rhost-nttdocomo-01.eml",
+        kind: Kind::HardBounce,
+        format: "Dsn",
+        recipient: "azumakuniyuki@ntt.docomo.example.ne.jp",
+        status: "5.2.0",
+        diagnostic: "550 Unknown user",
+        message_id: Some("<202211010823.2A18N1ql028769@nijo.example.jp>"),
+    },
+    Real {
+        file: "rhost-outlook-01.eml",
+        kind: Kind::HardBounce,
+        format: "Dsn",
+        recipient: "kijitora@example.jp",
+        status: "5.2.2",
+        diagnostic: "Mailbox Full",
+        message_id: Some("<BLU436-SMTP6645ECA6E7FEFFE86D040BBA770@phx.gbl>"),
+    },
+    Real {
+        file: "rhost-spectrum-01.eml",
+        kind: Kind::HardBounce,
+        format: "Dsn",
+        recipient: "theusername@charter.net",
+        status: "5.1.0",
+        diagnostic: "sender rejected",
+        message_id: Some(
+            "<010001725d8ad4fc-9fe8fb1f-0292-430b-a634-1eba65166dbb-000000@email.amazonses.com>",
+        ),
+    },
+    Real {
+        file: "rhost-yahooinc-01.eml",
+        kind: Kind::HardBounce,
+        format: "Dsn",
+        recipient: "kijitora@aol.example.jp",
+        status: "5.7.9",
+        diagnostic: "554 5.7.9 Message not accepted for policy reasons",
+        message_id: Some("<20201113004812.08513C0196A@smtp.example.jp>"),
+    },
+];
+
+fn real(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{REAL_DIR}/{name}")).unwrap()
+}
+
+/// What a report says about one sample, in the table's terms.
+#[derive(Debug)]
+struct Reading {
+    kind: Kind,
+    format: String,
+    recipient: String,
+    status: String,
+    diagnostic: String,
+    message_id: Option<String>,
+}
+
+impl Reading {
+    /// The reading of a report, or why it does not fit the table.
+    fn of(report: &Report) -> Result<Self, String> {
+        match report {
+            Report::Bounce(b) => {
+                let [r] = b.recipients.as_slice() else {
+                    return Err(format!("not one recipient: {b:#?}"));
+                };
+                let kind = match r.failure() {
+                    Some(Severity::Hard) => Kind::HardBounce,
+                    Some(Severity::Soft) => Kind::SoftBounce,
+                    None => return Err(format!("no failure: {b:#?}")),
+                };
+                Ok(Self {
+                    kind,
+                    format: format!("{:?}", b.format),
+                    recipient: r.address.as_str().to_owned(),
+                    status: r.status.to_string(),
+                    diagnostic: r.diagnostic.clone().unwrap_or_default(),
+                    message_id: b.original_message_id.clone(),
+                })
+            }
+            Report::Complaint(c) => Ok(Self {
+                kind: Kind::Complaint,
+                format: String::new(),
+                recipient: c
+                    .original_rcpt_to
+                    .as_ref()
+                    .map(|a| a.as_str().to_owned())
+                    .unwrap_or_default(),
+                status: String::new(),
+                diagnostic: String::new(),
+                message_id: c.original_message_id.clone(),
+            }),
+            other => Err(format!("neither a bounce nor a complaint: {other:#?}")),
+        }
+    }
+
+    /// Whether it is what the table says.
+    fn fits(&self, want: &Real) -> bool {
+        self.kind == want.kind
+            && self.format == want.format
+            && self.recipient == want.recipient
+            && self.status == want.status
+            && self.diagnostic.contains(want.diagnostic)
+            && self.message_id.as_deref() == want.message_id
+    }
+}
+
+#[test]
+fn the_real_sample_folder_holds_exactly_the_samples_tested_here() {
+    let mut found: Vec<String> = std::fs::read_dir(REAL_DIR)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".eml"))
+        .collect();
+    found.sort();
+    let mut listed: Vec<String> = REAL.iter().map(|r| r.file.to_owned()).collect();
+    listed.sort();
+    assert_eq!(found, listed);
+}
+
+#[test]
+fn every_real_sample_parses_to_its_kind_recipient_status_and_original_message_id() {
+    let mut wrong = Vec::new();
+    for want in REAL {
+        match Reading::of(&parse(&real(want.file))) {
+            Ok(got) if got.fits(want) => {}
+            Ok(got) => wrong.push(format!("{}: got {got:?}", want.file)),
+            Err(why) => wrong.push(format!("{}: {why}", want.file)),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn real_samples_read_the_same_with_the_crlf_line_ends_they_travel_with() {
+    for want in REAL {
+        let lf = real(want.file);
+        let crlf = String::from_utf8(lf.clone())
+            .unwrap()
+            .replace('\n', "\r\n")
+            .into_bytes();
+        assert_eq!(parse(&crlf), parse(&lf), "{}", want.file);
+    }
+}
+
+#[test]
+fn truncated_and_damaged_real_samples_never_panic() {
+    let mut rng = Bytes(0x0bad_cafe);
+    for want in REAL {
+        let raw = real(want.file);
+        for len in (0..raw.len()).step_by(53) {
+            parse(&raw[..len]);
+        }
+        for _ in 0..20 {
+            let mut damaged = raw.clone();
+            for _ in 0..1 + rng.next() % 40 {
+                let at = (rng.next() as usize) % damaged.len();
+                damaged[at] = rng.next() as u8;
+            }
+            parse(&damaged);
+        }
+    }
+}
+
+#[test]
+fn a_microsoft_complaint_names_its_reporter_and_without_that_header_is_no_complaint() {
+    let raw = String::from_utf8(real("arf-22.eml")).unwrap();
+    let c = complaint_of(&raw);
+    assert_eq!(c.feedback_type, FeedbackType::Abuse);
+    assert_eq!(c.original_rcpt_to, Some(valid("kijitora@example.com")));
+    assert_eq!(c.envelope_to, [email("abuse-report@example.com")]);
+    // A message forwarded as an attachment, without Microsoft's header, is no complaint.
+    let forwarded = raw.replace("X-HmXmrOriginalRecipient: kijitora@example.com\n", "");
+    let report = parse(forwarded.as_bytes());
+    assert!(matches!(report, Report::Unknown { .. }), "{report:#?}");
+}
+
+#[test]
+fn a_dragonfly_bounce_names_its_host_and_a_google_workspace_one_its_failed_recipient() {
+    let b = bounce_of(&String::from_utf8(real("lhost-dragonfly-01.eml")).unwrap());
+    assert_eq!(b.reporting_mta.as_deref(), Some("df.example.jp"));
+    assert_eq!(
+        b.envelope_to,
+        [
+            email("pseudo-local-part@google.example.com"),
+            email("kijitora@df.example.jp")
+        ]
+    );
+    let raw = String::from_utf8(real("lhost-googleworkspace-01.eml")).unwrap();
+    let b = bounce_of(&raw);
+    assert_eq!(
+        only(&b).diagnostic.as_deref(),
+        Some(
+            "Unspecified Error (SENT_SECOND_EHLO): Smtp server does not advertise AUTH capability"
+        )
+    );
+    // Without the header the report names nobody: kept for review, neither guessed as a
+    // bounce nor taken for an auto-reply because it says `Auto-Submitted: auto-replied`.
+    let nobody = raw.replace(
+        "X-Failed-Recipients: neko-nyaan-cat-meeting@google-groups.example.com\n",
+        "",
+    );
+    let report = parse(nobody.as_bytes());
+    assert!(matches!(report, Report::Unknown { .. }), "{report:#?}");
 }

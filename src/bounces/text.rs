@@ -1,15 +1,18 @@
-//! Bounces without a delivery-status part: the plain-text notices of Postfix, Exchange, Gmail,
-//! Yahoo, qmail and Exim. Read only from a mail system's own sender (a null return path, a
+//! Bounces without a delivery-status part (or with an empty one): the plain-text notices of
+//! Postfix, Exchange, Gmail and Google Workspace, Yahoo, qmail, Exim and the DragonFly Mail Agent. Read only from a mail system's own sender (a null return path, a
 //! `MAILER-DAEMON`/`postmaster` address or a bounce subject), so that a person who forwards
 //! or quotes a bounce is never taken for one.
 //!
 //! Each shape opens with a sentence of its own; the recipients follow it, one address per
-//! line (`<a@b>:`, `a@b`), each with the paragraph that explains it, up to the copy of the
-//! returned message.
+//! line (`<a@b>:`, `a@b`) or after a shape's own words, each with the paragraph that explains
+//! it, up to the copy of the returned message. A notice that names no recipient in its text
+//! (Google Workspace) names them in an `X-Failed-Recipients` header.
 
 use mail_parser::{Message, MimeHeaders};
 
-use super::message::{bracketed, envelope_to, from, header_text, original_message_id};
+use super::message::{
+    bracketed, envelope_to, from, header_text, header_texts, original_message_id,
+};
 use super::{Action, Bounce, Format, Recipient, ReportedAddress, StatusCode};
 
 /// A known plain-text bounce.
@@ -21,6 +24,8 @@ struct Shape {
     action: Action,
     /// Text before the reporting host's name, lowercased (`this is the mail system at host `).
     host_after: Option<&'static str>,
+    /// Words, lowercased, that a recipient follows on the same line (`… your mail to <a@b>.`).
+    recipient_after: Option<&'static str>,
 }
 
 const SHAPES: &[Shape] = &[
@@ -29,42 +34,63 @@ const SHAPES: &[Shape] = &[
         opening: "this is the mail system at host",
         action: Action::Failed,
         host_after: Some("this is the mail system at host "),
+        recipient_after: None,
     },
     Shape {
         format: Format::Qmail,
         opening: "this is the qmail-send program",
         action: Action::Failed,
         host_after: Some("this is the qmail-send program at "),
+        recipient_after: None,
     },
     Shape {
         format: Format::Exchange,
         opening: "delivery has failed to these recipients or groups",
         action: Action::Failed,
         host_after: Some("generating server: "),
+        recipient_after: None,
     },
     Shape {
         format: Format::Gmail,
         opening: "delivery to the following recipient failed permanently",
         action: Action::Failed,
         host_after: None,
+        recipient_after: None,
     },
     Shape {
         format: Format::Gmail,
         opening: "delivery to the following recipient has been delayed",
         action: Action::Delayed,
         host_after: None,
+        recipient_after: None,
     },
     Shape {
         format: Format::Yahoo,
         opening: "unable to deliver your message to the following address",
         action: Action::Failed,
         host_after: None,
+        recipient_after: None,
     },
     Shape {
         format: Format::Exim,
         opening: "the following address(es) failed",
         action: Action::Failed,
         host_after: None,
+        recipient_after: None,
+    },
+    Shape {
+        format: Format::Gmail,
+        opening: "** message not delivered **",
+        action: Action::Failed,
+        host_after: None,
+        recipient_after: None,
+    },
+    Shape {
+        format: Format::DragonFly,
+        opening: "this is the dragonfly mail agent",
+        action: Action::Failed,
+        host_after: Some(" at "),
+        recipient_after: Some("there was an error delivering your mail to "),
     },
 ];
 
@@ -114,7 +140,10 @@ pub(super) fn bounce(message: &Message<'_>) -> Option<Bounce> {
     } else {
         shape.action
     };
-    let recipients = recipients(&region[1..], action);
+    let mut recipients = recipients(&region[1..], action, shape.recipient_after);
+    if recipients.is_empty() {
+        recipients = failed_recipients(message, &region[1..], action);
+    }
     if recipients.is_empty() {
         return None;
     }
@@ -195,8 +224,16 @@ fn address_line(line: &str) -> Option<(ReportedAddress, &str)> {
     }
 }
 
+/// The valid address on a line after a shape's words for it (`… your mail to <a@b>.`).
+fn address_after(line: &str, words: &str) -> Option<ReportedAddress> {
+    // Lowercasing ASCII keeps every byte where it was, so the offset holds in `line`.
+    let at = line.to_ascii_lowercase().find(words)?;
+    let rest = line.get(at + words.len()..)?.trim().trim_end_matches('.');
+    ReportedAddress::read(rest).filter(|a| a.valid().is_some())
+}
+
 /// The recipients of a notice, each once, with the paragraph that explains it.
-fn recipients(lines: &[&str], action: Action) -> Vec<Recipient> {
+fn recipients(lines: &[&str], action: Action, after: Option<&str>) -> Vec<Recipient> {
     let mut entries: Vec<(ReportedAddress, Vec<String>)> = Vec::new();
     let mut open = false;
     for line in lines {
@@ -205,7 +242,14 @@ fn recipients(lines: &[&str], action: Action) -> Vec<Recipient> {
         let continues = open
             && line.starts_with([' ', '\t'])
             && entries.last().is_some_and(|(_, p)| !p.is_empty());
-        if !continues && let Some((address, said)) = address_line(line) {
+        let found = || {
+            address_line(line).or_else(|| {
+                after
+                    .and_then(|words| address_after(line, words))
+                    .map(|a| (a, ""))
+            })
+        };
+        if !continues && let Some((address, said)) = found() {
             let text = (!said.is_empty()).then(|| said.to_owned());
             entries.push((address, text.into_iter().collect()));
             open = true;
@@ -253,6 +297,50 @@ fn recipients(lines: &[&str], action: Action) -> Vec<Recipient> {
             }
         })
         .collect()
+}
+
+/// The recipients an `X-Failed-Recipients` header names, for a notice whose text names none;
+/// each with the notice's coded paragraph, else the answer it quotes (`The response was:`).
+fn failed_recipients(message: &Message<'_>, lines: &[&str], action: Action) -> Vec<Recipient> {
+    let mut addresses: Vec<ReportedAddress> = Vec::new();
+    for value in header_texts(message, "X-Failed-Recipients") {
+        for address in value.split(',').filter_map(ReportedAddress::read) {
+            if address.valid().is_some() && !addresses.contains(&address) {
+                addresses.push(address);
+            }
+        }
+    }
+    let (diagnostic, status) = match first_coded_paragraph(lines) {
+        Some((paragraph, status)) => (Some(paragraph), status),
+        None => (
+            quoted_response(lines),
+            StatusCode::unspecified(default_class(action)),
+        ),
+    };
+    addresses
+        .into_iter()
+        .map(|address| Recipient {
+            address,
+            action,
+            status,
+            diagnostic: diagnostic.clone(),
+            remote_mta: None,
+        })
+        .collect()
+}
+
+/// The paragraph after a line that ends `the response was:`, unfolded.
+fn quoted_response(lines: &[&str]) -> Option<String> {
+    let at = lines
+        .iter()
+        .position(|l| l.trim().to_ascii_lowercase().ends_with("the response was:"))?;
+    let paragraph: Vec<&str> = lines[at + 1..]
+        .iter()
+        .map(|l| l.trim())
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    (!paragraph.is_empty()).then(|| paragraph.join(" "))
 }
 
 /// The class a shape's action stands for when its text gives no code.
