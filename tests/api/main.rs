@@ -23,6 +23,7 @@ mod leaving;
 mod local_time;
 mod metrics;
 mod outbox;
+mod pending;
 mod private_ca;
 mod probe_cli;
 mod probe_stop;
