@@ -37,6 +37,7 @@ mod sends;
 mod ses_webhook;
 mod signup;
 mod slow_relays;
+mod small_things;
 mod smtp_delivery;
 mod smtp_pool;
 mod smtp_sends;
