@@ -177,11 +177,6 @@ fn print_waiting(
     )?;
     for row in rows {
         let wait = waiting.get(&row.id);
-        let subs: Vec<String> = row
-            .subscriptions
-            .iter()
-            .map(|s| format!("{}:{}", s.offering, s.status))
-            .collect();
         writeln!(
             out,
             "{:<40} {:<10} {:<22} {}",
@@ -189,7 +184,7 @@ fn print_waiting(
             wait.map_or_else(|| "-".to_owned(), |w| duration_words(now - w.signed_up_at)),
             wait.and_then(|w| w.reminded_at)
                 .map_or_else(|| "no".to_owned(), format_ms),
-            subs.join(" ")
+            subscription_words(row)
         )?;
     }
     writeln!(out, "{} subscriber(s) waiting to confirm", rows.len())?;
@@ -238,20 +233,25 @@ async fn remove(
     Ok(())
 }
 
+/// `offering:status` of each subscription, as the lists print them.
+fn subscription_words(row: &SubscriberRow) -> String {
+    let words: Vec<String> = row
+        .subscriptions
+        .iter()
+        .map(|s| format!("{}:{}", s.offering, s.status))
+        .collect();
+    words.join(" ")
+}
+
 fn print_table(rows: &[SubscriberRow], out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     writeln!(out, "{:<40} {:<24} SUBSCRIPTIONS", "EMAIL", "NAME")?;
     for row in rows {
-        let subs: Vec<String> = row
-            .subscriptions
-            .iter()
-            .map(|s| format!("{}:{}", s.offering, s.status))
-            .collect();
         writeln!(
             out,
             "{:<40} {:<24} {}",
             row.email,
             row.name.as_deref().unwrap_or("-"),
-            subs.join(" ")
+            subscription_words(row)
         )?;
     }
     writeln!(out, "{} subscriber(s)", rows.len())?;
