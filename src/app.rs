@@ -15,7 +15,7 @@ use crate::bounces::Recorder;
 use crate::clock::Clock;
 use crate::config::{Config, TransportKind, redact_url_password};
 use crate::courses::Courses;
-use crate::delivery::{Alerts, BounceMailbox, Scheduler, Worker};
+use crate::delivery::{Alerts, BounceMailbox, PendingSignups, Scheduler, Worker};
 use crate::domain::TokenKey;
 use crate::links::Links;
 use crate::mail::{Composer, Dkim, Templates, Transport};
@@ -122,14 +122,25 @@ impl Runtime {
         )?))
     }
 
-    /// The scheduler over this runtime's store, clock and courses.
+    /// The scheduler over this runtime's store, clock and courses, reminding and forgetting
+    /// signups nobody confirmed.
     pub fn scheduler(&self) -> Scheduler {
-        Scheduler::new(
+        let scheduler = Scheduler::new(
             self.store.clone(),
             self.clock.clone(),
             &self.config,
             self.courses.clone(),
-        )
+        );
+        match self.links() {
+            Ok(links) => scheduler.with_pending_signups(PendingSignups::new(&self.config, links)),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "no token key: signups nobody confirmed are neither reminded nor deleted"
+                );
+                scheduler
+            }
+        }
     }
 
     /// The poller of `[bounces.imap]`, when a mailbox is configured.

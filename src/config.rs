@@ -437,6 +437,12 @@ pub struct SignupConfig {
     /// a flood of signups cannot make one mail provider see us as a spammer. Confirmations
     /// over the cap are queued for a later hour, never dropped.
     pub confirmations_per_domain_per_hour: u32,
+    /// Hours after a signup nobody confirmed when one reminder goes out, under the same
+    /// cooldown and cap as a confirmation (0 = no reminder).
+    pub confirmation_reminder_after_hours: u32,
+    /// Days after their last signup when people who never confirmed are deleted, keeping
+    /// nothing but a suppression-list entry they already had (0 = kept).
+    pub unconfirmed_delete_after_days: u32,
     /// Signups for addresses at one domain accepted per hour from one network (an IPv4 /24 or
     /// an IPv6 /48) (0 = no limit): what one source can do to a domain, so that a flood from
     /// one place cannot use up the domain's hour for everyone else.
@@ -988,6 +994,8 @@ impl Default for Config {
                     .into(),
                 confirmation_cooldown_minutes: 60,
                 confirmations_per_domain_per_hour: 60,
+                confirmation_reminder_after_hours: 48,
+                unconfirmed_delete_after_days: 30,
                 signups_per_domain_per_network_per_hour: 10,
                 rate_limit_per_minute: 10,
                 rate_limit_burst: 5,
@@ -1168,6 +1176,19 @@ impl Config {
         }
         if self.tokens.confirm_ttl_hours == 0 {
             return Err(invalid("tokens.confirm_ttl_hours", "must be at least 1"));
+        }
+        let (remind, delete) = (
+            self.signup.confirmation_reminder_after_hours,
+            self.signup.unconfirmed_delete_after_days,
+        );
+        if remind > 0 && delete > 0 && u64::from(delete) * 24 <= u64::from(remind) {
+            return Err(invalid(
+                "signup.unconfirmed_delete_after_days",
+                format!(
+                    "must be later than the reminder (signup.confirmation_reminder_after_hours \
+                     = {remind}), or 0"
+                ),
+            ));
         }
         if self.signup.honeypot_field.is_empty()
             || ["email", "name", "offerings", "timezone"]
@@ -1660,6 +1681,29 @@ mod tests {
         assert_eq!(exposed("0.0.0.0:8080", "https://news.example.org"), None);
         assert_eq!(exposed("127.0.0.1:3000", "http://localhost:3000"), None);
         assert_eq!(exposed("[::1]:3000", "http://localhost:3000"), None);
+    }
+
+    #[test]
+    fn deleting_unconfirmed_people_before_their_reminder_is_refused() {
+        let signup = |remind: &str, delete: &str| {
+            load(
+                &format!(
+                    "[signup]\nconfirmation_reminder_after_hours = {remind}\n\
+                     unconfirmed_delete_after_days = {delete}\n"
+                ),
+                &[],
+            )
+        };
+        let err = signup("72", "3").unwrap_err().to_string();
+        assert!(
+            err.contains("signup.unconfirmed_delete_after_days"),
+            "{err}"
+        );
+        assert!(err.contains("72"), "{err}");
+        let config = signup("72", "4").unwrap();
+        assert_eq!(config.signup.confirmation_reminder_after_hours, 72);
+        assert!(signup("0", "1").is_ok(), "no reminder");
+        assert!(signup("48", "0").is_ok(), "nobody deleted");
     }
 
     fn tempfile_dir() -> PathBuf {

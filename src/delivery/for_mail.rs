@@ -42,5 +42,6 @@ pub fn signup(signup: &ConfirmationEmail) -> SignupToConfirm<'_> {
         consent: signup.consent,
         signed_up_at: signup.signed_up_at,
         offerings: signup.offerings.iter().map(offering).collect(),
+        reminded_at: signup.reminded_at,
     }
 }

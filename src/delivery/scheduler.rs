@@ -43,6 +43,9 @@ pub struct Scheduler {
     next_forget_at: Arc<AtomicI64>,
     /// Moves each person through the courses.
     courses: super::CourseStep,
+    /// Reminds and forgets signups nobody confirmed (set by
+    /// [`Scheduler::with_pending_signups`]).
+    pending_signups: Option<super::PendingSignups>,
     /// Woken after every fan-out batch, so workers start on a big send while the rest of
     /// its deliveries are still being created (set by [`Scheduler::run`]).
     wake_workers: Option<Arc<Notify>>,
@@ -61,8 +64,15 @@ impl Scheduler {
             keep_reports_ms: i64::from(config.bounces.keep_days) * 86_400_000,
             next_forget_at: Arc::new(AtomicI64::new(Millis::MIN)),
             courses: super::CourseStep::new(courses),
+            pending_signups: None,
             wake_workers: None,
         }
+    }
+
+    /// This scheduler, also reminding and forgetting signups nobody confirmed.
+    pub fn with_pending_signups(mut self, pending: super::PendingSignups) -> Self {
+        self.pending_signups = Some(pending);
+        self
     }
 
     /// Fans out every due send completely (each batch its own transaction), then closes the
@@ -106,6 +116,9 @@ impl Scheduler {
             if forgotten > 0 {
                 tracing::info!(reports = forgotten, "forgot the text of old bounce reports");
             }
+        }
+        if let Some(pending) = &self.pending_signups {
+            outcome.deliveries_created += pending.step(&self.store, now).await?.reminders_queued;
         }
         Ok(outcome)
     }

@@ -7,6 +7,7 @@ mod name;
 mod slug;
 mod status;
 mod timezone;
+mod timezone_old_names;
 mod token;
 
 pub use calendar::{NotATimeOfDay, NotAWeekday, TimeOfDay, Weekday};

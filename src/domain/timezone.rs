@@ -1,8 +1,11 @@
 use std::fmt;
 
 use super::Invalid;
+use super::timezone_old_names::OLD_NAMES;
 
-/// An IANA time zone name that the bundled time zone database knows (`Asia/Kathmandu`).
+/// An IANA time zone name that the bundled time zone database knows (`Asia/Kathmandu`), under
+/// its current name: one the database keeps only as a link for an old name (`Asia/Calcutta`,
+/// still what some browsers report) is taken as the zone it links to (`Asia/Kolkata`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timezone {
     name: String,
@@ -13,23 +16,39 @@ impl Timezone {
     /// The longest name taken (the longest IANA name has 32 characters).
     pub const MAX_BYTES: usize = 64;
 
-    /// Checks a zone name against the bundled database; the error's text is the message a
-    /// person reads.
+    /// Checks a zone name against the bundled database, spelled as the database spells it and
+    /// renamed from an old name to its current one; the error's text is the message a person
+    /// reads.
     pub fn parse(input: &str) -> Result<Self, Invalid> {
         let trimmed = input.trim();
         let zone = Some(trimmed)
             .filter(|t| t.len() <= Self::MAX_BYTES)
             .and_then(|t| jiff::tz::TimeZone::get(t).ok());
-        match zone {
-            Some(zone) => Ok(Self {
-                name: trimmed.to_owned(),
-                zone,
-            }),
-            None => Err(Invalid(format!(
+        let Some(zone) = zone else {
+            return Err(Invalid(format!(
                 "`{}` is not a known IANA time zone.",
                 Self::excerpt(trimmed)
-            ))),
+            )));
+        };
+        let spelled = zone.iana_name().unwrap_or(trimmed);
+        match Self::current_name(spelled) {
+            Some(current) => Ok(Self {
+                name: current.to_owned(),
+                zone: jiff::tz::TimeZone::get(current).map_err(|e| Invalid(e.to_string()))?,
+            }),
+            None => Ok(Self {
+                name: spelled.to_owned(),
+                zone,
+            }),
         }
+    }
+
+    /// The current name of a zone known by an old one (`Asia/Calcutta` → `Asia/Kolkata`).
+    fn current_name(old: &str) -> Option<&'static str> {
+        OLD_NAMES
+            .binary_search_by(|(name, _)| (*name).cmp(old))
+            .ok()
+            .map(|i| OLD_NAMES[i].1)
     }
 
     /// What an error message shows of a refused zone: at most [`Timezone::MAX_BYTES`]
@@ -100,5 +119,51 @@ mod tests {
         assert!(err.len() < 120, "{err}");
         assert!(err.contains(&format!("{}…", "x".repeat(64))), "{err}");
         assert_eq!(Timezone::excerpt("Mars\u{1b}[2J"), "Mars\u{fffd}[2J");
+    }
+
+    #[test]
+    fn an_old_name_is_stored_under_the_current_one() {
+        for (old, current) in [
+            ("Asia/Calcutta", "Asia/Kolkata"),
+            ("Europe/Kiev", "Europe/Kyiv"),
+            ("Asia/Saigon", "Asia/Ho_Chi_Minh"),
+            ("US/Eastern", "America/New_York"),
+            ("asia/calcutta", "Asia/Kolkata"),
+        ] {
+            let zone = Timezone::parse(old).unwrap();
+            assert_eq!(zone.as_str(), current, "{old}");
+            assert_eq!(zone.zone().iana_name(), Some(current), "{old}");
+        }
+        // A country's own name stays, though the database links it to a neighbour's zone;
+        // so do the spellings of UTC.
+        for kept in [
+            "Europe/Bratislava",
+            "Europe/Vatican",
+            "UTC",
+            "Etc/UTC",
+            "Asia/Kolkata",
+        ] {
+            assert_eq!(Timezone::parse(kept).unwrap().as_str(), kept);
+        }
+    }
+
+    #[test]
+    fn the_table_of_old_names_is_sorted_and_leads_to_zones_the_database_knows() {
+        use super::OLD_NAMES;
+        assert!(OLD_NAMES.len() > 100, "{}", OLD_NAMES.len());
+        assert!(OLD_NAMES.windows(2).all(|w| w[0].0 < w[1].0), "sorted");
+        for (old, current) in OLD_NAMES {
+            assert!(jiff::tz::TimeZone::get(old).is_ok(), "{old}");
+            let zone = jiff::tz::TimeZone::get(current).expect(current);
+            assert_eq!(
+                zone.iana_name(),
+                Some(*current),
+                "spelled as the database does"
+            );
+            assert!(
+                OLD_NAMES.binary_search_by(|(n, _)| n.cmp(current)).is_err(),
+                "{current} is itself an old name"
+            );
+        }
     }
 }

@@ -59,6 +59,9 @@ pub struct SignupToConfirm<'a> {
     /// When the signup happened; the link expires a fixed time after it.
     pub signed_up_at: Millis,
     pub offerings: Vec<OfferingInfo<'a>>,
+    /// `Some(when it was queued)` for the signup's one reminder: it says it is a reminder, and
+    /// its link (bound to the same signup) works for the whole link lifetime from then.
+    pub reminded_at: Option<Millis>,
 }
 
 /// Everything needed to render emails, shared by the workers.
@@ -269,32 +272,44 @@ impl Composer {
         Ok(Mailbox::new(to.name.map(str::to_owned), address))
     }
 
-    /// The double opt-in email of one signup.
+    /// The double opt-in email of one signup, or its reminder (`emails/remind.*`).
     pub fn confirmation(
         &self,
         to: &Recipient<'_>,
         signup: &SignupToConfirm<'_>,
     ) -> Result<Message, ComposeError> {
+        let (template, link_from) = match signup.reminded_at {
+            Some(at) => ("emails/remind", at),
+            None => ("emails/confirm", signup.signed_up_at),
+        };
         let mut context = json!({
             "site": self.site(),
             "greeting_name": to.name.unwrap_or("friend"),
             "offerings": signup.offerings.iter()
                 .map(|o| json!({ "name": o.name, "description": o.description }))
                 .collect::<Vec<_>>(),
-            "confirm_url": self.links.confirm_url(signup.consent, signup.signed_up_at),
+            "confirm_url": self.links.confirm_url(signup.consent, link_from),
             "expires_days": self.links.confirm_ttl_days(),
+            "signed_up_on": jiff::Timestamp::from_millisecond(signup.signed_up_at)
+                .map(|t| t.strftime("%-d %B %Y").to_string())
+                .unwrap_or_default(),
         });
         let subject = self
             .templates
-            .render_text("emails/confirm.subject", &context)?;
+            .render_text(&format!("{template}.subject"), &context)?;
         context["subject"] = json!(subject.trim());
-        context["preheader"] = json!("One click to confirm, and nothing more.");
+        context["preheader"] = json!(match signup.reminded_at {
+            Some(_) => "A gentle reminder: one click to confirm, or nothing at all.",
+            None => "One click to confirm, and nothing more.",
+        });
         let content = EmailContent {
             subject,
             html: self
                 .templates
-                .render_html("emails/confirm.html", &context)?,
-            text: self.templates.render_text("emails/confirm.txt", &context)?,
+                .render_html(&format!("{template}.html"), &context)?,
+            text: self
+                .templates
+                .render_text(&format!("{template}.txt"), &context)?,
         };
         Ok(build_message(
             &self.from,

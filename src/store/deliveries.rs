@@ -92,6 +92,8 @@ pub struct ConfirmationEmail {
     /// When the signup happened; the link expires a fixed time after it.
     pub signed_up_at: Millis,
     pub offerings: Vec<crate::store::Offering>,
+    /// When this delivery is the signup's reminder: when the reminder was queued.
+    pub reminded_at: Option<Millis>,
 }
 
 /// How many deliveries of a send are in each status.
@@ -241,7 +243,9 @@ impl Store {
     }
 
     /// What the confirmation email of a claimed delivery needs, or `None` when its signup is
-    /// gone. The offerings are the ones still active.
+    /// gone, or when it is a reminder and none of the signup's offerings is pending any more
+    /// (the person confirmed, left or was suppressed since). The offerings are the ones still
+    /// active.
     pub async fn confirmation_email(
         &self,
         delivery: &ClaimedDelivery,
@@ -249,12 +253,30 @@ impl Store {
         let (Some(consent_id), Some(signup)) = (delivery.consent_id, &delivery.signup) else {
             return Ok(None);
         };
-        let offerings = self
+        let offerings: Vec<crate::store::Offering> = self
             .active_offerings()
             .await?
             .into_iter()
             .filter(|o| signup.offerings.contains(&o.slug))
             .collect();
+        let reminded_at: Option<Millis> =
+            sqlx::query_scalar("SELECT sent_at FROM signup_reminders WHERE delivery_id = $1")
+                .bind(delivery.id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if reminded_at.is_some() {
+            let consent = LinkTarget {
+                id: consent_id,
+                secret: signup.secret,
+            };
+            let waiting = self
+                .pending_confirmation(consent)
+                .await?
+                .is_some_and(|p| p.waiting);
+            if !waiting {
+                return Ok(None);
+            }
+        }
         Ok(Some(ConfirmationEmail {
             consent: LinkTarget {
                 id: consent_id,
@@ -262,6 +284,7 @@ impl Store {
             },
             signed_up_at: signup.at,
             offerings,
+            reminded_at,
         }))
     }
 

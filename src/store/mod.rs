@@ -13,6 +13,7 @@ mod leaving;
 mod migration_tests;
 mod offerings;
 mod outbox;
+mod pending;
 mod schedules;
 mod sends;
 mod signup_writer;
@@ -41,6 +42,7 @@ pub use import::{ExportLine, ExportSubscription, ImportCounts, ImportTerms, Impo
 pub use leaving::{SubscriberRef, SuppressionReason};
 pub use offerings::{DeclaredOffering, Offering, OfferingSummary};
 pub use outbox::{message_id, new_message_id_prefix};
+pub use pending::{Reminder, ReminderCandidate, ReminderLimits, Waiting};
 pub use schedules::{DueSend, Recurrence, ZoneProgress};
 pub use sends::{FailureGroup, NewSend, RetryOutcome, SendContent, SendStatus, SendSummary};
 pub use signup_writer::SignupWriter;

@@ -270,15 +270,16 @@ pub(super) struct Confirmation {
     pub due: Millis,
 }
 
-/// Queues confirmation emails in the signup's transaction, each with a fresh Message-ID.
+/// Queues confirmation emails in the signup's (or the reminder's) transaction, each with a
+/// fresh Message-ID. Returns each one's delivery id by its consent id.
 pub(super) async fn enqueue_confirmations(
     tx: &mut sqlx::AnyConnection,
     confirmations: &[Confirmation],
     domain: &str,
     now: Millis,
-) -> Result<(), sqlx::Error> {
+) -> Result<std::collections::HashMap<i64, i64>, sqlx::Error> {
     if confirmations.is_empty() {
-        return Ok(());
+        return Ok(std::collections::HashMap::new());
     }
     let sql = super::sql::Sql::new(
         "INSERT INTO deliveries
@@ -287,6 +288,7 @@ pub(super) async fn enqueue_confirmations(
         1,
     )
     .rows("('confirmation', ?, ?, ?, ?, $1)", confirmations.len())
+    .push(" RETURNING id, consent_id")
     .build();
     let mut query = sqlx::query(sql).bind(now);
     for c in confirmations {
@@ -300,8 +302,12 @@ pub(super) async fn enqueue_confirmations(
             ))
             .bind(c.due);
     }
-    query.execute(tx).await?;
-    Ok(())
+    query
+        .fetch_all(tx)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("consent_id")?, row.try_get("id")?)))
+        .collect()
 }
 
 /// One lesson to queue for one person.

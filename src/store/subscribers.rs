@@ -570,20 +570,74 @@ async fn write_round(
         .ok_or(sqlx::Error::RowNotFound)?;
 
     // Who may get a confirmation: someone with a pending offering whose inbox is out of its
-    // cooldown. The cooldown is claimed per mailbox with a conditional upsert, so two signups
-    // racing for one inbox, however they spell it, cannot both queue an email.
-    let mut by_cooldown: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    // cooldown (a second spelling of an inbox in this round waits for it like any other).
     let mut mailboxes: HashSet<&str> = HashSet::new();
+    let mut positions: Vec<usize> = Vec::new();
+    let mut asked: Vec<Asked<'_>> = Vec::new();
     for (k, signup) in signups.iter().enumerate() {
         let id = subscriber_ids[k];
         let wants_one = signup
             .offerings
             .iter()
             .any(|o| pending.contains(&(id, o.id)));
-        // A second spelling of an inbox in this round waits for the cooldown like any other.
         if wants_one && mailboxes.insert(signup.mailbox_key.as_str()) {
-            by_cooldown.entry(signup.cooldown_ms).or_default().push(k);
+            positions.push(k);
+            asked.push(Asked {
+                subscriber_id: id,
+                consent_id: consents[k].id,
+                mailbox_key: &signup.mailbox_key,
+                email: &signup.email,
+                cooldown_ms: signup.cooldown_ms,
+                domain_cap_per_hour: signup.domain_cap_per_hour,
+            });
         }
+    }
+    let mut claimed: Vec<usize> = queue_confirmations(tx, &asked, domain, now)
+        .await?
+        .into_iter()
+        .map(|(i, _)| positions[i])
+        .collect();
+    claimed.sort_unstable();
+
+    Ok((0..signups.len())
+        .map(|k| SignupOutcome {
+            subscriber_id: subscriber_ids[k],
+            consent: consents[k],
+            confirmation_queued: claimed.binary_search(&k).is_ok(),
+        })
+        .collect())
+}
+
+/// A confirmation email someone may get (at signup, or as a reminder): whether it is queued
+/// depends on their inbox's cooldown and their domain's hourly cap.
+pub(super) struct Asked<'a> {
+    pub subscriber_id: i64,
+    /// The signup it asks to confirm.
+    pub consent_id: i64,
+    /// A keyed hash of the inbox: the cooldown is kept per mailbox, however it is spelled.
+    pub mailbox_key: &'a str,
+    pub email: &'a EmailAddress,
+    /// No second confirmation email to one inbox within this many milliseconds.
+    pub cooldown_ms: i64,
+    /// At most this many confirmation emails to the address's domain in the past hour.
+    pub domain_cap_per_hour: Option<u32>,
+}
+
+/// Queues the confirmation emails of those in `asked` whose inbox is out of its cooldown, each
+/// due within its domain's hourly cap. `asked` holds each mailbox once. Returns the positions
+/// in `asked` that were queued, with their delivery ids.
+///
+/// The cooldown is claimed per mailbox with a conditional upsert, so two transactions racing
+/// for one inbox, however they spell it, cannot both queue an email.
+pub(super) async fn queue_confirmations(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    asked: &[Asked<'_>],
+    domain: &str,
+    now: Millis,
+) -> Result<Vec<(usize, i64)>, sqlx::Error> {
+    let mut by_cooldown: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (i, a) in asked.iter().enumerate() {
+        by_cooldown.entry(a.cooldown_ms).or_default().push(i);
     }
     if let Some(longest) = by_cooldown.keys().next_back() {
         sqlx::query("DELETE FROM confirmation_cooldowns WHERE sent_at <= $1")
@@ -607,14 +661,14 @@ async fn write_round(
         let mut query = sqlx::query_scalar::<_, String>(sql)
             .bind(now)
             .bind(now - cooldown_ms);
-        for &k in candidates {
-            query = query.bind(signups[k].mailbox_key.as_str());
+        for &i in candidates {
+            query = query.bind(asked[i].mailbox_key);
         }
         let keys: HashSet<String> = query.fetch_all(&mut **tx).await?.into_iter().collect();
         claimed.extend(
             candidates
                 .iter()
-                .filter(|&&k| keys.contains(&signups[k].mailbox_key)),
+                .filter(|&&i| keys.contains(asked[i].mailbox_key)),
         );
     }
     claimed.sort_unstable();
@@ -623,12 +677,12 @@ async fn write_round(
     // order asked, and is never dropped (dropping it let a flood silence a domain's real
     // visitors). The cap is soft: two transactions racing at the limit may both pass.
     let mut scheduled_by_domain: HashMap<&str, i64> = HashMap::new();
-    let mut due: Vec<Millis> = Vec::with_capacity(claimed.len());
-    for &k in &claimed {
-        let signup = signups[k];
+    let mut confirmations: Vec<outbox::Confirmation> = Vec::with_capacity(claimed.len());
+    for &i in &claimed {
+        let a = &asked[i];
         let mut at = now;
-        if let Some(cap) = signup.domain_cap_per_hour.filter(|cap| *cap > 0) {
-            let domain = signup.email.domain();
+        if let Some(cap) = a.domain_cap_per_hour.filter(|cap| *cap > 0) {
+            let domain = a.email.domain();
             let scheduled = match scheduled_by_domain.get(domain) {
                 Some(n) => *n,
                 None => confirmations_to_domain_due_after(tx, domain, now - HOUR_MS).await?,
@@ -645,26 +699,21 @@ async fn write_round(
                 at = now + hours_later * HOUR_MS;
             }
         }
-        due.push(at);
+        confirmations.push(outbox::Confirmation {
+            subscriber_id: a.subscriber_id,
+            consent_id: a.consent_id,
+            due: at,
+        });
     }
-    let confirmations: Vec<outbox::Confirmation> = claimed
-        .iter()
-        .zip(&due)
-        .map(|(&k, &due)| outbox::Confirmation {
-            subscriber_id: subscriber_ids[k],
-            consent_id: consents[k].id,
-            due,
+    let ids = outbox::enqueue_confirmations(tx, &confirmations, domain, now).await?;
+    claimed
+        .into_iter()
+        .map(|i| {
+            ids.get(&asked[i].consent_id)
+                .map(|&id| (i, id))
+                .ok_or(sqlx::Error::RowNotFound)
         })
-        .collect();
-    outbox::enqueue_confirmations(tx, &confirmations, domain, now).await?;
-
-    Ok((0..signups.len())
-        .map(|k| SignupOutcome {
-            subscriber_id: subscriber_ids[k],
-            consent: consents[k],
-            confirmation_queued: claimed.binary_search(&k).is_ok(),
-        })
-        .collect())
+        .collect()
 }
 
 const HOUR_MS: i64 = 3_600_000;

@@ -10,6 +10,7 @@ mod answer_pace;
 mod client;
 mod confirm;
 mod error;
+mod favicon;
 mod health;
 mod pages;
 mod preferences;
@@ -217,6 +218,7 @@ pub fn router(state: AppState) -> Router {
         .merge(confirm::routes())
         .merge(unsubscribe::routes())
         .merge(preferences::routes())
+        .merge(favicon::routes())
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(refuse_oversized_bodies))

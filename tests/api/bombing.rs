@@ -1,8 +1,8 @@
 //! Subscription bombing: someone signs an address up again and again, from many addresses, to
 //! flood its inbox. Every answer is the same; at most one confirmation per cooldown reaches the
 //! address; and a cap per recipient domain protects the sender's standing with providers.
-//! A repeated signup is also the only way to get a confirmation resent (Sangha sends no
-//! automatic reminders), so the cooldown limits resends too.
+//! A repeated signup is also the only way to get a confirmation resent besides the one
+//! reminder per signup (tests/api/pending.rs), so the cooldown limits resends too.
 
 use std::time::Duration;
 

@@ -16,10 +16,10 @@ mod rows;
 use std::io::Write;
 
 use crate::app::Runtime;
-use crate::clock::format_ms;
+use crate::clock::{Millis, format_ms};
 use crate::config::Config;
 use crate::domain::{ConsentSource, EmailAddress, Slug, SubscriptionStatus};
-use crate::store::{ConsentMeta, SubscriberDetail, SubscriberRow};
+use crate::store::{ConsentMeta, SubscriberDetail, SubscriberRow, Waiting};
 
 use super::{JsonFlag, SubscribersCommand, offering, open};
 
@@ -136,12 +136,70 @@ async fn list(
         .store
         .list_subscribers(slug.map(Slug::as_str), status)
         .await?;
-    if json.json {
+    if status == Some(SubscriptionStatus::Pending) {
+        let waiting = runtime.store.waiting_signups().await?;
+        let now = runtime.clock.now_ms();
+        if json.json {
+            let rows: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|row| {
+                    let wait = waiting.get(&row.id);
+                    let mut value = serde_json::to_value(row)?;
+                    value["signed_up_at"] = serde_json::json!(wait.map(|w| w.signed_up_at));
+                    value["reminded_at"] = serde_json::json!(wait.and_then(|w| w.reminded_at));
+                    Ok(value)
+                })
+                .collect::<Result<_, serde_json::Error>>()?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        } else {
+            print_waiting(&rows, &waiting, now, out)?;
+        }
+    } else if json.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
     } else {
         print_table(&rows, out)?;
     }
     Ok(())
+}
+
+/// The pending list: how long each person has waited since their latest signup, and whether
+/// its one reminder went out.
+fn print_waiting(
+    rows: &[SubscriberRow],
+    waiting: &std::collections::HashMap<i64, Waiting>,
+    now: Millis,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<40} {:<10} {:<22} SUBSCRIPTIONS",
+        "EMAIL", "WAITING", "REMINDED"
+    )?;
+    for row in rows {
+        let wait = waiting.get(&row.id);
+        writeln!(
+            out,
+            "{:<40} {:<10} {:<22} {}",
+            row.email,
+            wait.map_or_else(|| "-".to_owned(), |w| duration_words(now - w.signed_up_at)),
+            wait.and_then(|w| w.reminded_at)
+                .map_or_else(|| "no".to_owned(), format_ms),
+            subscription_words(row)
+        )?;
+    }
+    writeln!(out, "{} subscriber(s) waiting to confirm", rows.len())?;
+    Ok(())
+}
+
+/// A wait as people say it: `2d 3h`, `5h 12m`, `7m`.
+fn duration_words(ms: Millis) -> String {
+    let minutes = ms.max(0) / 60_000;
+    let (days, hours, minutes) = (minutes / 1440, minutes / 60 % 24, minutes % 60);
+    match (days, hours) {
+        (0, 0) => format!("{minutes}m"),
+        (0, _) => format!("{hours}h {minutes}m"),
+        _ => format!("{days}d {hours}h"),
+    }
 }
 
 /// `sangha subscribers remove EMAIL [--offering SLUG]`: unsubscribes, keeping the record.
@@ -175,20 +233,25 @@ async fn remove(
     Ok(())
 }
 
+/// `offering:status` of each subscription, as the lists print them.
+fn subscription_words(row: &SubscriberRow) -> String {
+    let words: Vec<String> = row
+        .subscriptions
+        .iter()
+        .map(|s| format!("{}:{}", s.offering, s.status))
+        .collect();
+    words.join(" ")
+}
+
 fn print_table(rows: &[SubscriberRow], out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     writeln!(out, "{:<40} {:<24} SUBSCRIPTIONS", "EMAIL", "NAME")?;
     for row in rows {
-        let subs: Vec<String> = row
-            .subscriptions
-            .iter()
-            .map(|s| format!("{}:{}", s.offering, s.status))
-            .collect();
         writeln!(
             out,
             "{:<40} {:<24} {}",
             row.email,
             row.name.as_deref().unwrap_or("-"),
-            subs.join(" ")
+            subscription_words(row)
         )?;
     }
     writeln!(out, "{} subscriber(s)", rows.len())?;
@@ -252,4 +315,17 @@ fn print_detail(detail: &SubscriberDetail, out: &mut (dyn Write + Send)) -> anyh
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_words;
+
+    #[test]
+    fn a_wait_reads_in_days_and_hours_or_hours_and_minutes() {
+        assert_eq!(duration_words(7 * 60_000), "7m");
+        assert_eq!(duration_words((5 * 60 + 12) * 60_000), "5h 12m");
+        assert_eq!(duration_words((2 * 24 + 3) * 3_600_000 + 59_000), "2d 3h");
+        assert_eq!(duration_words(-5), "0m");
+    }
 }
