@@ -10,6 +10,7 @@ mod import;
 mod leaving;
 #[cfg(test)]
 mod migration_tests;
+mod moving;
 mod offerings;
 mod outbox;
 mod schedules;
@@ -35,6 +36,7 @@ pub use courses::{
 pub use deliveries::{ClaimedDelivery, ClaimedSignup, ConfirmationEmail, DeliveryCounts, DueQueue};
 pub use import::{ExportLine, ExportSubscription, ImportCounts, ImportTerms, ImportedPerson};
 pub use leaving::{SubscriberRef, SuppressionReason};
+pub use moving::{MovedCounts, MovedPerson, MovedStatus};
 pub use offerings::{DeclaredOffering, Offering, OfferingSummary};
 pub use outbox::{message_id, new_message_id_prefix};
 pub use schedules::{DueSend, Recurrence, ZoneProgress};

@@ -22,6 +22,7 @@ mod import;
 mod leaving;
 mod local_time;
 mod metrics;
+mod moving_in;
 mod outbox;
 mod private_ca;
 mod probe_cli;
