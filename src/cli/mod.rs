@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::{Application, Runtime, shutdown_signal};
 use crate::clock::Clock;
 use crate::config::{Config, TransportKind};
-use crate::domain::{EmailAddress, Every, Slug, SubscriptionStatus};
+use crate::domain::{EmailAddress, Every, ListFormat, Slug, SubscriptionStatus};
 use crate::mail::DkimAlgorithm;
 use crate::store::Offering;
 
@@ -240,12 +240,28 @@ pub enum SubscribersCommand {
         /// People written per transaction.
         #[arg(long, value_name = "N", default_value_t = 1000, hide = true)]
         batch_size: usize,
+        /// Whose export the file is: sangha, or mailchimp, listmonk, substack, buttondown
+        /// (read as those tools export it). Found from the header when not given.
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<ListFormat>,
+        /// The offering(s) the people of another tool's export join, when their rows do not
+        /// name one (by a tag); repeat for several.
+        #[arg(long, value_name = "SLUG")]
+        offering: Vec<Slug>,
     },
-    /// Export every subscriber as CSV: the import columns, then statuses and consent times.
+    /// Export every subscriber as CSV: the import columns, then statuses and consent times;
+    /// or, with --format mailchimp|listmonk, as those tools import it.
     Export {
         /// Write to this file (readable only by you) instead of standard output.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// sangha (every column, the default), mailchimp or listmonk.
+        #[arg(long, value_name = "FORMAT", default_value = "sangha")]
+        format: ListFormat,
+        /// For mailchimp and listmonk: only the people who are confirmed, or only those who
+        /// left (Mailchimp imports one status per file; its default is confirmed).
+        #[arg(long, value_name = "STATUS")]
+        status: Option<SubscriptionStatus>,
     },
     /// Unsubscribe someone from one offering, or from everything (the record is kept).
     Remove {

@@ -16,8 +16,8 @@ pub use name::SubscriberName;
 pub use slug::Slug;
 pub use status::{
     AlertKind, BounceAction, BounceKind, BounceSource, ConsentSource, CourseState, DeliveryKind,
-    DeliveryStatus, Every, MatchedBy, OfferingKind, RecurrenceStatus, RelayFault, SendStatus,
-    SubscriptionStatus, SuppressionReason, UnknownWord,
+    DeliveryStatus, Every, ListFormat, MatchedBy, OfferingKind, RecurrenceStatus, RelayFault,
+    SendStatus, SubscriptionStatus, SuppressionReason, UnknownWord,
 };
 pub use timezone::Timezone;
 

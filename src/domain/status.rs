@@ -164,7 +164,24 @@ impl Every {
 
 word_enum!(
     /// Why an address is on the suppression list.
-    SuppressionReason { Erased => "erased", Bounced => "bounced", Complained => "complained" }
+    SuppressionReason {
+        Erased => "erased",
+        Bounced => "bounced",
+        Complained => "complained",
+        /// The owner (or the owner's former tool, as its blocklist) said never to mail it.
+        Owner => "owner",
+    }
+);
+
+word_enum!(
+    /// Whose CSV a subscriber file is: ours, or another newsletter tool's export.
+    ListFormat {
+        Sangha => "sangha",
+        Mailchimp => "mailchimp",
+        Listmonk => "listmonk",
+        Substack => "substack",
+        Buttondown => "buttondown",
+    }
 );
 
 word_enum!(

@@ -124,6 +124,7 @@ pub struct ExportSubscription {
     pub offering_active: bool,
     pub status: SubscriptionStatus,
     pub confirmed_at: Option<Millis>,
+    pub unsubscribed_at: Option<Millis>,
 }
 
 impl Store {
@@ -305,7 +306,7 @@ impl Store {
     pub fn export_lines(&self) -> BoxStream<'_, Result<ExportLine, sqlx::Error>> {
         sqlx::query(
             "SELECT s.id, s.email, s.name, s.timezone, s.created_at,
-                    o.slug, o.active, sub.status, sub.confirmed_at,
+                    o.slug, o.active, sub.status, sub.confirmed_at, sub.unsubscribed_at,
                     c.at AS consent_at, c.source AS consent_source
              FROM subscribers s
              LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id
@@ -331,6 +332,7 @@ fn export_line(row: &sqlx::any::AnyRow) -> Result<ExportLine, sqlx::Error> {
             offering_active: row.try_get::<i64, _>("active")? != 0,
             status: super::word(row, "status")?,
             confirmed_at: row.try_get("confirmed_at")?,
+            unsubscribed_at: row.try_get("unsubscribed_at")?,
         }),
     };
     Ok(ExportLine {

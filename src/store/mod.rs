@@ -11,6 +11,7 @@ mod import;
 mod leaving;
 #[cfg(test)]
 mod migration_tests;
+mod moving;
 mod offerings;
 mod outbox;
 mod pending;
@@ -40,6 +41,7 @@ pub use deliveries::{
 };
 pub use import::{ExportLine, ExportSubscription, ImportCounts, ImportTerms, ImportedPerson};
 pub use leaving::{SubscriberRef, SuppressionReason};
+pub use moving::{MovedCounts, MovedPerson, MovedStatus};
 pub use offerings::{DeclaredOffering, Offering, OfferingSummary};
 pub use outbox::{message_id, new_message_id_prefix};
 pub use pending::{Reminder, ReminderCandidate, ReminderLimits, Waiting};

@@ -150,7 +150,7 @@ async fn stopped(state: &AppState, who: &SubscriberRef) -> Result<Option<String>
             "We stopped sending to you on {day}, because one of our emails was marked as spam \
              in your mailbox."
         )),
-        SuppressionReason::Erased => None,
+        SuppressionReason::Erased | SuppressionReason::Owner => None,
     })
 }
 

@@ -33,20 +33,20 @@ fn write_file(app: &TestApp, name: &str, content: &[u8]) -> PathBuf {
     path
 }
 
-fn import(app: &TestApp, path: &Path, extra: &[&str]) -> std::process::Output {
+pub(crate) fn import(app: &TestApp, path: &Path, extra: &[&str]) -> std::process::Output {
     let path = path.to_str().expect("utf-8 path");
     let mut args = vec!["subscribers", "import", path];
     args.extend_from_slice(extra);
     app.cli(&args)
 }
 
-async fn detail(app: &TestApp, email: &str) -> Option<SubscriberDetail> {
+pub(crate) async fn detail(app: &TestApp, email: &str) -> Option<SubscriberDetail> {
     let email = EmailAddress::parse(email).unwrap();
     app.store().subscriber_detail(&email).await.unwrap()
 }
 
 /// `slug:status` of each subscription of `email`, sorted.
-async fn statuses(app: &TestApp, email: &str) -> Vec<String> {
+pub(crate) async fn statuses(app: &TestApp, email: &str) -> Vec<String> {
     let detail = detail(app, email)
         .await
         .unwrap_or_else(|| panic!("{email} was not imported"));

@@ -23,6 +23,7 @@ mod import;
 mod leaving;
 mod local_time;
 mod metrics;
+mod moving_in;
 mod outbox;
 mod pending;
 mod private_ca;

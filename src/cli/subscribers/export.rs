@@ -9,7 +9,7 @@ use futures::StreamExt;
 
 use crate::clock::{Millis, format_ms};
 use crate::domain::SubscriptionStatus;
-use crate::store::{ExportLine, Store};
+use crate::store::{ExportLine, ExportSubscription, Store};
 
 use super::rows::{EXPORT_COLUMNS, HEADER, defuse_formula};
 
@@ -22,25 +22,36 @@ use super::rows::{EXPORT_COLUMNS, HEADER, defuse_formula};
 pub async fn export(store: &Store, out: &mut (dyn Write + Send)) -> anyhow::Result<u64> {
     let mut writer = csv::Writer::from_writer(out);
     writer.write_record(HEADER.iter().chain(EXPORT_COLUMNS.iter()))?;
+    let mut count = 0u64;
+    each_subscriber(store, |person| {
+        count += 1;
+        person.write(&mut writer)
+    })
+    .await?;
+    writer.flush()?;
+    Ok(count)
+}
+
+/// Calls `write` with every subscriber, ordered by address, one at a time.
+pub(super) async fn each_subscriber(
+    store: &Store,
+    mut write: impl FnMut(Exported) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut lines = store.export_lines();
     let mut current: Option<Exported> = None;
-    let mut count = 0u64;
     while let Some(line) = lines.next().await {
         let line = line.context("cannot read the subscribers")?;
         if current.as_ref().is_some_and(|c| c.id != line.subscriber_id) {
-            current.take().expect("checked").write(&mut writer)?;
-            count += 1;
+            write(current.take().expect("checked"))?;
         }
         current
             .get_or_insert_with(|| Exported::new(&line))
             .add(line);
     }
     if let Some(last) = current {
-        last.write(&mut writer)?;
-        count += 1;
+        write(last)?;
     }
-    writer.flush()?;
-    Ok(count)
+    Ok(())
 }
 
 /// Creates (or truncates) a file only its owner can read, for an export: it holds people's
@@ -56,17 +67,19 @@ pub fn create_private_file(path: &Path) -> anyhow::Result<File> {
 }
 
 /// One subscriber of an export, gathered from their consecutive lines.
-struct Exported {
+pub(super) struct Exported {
     id: i64,
-    email: String,
-    name: Option<String>,
-    timezone: Option<String>,
+    pub(super) email: String,
+    pub(super) name: Option<String>,
+    pub(super) timezone: Option<String>,
     created_at: Millis,
-    consent_at: Option<Millis>,
+    pub(super) consent_at: Option<Millis>,
     consent_source: Option<String>,
     offerings: Vec<String>,
     statuses: Vec<String>,
-    confirmed_at: Option<Millis>,
+    pub(super) confirmed_at: Option<Millis>,
+    /// Every subscription, in offering order.
+    pub(super) subscriptions: Vec<ExportSubscription>,
 }
 
 impl Exported {
@@ -82,6 +95,7 @@ impl Exported {
             offerings: Vec::new(),
             statuses: Vec::new(),
             confirmed_at: None,
+            subscriptions: Vec::new(),
         }
     }
 
@@ -95,8 +109,9 @@ impl Exported {
             self.confirmed_at = self.confirmed_at.max(sub.confirmed_at);
         }
         if sub.status != SubscriptionStatus::Unsubscribed && sub.offering_active {
-            self.offerings.push(sub.offering);
+            self.offerings.push(sub.offering.clone());
         }
+        self.subscriptions.push(sub);
     }
 
     fn write<W: Write>(self, writer: &mut csv::Writer<W>) -> anyhow::Result<()> {

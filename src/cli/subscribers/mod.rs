@@ -5,12 +5,18 @@
 //! same four columns (so it can be imported again) followed by columns that describe, and are
 //! ignored on import: `statuses,created_at,confirmed_at,consent_at,consent_source`.
 //!
+//! Another tool's export (Mailchimp, listmonk, Substack, Buttondown) is read as that tool writes
+//! it (`moving_in.rs`), and an export can be written as Mailchimp or listmonk import it
+//! (`moving_out.rs`).
+//!
 //! Both directions stream, whatever the size of the list: an import holds a few batches of rows
 //! (1,000 each by default: one being read, up to two being written) and an export one
 //! subscriber at a time.
 
 mod export;
 mod import;
+mod moving_in;
+mod moving_out;
 mod rows;
 
 use std::io::Write;
@@ -18,7 +24,9 @@ use std::io::Write;
 use crate::app::Runtime;
 use crate::clock::{Millis, format_ms};
 use crate::config::Config;
-use crate::domain::{ConsentSource, EmailAddress, Slug, SubscriptionStatus};
+use anyhow::bail;
+
+use crate::domain::{ConsentSource, EmailAddress, ListFormat, Slug, SubscriptionStatus};
 use crate::store::{ConsentMeta, SubscriberDetail, SubscriberRow, Waiting};
 
 use super::{JsonFlag, SubscribersCommand, offering, open};
@@ -52,6 +60,8 @@ pub async fn run(
             source,
             strict,
             batch_size,
+            format,
+            offering,
         } => {
             let options = import::ImportOptions {
                 confirmed,
@@ -62,6 +72,37 @@ pub async fn run(
             options.check()?;
             let runtime = open(config).await?;
             let links = runtime.links()?;
+            let format = match format {
+                Some(format) => format,
+                None => moving_in::detect_file(&file)?,
+            };
+            if format != ListFormat::Sangha {
+                if confirmed {
+                    bail!(
+                        "--confirmed is for sangha files: a {format} export says itself who \
+                         confirmed, and their consent is carried over"
+                    );
+                }
+                let report = moving_in::import(
+                    &runtime.store,
+                    &links,
+                    &file,
+                    format,
+                    &offering,
+                    &options,
+                    &mut std::io::stderr(),
+                    runtime.clock.now_ms(),
+                )
+                .await?;
+                writeln!(out, "{report}")?;
+                return Ok(());
+            }
+            if !offering.is_empty() {
+                bail!(
+                    "--offering is for other tools' exports: a sangha file names each row's \
+                     offerings in its `offerings` column"
+                );
+            }
             let report = import::import(
                 &runtime.store,
                 &links,
@@ -74,8 +115,40 @@ pub async fn run(
             writeln!(out, "{report}")?;
             Ok(())
         }
-        SubscribersCommand::Export { output } => {
+        SubscribersCommand::Export {
+            output,
+            format,
+            status,
+        } => {
+            if format == ListFormat::Sangha && status.is_some() {
+                bail!(
+                    "--status is for --format mailchimp or listmonk; a sangha export has every status"
+                );
+            }
             let runtime = open(config).await?;
+            if format != ListFormat::Sangha {
+                let counts = match &output {
+                    Some(path) => {
+                        let mut file = export::create_private_file(path)?;
+                        let counts =
+                            moving_out::export(&runtime.store, format, status, &mut file).await?;
+                        file.sync_all()?;
+                        counts
+                    }
+                    None => moving_out::export(&runtime.store, format, status, out).await?,
+                };
+                if let Some(path) = output {
+                    writeln!(
+                        out,
+                        "{} subscriber(s) written to {} for {format}; {} left out (pending, or \
+                         not of the status asked for)",
+                        counts.written,
+                        path.display(),
+                        counts.left_out
+                    )?;
+                }
+                return Ok(());
+            }
             match output {
                 Some(path) => {
                     let mut file = export::create_private_file(&path)?;

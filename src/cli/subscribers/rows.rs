@@ -48,7 +48,7 @@ pub(super) fn defuse_formula(text: &str) -> String {
 }
 
 /// A cell as an import reads it: the `'` that [`defuse_formula`] added, taken off.
-fn restore_formula(text: &str) -> &str {
+pub(super) fn restore_formula(text: &str) -> &str {
     match text.strip_prefix('\'') {
         Some(rest) if starts_a_formula(rest) => rest,
         _ => text,
@@ -82,18 +82,18 @@ struct Columns {
     count: usize,
 }
 
-/// Reads an import file record by record and checks each row.
-pub(super) struct Rows<'o> {
+/// A CSV file read record by record, each with the line it starts on, with the row cap.
+pub(super) struct CsvFile {
     reader: csv::Reader<LineCounter<File>>,
-    columns: Columns,
-    record: csv::ByteRecord,
-    offerings: &'o [Offering],
-    /// Zones already checked (see [`check_timezone`]).
-    timezones: HashMap<String, Timezone>,
+    /// The first record, or `None` when the file is empty.
+    pub(super) header: Option<csv::ByteRecord>,
+    /// The line the header starts on.
+    pub(super) header_line: u64,
 }
 
-impl<'o> Rows<'o> {
-    pub(super) fn open(path: &Path, offerings: &'o [Offering]) -> anyhow::Result<Self> {
+impl CsvFile {
+    /// Opens the file and reads its header.
+    pub(super) fn open(path: &Path) -> anyhow::Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // Flexible: a row with the wrong number of fields is reported by line like any other
         // bad row, instead of stopping the reader.
@@ -105,18 +105,64 @@ impl<'o> Rows<'o> {
         let read = reader
             .read_byte_record(&mut header)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        if !read {
+        let header_line = if read {
+            record_line(&mut reader, &header)
+        } else {
+            0
+        };
+        Ok(Self {
+            reader,
+            header: read.then_some(header),
+            header_line,
+        })
+    }
+
+    /// Reads the next record into `record` and returns the line it starts on, or `None` at
+    /// the end of the file. Only reading the file can fail.
+    pub(super) fn next_record(
+        &mut self,
+        record: &mut csv::ByteRecord,
+    ) -> anyhow::Result<Option<u64>> {
+        match self.reader.read_byte_record(record) {
+            Ok(true) => Ok(Some(record_line(&mut self.reader, record))),
+            Ok(false) => Ok(None),
+            Err(e) => {
+                if let csv::ErrorKind::Io(io) = e.kind()
+                    && let Some(long) = io.get_ref().and_then(|e| e.downcast_ref::<RowTooLong>())
+                {
+                    bail!("{long}");
+                }
+                Err(anyhow::Error::new(e).context("cannot read the file"))
+            }
+        }
+    }
+}
+
+/// Reads an import file record by record and checks each row.
+pub(super) struct Rows<'o> {
+    file: CsvFile,
+    columns: Columns,
+    record: csv::ByteRecord,
+    offerings: &'o [Offering],
+    /// Zones already checked (see [`check_timezone`]).
+    timezones: HashMap<String, Timezone>,
+}
+
+impl<'o> Rows<'o> {
+    pub(super) fn open(path: &Path, offerings: &'o [Offering]) -> anyhow::Result<Self> {
+        let file = CsvFile::open(path)?;
+        let Some(header) = &file.header else {
             bail!(
                 "{} is empty: the first line must be the header `{}`",
                 path.display(),
                 HEADER.join(",")
             );
-        }
-        let line = record_line(&mut reader, &header);
-        let columns = columns_of(&header)
+        };
+        let line = file.header_line;
+        let columns = columns_of(header)
             .map_err(|e| anyhow::anyhow!("{}: line {line}: {e}", path.display()))?;
         Ok(Self {
-            reader,
+            file,
             columns,
             record: csv::ByteRecord::new(),
             offerings,
@@ -126,19 +172,9 @@ impl<'o> Rows<'o> {
 
     /// The next row, or `None` at the end of the file. Only reading the file can fail here.
     pub(super) fn next_row(&mut self) -> anyhow::Result<Option<Row>> {
-        match self.reader.read_byte_record(&mut self.record) {
-            Ok(true) => {}
-            Ok(false) => return Ok(None),
-            Err(e) => {
-                if let csv::ErrorKind::Io(io) = e.kind()
-                    && let Some(long) = io.get_ref().and_then(|e| e.downcast_ref::<RowTooLong>())
-                {
-                    bail!("{long}");
-                }
-                return Err(anyhow::Error::new(e).context("cannot read the file"));
-            }
-        }
-        let line = record_line(&mut self.reader, &self.record);
+        let Some(line) = self.file.next_record(&mut self.record)? else {
+            return Ok(None);
+        };
         Ok(Some(match self.check_row() {
             Ok(row) => row,
             Err(problems) => Row::Invalid(format!("line {line}: {problems}")),
@@ -229,7 +265,7 @@ impl<'o> Rows<'o> {
 
 /// An empty cell is no time zone. `known` remembers zones already checked, as looking one up
 /// parses its rules.
-fn check_timezone(
+pub(super) fn check_timezone(
     known: &mut HashMap<String, Timezone>,
     text: &str,
 ) -> Result<Option<Timezone>, Invalid> {
