@@ -182,7 +182,8 @@ impl Runtime {
             &self.config.message_id_domain(),
             mailto,
         )
-        .with_return_path(self.config.mail.return_path.clone()))
+        .with_return_path(self.config.mail.return_path.clone())
+        .with_archives(self.config.archived_offerings()))
     }
 
     /// The configured transport, signing with the DKIM keys.

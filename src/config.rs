@@ -684,10 +684,25 @@ pub struct OfferingConfig {
     /// on another day comes on the next allowed one. Empty: every day.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weekdays: Vec<Weekday>,
+    /// Newsletters only: its past sends are public at `/archive/{slug}`, with an Atom feed,
+    /// and each email links to its web copy (sends scheduled `--private` excepted).
+    #[serde(default)]
+    pub archive: bool,
 }
 
 /// The time of day course lessons arrive when `local_time` is not set.
 pub const DEFAULT_LESSON_TIME: jiff::civil::Time = jiff::civil::Time::constant(7, 0, 0, 0);
+
+impl Config {
+    /// The slugs of the offerings with a public archive (`archive = true`).
+    pub fn archived_offerings(&self) -> Vec<String> {
+        self.offerings
+            .iter()
+            .filter(|o| o.archive)
+            .map(|o| o.slug.to_string())
+            .collect()
+    }
+}
 
 impl OfferingConfig {
     /// The time of day the course's lessons arrive (`local_time`, else 07:00).
@@ -1302,6 +1317,13 @@ impl Config {
     /// takes none of them.
     fn validate_course(&self, i: usize, o: &OfferingConfig) -> Result<(), ConfigError> {
         let key = |name: &str| format!("offerings[{i}].{name}");
+        if o.kind == OfferingKind::Course && o.archive {
+            return Err(invalid(
+                &key("archive"),
+                "a course cannot be archived: its lessons are written for the people on it, \
+                 one day at a time; only newsletters have a public archive",
+            ));
+        }
         if o.kind != OfferingKind::Course {
             for (name, set) in [
                 ("lessons", o.lessons.is_some()),
@@ -2130,6 +2152,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("offerings[1].slug"), "{err}");
+    }
+
+    #[test]
+    fn a_course_cannot_have_an_archive_and_a_newsletter_can() {
+        let err = load(
+            "[[offerings]]\nslug = \"c\"\nname = \"C\"\nkind = \"course\"\n\
+             lessons = \"courses/orgasmic-queen\"\narchive = true\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("offerings[0].archive"), "{err}");
+        assert!(err.contains("a course cannot be archived"), "{err}");
+        let config = load(
+            "[[offerings]]\nslug = \"n\"\nname = \"N\"\nkind = \"newsletter\"\n\
+             archive = true\n",
+            &[],
+        )
+        .unwrap();
+        assert!(config.offerings[0].archive);
     }
 
     #[test]

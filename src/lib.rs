@@ -35,5 +35,6 @@ pub mod metrics;
 pub mod schedule;
 /// The database: SQLite or PostgreSQL, migrations, queries.
 pub mod store;
-/// The website: signup, confirmation, pages, the email providers' webhooks.
+/// The website: signup, confirmation, pages, the public archive and its feeds, the email
+/// providers' webhooks.
 pub mod web;

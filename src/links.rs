@@ -50,6 +50,16 @@ impl Links {
         &self.base_url
     }
 
+    /// The public web copy of a send in its offering's archive (no token: it names no one).
+    pub fn archive_send_url(&self, offering_slug: &str, send_id: i64) -> String {
+        format!("{}/archive/{offering_slug}/{send_id}", self.base_url)
+    }
+
+    /// The page listing an offering's archived sends.
+    pub fn archive_url(&self, offering_slug: &str) -> String {
+        format!("{}/archive/{offering_slug}", self.base_url)
+    }
+
     /// How many days a confirmation link lives, rounded up, as the email says.
     pub fn confirm_ttl_days(&self) -> i64 {
         (self.confirm_ttl_secs + 86_399) / 86_400

@@ -40,6 +40,7 @@ pub fn new_send(offering: &Offering, content: Content, path: &Path, send_at: Mil
         send_late: false,
         recurrence_id: None,
         content_file: None,
+        private: false,
     }
 }
 

@@ -343,6 +343,10 @@ pub struct ScheduleArgs {
     /// Send as soon as possible.
     #[arg(long)]
     pub now: bool,
+    /// Keep this send out of the offering's public archive and feed; its email carries no
+    /// "read on the web" link.
+    #[arg(long, conflicts_with = "content_dir")]
+    pub private: bool,
 }
 
 /// `sangha preview`.

@@ -113,7 +113,7 @@ pub async fn schedule(
         }
     };
     let runtime = open(config).await?;
-    let id = schedule_once(&runtime, &args.offering, &content, &when).await?;
+    let id = schedule_once(&runtime, &args.offering, &content, &when, args.private).await?;
     writeln!(out, "{id}")?;
     Ok(())
 }
@@ -277,12 +277,14 @@ async fn schedule_once(
     slug: &Slug,
     path: &Path,
     when: &When,
+    private: bool,
 ) -> anyhow::Result<i64> {
     let offering = offering(runtime, slug).await?;
     let content = checked_content(path, &offering)?;
     let now = runtime.clock.now_ms();
     let send_at = when.resolve(now)?;
     let mut send = new_send(&offering, content, path, send_at);
+    send.private = private;
     if let When::Local {
         time,
         date,
@@ -370,6 +372,8 @@ fn templates(send: &NewSend) -> SendTemplates<'_> {
         html: &send.html_template,
         text: &send.text_template,
         send_at: send.send_at,
+        // Not stored yet: no web copy to link to.
+        private: true,
     }
 }
 

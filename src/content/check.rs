@@ -27,6 +27,9 @@ pub struct Variables<'a> {
     pub unsubscribe_url: String,
     pub preferences_url: String,
     pub site: SiteVariables<'a>,
+    /// The send's public copy in its offering's archive (`null` when it has none: the
+    /// offering has no archive, or the send is private).
+    pub web_url: Option<String>,
 }
 
 /// `offering.*`: the offering a send belongs to.
@@ -62,6 +65,7 @@ impl Variables<'static> {
                 name: "Shakti Temple",
                 base_url: "http://localhost:3000",
             },
+            web_url: Some("http://localhost:3000/archive/morning-meditation/1".to_owned()),
         }
     }
 }
@@ -76,6 +80,7 @@ pub const VARIABLES: &[&str] = &[
     "unsubscribe_url",
     "preferences_url",
     "site",
+    "web_url",
 ];
 
 /// [`Variables::sample`] as a handlebars context, for checks and previews.
@@ -274,7 +279,8 @@ mod tests {
         let content = md(
             "---\nsubject: Hi\n---\n{{name}} {{email}} {{offering.name}} \
                           {{offering.slug}} {{offering.description}} {{date}} \
-                          {{unsubscribe_url}} {{preferences_url}} {{site.name}} {{site.base_url}}\n",
+                          {{unsubscribe_url}} {{preferences_url}} {{site.name}} {{site.base_url}} \
+                          {{#if web_url}}{{web_url}}{{/if}}\n",
         );
         check(&content).unwrap();
     }

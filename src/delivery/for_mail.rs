@@ -33,6 +33,7 @@ pub fn templates(send: &SendContent) -> SendTemplates<'_> {
         html: &send.html_template,
         text: &send.text_template,
         send_at: send.send_at,
+        private: send.private,
     }
 }
 

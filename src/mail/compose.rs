@@ -49,6 +49,9 @@ pub struct SendTemplates<'a> {
     pub html: &'a str,
     pub text: &'a str,
     pub send_at: Millis,
+    /// Kept out of the offering's archive, and so without a "read on the web" link; also set
+    /// for content that is no stored send yet (a preview, a test send), which has no web copy.
+    pub private: bool,
 }
 
 /// The signup a confirmation email asks to confirm.
@@ -73,6 +76,8 @@ pub struct Composer {
     site_name: String,
     /// Right-hand side of List-Id values.
     list_id_domain: String,
+    /// The slugs of the offerings with a public archive (`archive = true`).
+    archives: Vec<String>,
     /// An address that unsubscribes by mail, offered in List-Unsubscribe beside the link.
     unsubscribe_mailto: Option<String>,
     /// `mail.return_path`: when set, each delivery's envelope sender is a VERP address under
@@ -86,6 +91,8 @@ pub type ExtraHeaders = Vec<(&'static str, String)>;
 /// A send's templates, compiled once per worker and reused for every recipient.
 #[derive(Debug)]
 pub struct CompiledSend {
+    id: i64,
+    private: bool,
     html: Handlebars<'static>,
     text: Handlebars<'static>,
     preheader: Option<String>,
@@ -112,12 +119,63 @@ impl CompiledSend {
             .map(|t| t.strftime("%-d %B %Y").to_string())
             .unwrap_or_default();
         Ok(Self {
+            id: send.id,
+            private: send.private,
             html,
             text,
             preheader: send.preheader.map(str::to_owned),
             date,
         })
     }
+}
+
+impl CompiledSend {
+    /// The web copy of this send for its offering's public archive: rendered for no one. The
+    /// name is the one a person who gave none sees (`friend`), the address is empty, and the
+    /// unsubscribe and preferences links lead to the signup page, so no token or detail of a
+    /// subscriber can appear. Escaped as the email is.
+    pub fn public_copy(
+        &self,
+        offering: &OfferingInfo<'_>,
+        site_name: &str,
+        links: &Links,
+    ) -> Result<PublicCopy, ComposeError> {
+        let signup_url = format!("{}/subscribe", links.base_url());
+        let context = json!(Variables {
+            name: "friend",
+            email: "",
+            offering: OfferingVariables {
+                name: offering.name,
+                slug: offering.slug,
+                description: offering.description,
+            },
+            date: &self.date,
+            unsubscribe_url: signup_url.clone(),
+            preferences_url: signup_url,
+            site: SiteVariables {
+                name: site_name,
+                base_url: links.base_url(),
+            },
+            web_url: Some(links.archive_send_url(offering.slug, self.id)),
+        });
+        Ok(PublicCopy {
+            subject: self.text.render("subject", &context)?,
+            preheader: self.preheader.clone(),
+            date: self.date.clone(),
+            html: self.html.render("html", &context)?,
+        })
+    }
+}
+
+/// A send as its archive page shows it (see [`CompiledSend::public_copy`]).
+#[derive(Debug, Clone)]
+pub struct PublicCopy {
+    pub subject: String,
+    pub preheader: Option<String>,
+    /// The send's date, as `1 December 2026`.
+    pub date: String,
+    /// The body's HTML, to be placed unescaped into a page.
+    pub html: String,
 }
 
 /// Why a message could not be composed.
@@ -149,9 +207,17 @@ impl Composer {
             from,
             site_name: site_name.to_owned(),
             list_id_domain: list_id_domain.to_owned(),
+            archives: Vec::new(),
             unsubscribe_mailto,
             return_path: None,
         }
+    }
+
+    /// This composer, giving the sends of these offerings (their slugs: those with
+    /// `archive = true`) a "read on the web" link, unless a send is private.
+    pub fn with_archives(mut self, slugs: Vec<String>) -> Self {
+        self.archives = slugs;
+        self
     }
 
     /// This composer, sending each delivery from its own VERP address under `return_path`
@@ -216,6 +282,8 @@ impl Composer {
             unsubscribe_url: unsubscribe_url.clone(),
             preferences_url: self.links.preferences_url(to.link),
             site: self.site(),
+            web_url: (!send.private && self.archives.iter().any(|a| a == offering.slug))
+                .then(|| self.links.archive_send_url(offering.slug, send.id)),
         });
         let subject = send.text.render("subject", &context)?;
         let body_html = send.html.render("html", &context)?;

@@ -8,7 +8,8 @@ mod templates;
 mod transport;
 
 pub use compose::{
-    CompiledSend, ComposeError, Composer, OfferingInfo, Recipient, SendTemplates, SignupToConfirm,
+    CompiledSend, ComposeError, Composer, OfferingInfo, PublicCopy, Recipient, SendTemplates,
+    SignupToConfirm,
 };
 pub use dkim::{Dkim, DkimAlgorithm, DkimRecord, generate_key, key_file_for, record_of_pem};
 pub use message::{EmailContent, build_message, build_notice};

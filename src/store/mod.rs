@@ -3,6 +3,7 @@
 //! CONFLICT`, `RETURNING`); the few places that differ branch on [`Backend`].
 
 mod alerts;
+mod archive;
 pub mod backup;
 mod bounces;
 mod courses;

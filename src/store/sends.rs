@@ -37,6 +37,8 @@ pub struct NewSend {
     /// The recurring schedule this send is an occurrence of, and the file it used.
     pub recurrence_id: Option<i64>,
     pub content_file: Option<String>,
+    /// Never shown in the offering's public archive or feed.
+    pub private: bool,
 }
 
 pub use crate::domain::SendStatus;
@@ -73,6 +75,22 @@ pub struct SendContent {
     pub html_template: String,
     pub text_template: String,
     pub send_at: Millis,
+    /// Kept out of the public archive (`schedule --private`).
+    pub private: bool,
+}
+
+/// A `sends` row of the columns [`Store::send_content`] selects, read.
+pub(super) fn send_content_of(r: &sqlx::any::AnyRow) -> Result<SendContent, sqlx::Error> {
+    Ok(SendContent {
+        id: r.try_get("id")?,
+        offering_id: r.try_get("offering_id")?,
+        subject: r.try_get("subject")?,
+        preheader: r.try_get("preheader")?,
+        html_template: r.try_get("html_template")?,
+        text_template: r.try_get("text_template")?,
+        send_at: r.try_get("send_at")?,
+        private: r.try_get::<i64, _>("private")? != 0,
+    })
 }
 
 /// What happened to a send's recipients that did not get it, grouped by reason.
@@ -117,8 +135,10 @@ pub(super) async fn insert_send(
         sqlx::query_scalar(
             "INSERT INTO sends (offering_id, subject, preheader, html_template, text_template,
                                 source_path, send_at, created_at, message_id_prefix,
-                                local_time, local_date, send_late, recurrence_id, content_file)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+                                local_time, local_date, send_late, recurrence_id, content_file,
+                                private)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             RETURNING id",
         )
         .bind(send.offering_id)
         .bind(&send.subject)
@@ -134,6 +154,7 @@ pub(super) async fn insert_send(
         .bind(i64::from(send.send_late))
         .bind(send.recurrence_id)
         .bind(send.content_file.clone())
+        .bind(i64::from(send.private))
         .fetch_one(&mut *conn)
         .await
     }
@@ -452,24 +473,14 @@ impl Store {
     /// The stored content of a send.
     pub async fn send_content(&self, id: i64) -> Result<Option<SendContent>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT id, offering_id, subject, preheader, html_template, text_template, send_at
+            "SELECT id, offering_id, subject, preheader, html_template, text_template, send_at,
+                    private
              FROM sends WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(SendContent {
-                id: r.try_get("id")?,
-                offering_id: r.try_get("offering_id")?,
-                subject: r.try_get("subject")?,
-                preheader: r.try_get("preheader")?,
-                html_template: r.try_get("html_template")?,
-                text_template: r.try_get("text_template")?,
-                send_at: r.try_get("send_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(send_content_of).transpose()
     }
 
     /// Every send, newest first, or one.

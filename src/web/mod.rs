@@ -1,5 +1,5 @@
-//! The website: signup, confirmation, unsubscribe, preferences, the email providers' webhooks,
-//! and the plumbing they share.
+//! The website: signup, confirmation, unsubscribe, preferences, the public archive, the email
+//! providers' webhooks, and the plumbing they share.
 //!
 //! Each page group owns its routes; [`router`] puts them together with the layers every
 //! request passes: a 64 KiB body limit (the webhooks have their own), error pages rendered from
@@ -7,6 +7,7 @@
 //! pattern, so tokens in paths never reach the log.
 
 mod answer_pace;
+mod archive;
 mod client;
 mod confirm;
 mod error;
@@ -219,6 +220,7 @@ pub fn router(state: AppState) -> Router {
         .merge(unsubscribe::routes())
         .merge(preferences::routes())
         .merge(favicon::routes())
+        .merge(archive::routes())
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(refuse_oversized_bodies))

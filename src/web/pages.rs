@@ -13,20 +13,29 @@ pub fn render(
     status: StatusCode,
     name: &str,
     title: &str,
-    mut context: Value,
+    context: Value,
 ) -> Response {
+    match html(state, name, title, context) {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => AppError::from(e).in_plain_text().into_response(),
+    }
+}
+
+/// The HTML of `pages/{name}.html` with `site` and `title` added to `context`.
+pub fn html(
+    state: &AppState,
+    name: &str,
+    title: &str,
+    mut context: Value,
+) -> Result<String, crate::mail::TemplateError> {
     context["site"] = json!({
         "name": state.config().site.name,
         "base_url": state.links().base_url(),
     });
     context["title"] = json!(title);
-    match state
+    state
         .templates()
         .render_html(&format!("pages/{name}.html"), &context)
-    {
-        Ok(html) => (status, Html(html)).into_response(),
-        Err(e) => AppError::from(e).in_plain_text().into_response(),
-    }
 }
 
 /// A short message in the site layout, for errors.

@@ -5,6 +5,7 @@ mod support;
 
 mod alerts;
 mod architecture;
+mod archive;
 mod backup;
 mod bombing;
 mod bounce_mailbox;
