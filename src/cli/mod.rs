@@ -7,6 +7,7 @@ mod bounces;
 mod courses;
 mod dkim;
 mod doctor;
+mod form;
 mod offerings;
 mod sends;
 mod subscribers;
@@ -96,6 +97,17 @@ pub enum Command {
         /// Replace FILE and FILE.key when they exist.
         #[arg(long)]
         force: bool,
+    },
+    /// Print the signup form as an HTML snippet to paste into another site's page (it works
+    /// without script; its script shows the answer in place for origins in
+    /// server.cors_origins).
+    Form {
+        /// The offering(s) the form signs up for (default: every public offering).
+        #[arg(long, value_name = "SLUG")]
+        offering: Vec<Slug>,
+        /// plain (no styles of its own) or inline (one compact line, with a small <style>).
+        #[arg(long, value_enum, default_value = "plain")]
+        style: form::FormStyle,
     },
     /// Put a backup (FILE and FILE.key) in place as the configured database, once checked;
     /// refused while Sangha has the database open.
@@ -459,6 +471,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         }
         Command::Backup { file, force } => backup::backup(load()?, &file, force, out).await,
         Command::Restore { file, force } => backup::restore(load()?, &file, force, out).await,
+        Command::Form { offering, style } => form::print(&load()?, &offering, style, out),
     }
 }
 

@@ -1,8 +1,10 @@
 //! `GET /subscribe` (the signup page) and `POST /subscribe` (form or JSON).
 //!
 //! A signup is parsed once into domain types; a form with mistakes is shown again with each
-//! message beside its field (422), JSON gets 422 with field errors. Success is the same answer
-//! whether the address was new, pending or long confirmed, so the endpoint reveals nothing.
+//! message beside its field (422), JSON gets 422 with field errors. A form post that asks for
+//! `Accept: application/json` (the embeddable form's script, `sangha form`) is answered in JSON:
+//! such a request needs no CORS preflight. Success is the same answer whether the address was
+//! new, pending or long confirmed, so the endpoint reveals nothing.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +37,29 @@ pub fn routes() -> Router<AppState> {
 enum Format {
     Form,
     Json,
+}
+
+/// How we answer: a page (a redirect or the form again) or JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Page,
+    Json,
+}
+
+impl Answer {
+    /// JSON for a JSON body, or for a form post whose `Accept` asks for JSON.
+    fn for_request(format: Format, headers: &HeaderMap) -> Self {
+        let accepts_json = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("application/json"));
+        if format == Format::Json || accepts_json {
+            Answer::Json
+        } else {
+            Answer::Page
+        }
+    }
 }
 
 /// What the client sent, as text, before any checking.
@@ -141,7 +166,8 @@ async fn subscribe(
         )
         .in_json());
     };
-    let answer = signup(&state, client, format, body, started).await;
+    let reply = Answer::for_request(format, &headers);
+    let answer = signup(&state, client, format, reply, body, started).await;
     if let Err(e) = &answer {
         // The ones answered with a page or a 202 counted themselves.
         state.metrics().signup(match e.status() {
@@ -150,14 +176,15 @@ async fn subscribe(
             _ => SignupOutcome::Invalid,
         });
     }
-    answer.map_err(|e| e.in_json_if(format == Format::Json))
+    answer.map_err(|e| e.in_json_if(reply == Answer::Json))
 }
 
-/// A signup in `format`; its errors are answered in that format by [`subscribe`].
+/// A signup sent in `format`, answered as `reply`; its errors are answered so by [`subscribe`].
 async fn signup(
     state: &AppState,
     client: ClientInfo,
     format: Format,
+    reply: Answer,
     body: Result<Bytes, BytesRejection>,
     started: std::time::Instant,
 ) -> Result<Response, AppError> {
@@ -201,7 +228,7 @@ async fn signup(
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        return Ok(success(format));
+        return Ok(success(reply));
     }
 
     let offerings = public_offerings(state).await?;
@@ -209,9 +236,9 @@ async fn signup(
         Ok(valid) => valid,
         Err(errors) => {
             state.metrics().signup(SignupOutcome::Invalid);
-            return Ok(match format {
-                Format::Json => field_errors_json(&errors),
-                Format::Form => form_page(
+            return Ok(match reply {
+                Answer::Json => field_errors_json(&errors),
+                Answer::Page => form_page(
                     state,
                     StatusCode::UNPROCESSABLE_ENTITY,
                     &offerings,
@@ -233,7 +260,7 @@ async fn signup(
         );
         state.metrics().signup(SignupOutcome::DomainLimited);
         return Ok(AppError::too_many_requests(retry_after_secs)
-            .in_json_if(format == Format::Json)
+            .in_json_if(reply == Answer::Json)
             .into_response());
     }
 
@@ -268,13 +295,13 @@ async fn signup(
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
-    Ok(success(format))
+    Ok(success(reply))
 }
 
-fn success(format: Format) -> Response {
-    match format {
-        Format::Form => Redirect::to("/subscribe/check-inbox").into_response(),
-        Format::Json => (
+fn success(reply: Answer) -> Response {
+    match reply {
+        Answer::Page => Redirect::to("/subscribe/check-inbox").into_response(),
+        Answer::Json => (
             StatusCode::ACCEPTED,
             Json(json!({
                 "status": "pending",

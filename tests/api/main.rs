@@ -19,6 +19,7 @@ mod doctor;
 mod erased;
 mod faults;
 mod first_run;
+mod form;
 mod hostile;
 mod import;
 mod leaving;
